@@ -1,0 +1,59 @@
+"""Importer registry: one module per format, looked up by name (``get_importer``).
+
+Each importer module defines ``sniff(path, head) -> bool`` (does this file look like mine?)
+and ``read(path) -> RawFrame`` (decode it, in the provider's unit, with its valid time).
+A new format is one new module plus one line in ``IMPORTERS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+from pipelines.frame import RawFrame
+
+IMPORTERS: dict[str, str] = {
+    "fmi_pgm": "pipelines.importers.fmi_pgm",
+    "mch_gif": "pipelines.importers.mch_gif",
+    "knmi_hdf5": "pipelines.importers.knmi_hdf5",
+    "odim_hdf5": "pipelines.importers.odim_hdf5",
+    "bom_rf3": "pipelines.importers.bom_rf3",
+    "mrms_grib": "pipelines.importers.mrms_grib",
+    "saf_crri": "pipelines.importers.saf_crri",
+}
+AUTO = "auto"
+
+
+class UnknownFormatError(ValueError):
+    """The file matches none of the registered importers."""
+
+
+def formats() -> list[str]:
+    return [*IMPORTERS, AUTO]
+
+
+def get_importer(name: str) -> ModuleType:
+    """The importer module for ``name``; raises with the list of known formats."""
+    if name not in IMPORTERS:
+        raise KeyError(f"unknown format {name!r}; known formats: {', '.join(formats())}")
+    return importlib.import_module(IMPORTERS[name])
+
+
+def detect_format(path: str | Path) -> str:
+    """Name of the first importer whose ``sniff`` accepts the file."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    for name in IMPORTERS:
+        try:
+            if get_importer(name).sniff(Path(path), head):
+                return name
+        except Exception:  # a sniffer that chokes on a foreign file just says no
+            continue
+    raise UnknownFormatError(f"{path}: format not recognised by any importer ({', '.join(IMPORTERS)})")
+
+
+def read_file(path: str | Path, fmt: str = AUTO) -> RawFrame:
+    """Decode one file with the named importer (or the detected one)."""
+    name = detect_format(path) if fmt == AUTO else fmt
+    return get_importer(name).read(Path(path))

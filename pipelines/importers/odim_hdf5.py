@@ -1,0 +1,72 @@
+"""ODIM_H5 composites: national services and EUMETNET OPERA (pysteps ``import_odim_hdf5``).
+
+The quantity is chosen from what the file holds: RATE, else ACRR, else DBZH.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import h5py
+
+from pipelines.frame import RawFrame
+from pipelines.grid import Grid
+from pipelines.importers._common import HDF5_MAGIC, decode_attr, pysteps_importers, utc
+
+_PREFERENCE = ("RATE", "ACRR", "DBZH")
+#: Marshall-Palmer, used when a DBZH file carries no Z-R relation
+_DEFAULT_ZR = (200.0, 1.6)
+
+
+def sniff(path: Path, head: bytes) -> bool:
+    if head[:8] != HDF5_MAGIC:
+        return False
+    with h5py.File(path, "r") as f:
+        return "what" in f and "object" in f["what"].attrs and "dataset1" in f
+
+
+def _quantities(f: h5py.File) -> set[str]:
+    found = set()
+    for name, group in f.items():
+        if not name.startswith("dataset"):
+            continue
+        # ODIM allows "what" (with the quantity) on the dataset or on each of its data groups
+        if "what" in group and "quantity" in group["what"].attrs:
+            found.add(decode_attr(group["what"].attrs["quantity"]))
+        for sub_name, sub in group.items():
+            if sub_name.startswith("data") and "what" in sub and "quantity" in sub["what"].attrs:
+                found.add(decode_attr(sub["what"].attrs["quantity"]))
+    return found
+
+
+def read(path: Path) -> RawFrame:
+    with h5py.File(path, "r") as f:
+        what = f["what"].attrs
+        time = utc(datetime.strptime(decode_attr(what["date"]) + decode_attr(what["time"]), "%Y%m%d%H%M%S"))
+        source = decode_attr(what.get("source", b""))
+        quantities = _quantities(f)
+    qty = next((q for q in _PREFERENCE if q in quantities), None)
+    if qty is None:
+        raise ValueError(f"{path.name}: no RATE, ACRR or DBZH dataset (found {sorted(quantities)})")
+    data, _, meta = pysteps_importers().import_odim_hdf5(str(path), qty=qty)
+    unit = {"RATE": "mm/h", "ACRR": "mm", "DBZH": "dBZ"}[qty]
+    zr_a, zr_b = (meta.get("zr_a"), meta.get("zr_b")) if unit == "dBZ" else (None, None)
+    if unit == "dBZ" and (zr_a is None or zr_b is None):
+        zr_a, zr_b = _DEFAULT_ZR
+    accutime = float(meta["accutime"]) if meta.get("accutime") else None
+    return RawFrame(
+        time=time,
+        data=data,
+        unit=unit,
+        grid=Grid.from_pysteps_metadata(data.shape, meta),
+        accutime_minutes=accutime if unit == "mm" else None,
+        zr_a=zr_a,
+        zr_b=zr_b,
+        threshold=float(meta["threshold"]) if unit == "dBZ" and meta.get("threshold") is not None else None,
+        attrs={
+            "provider": meta.get("institution", "ODIM"),
+            "source_product": f"ODIM {qty} {source}".strip(),
+            "nominal_step_minutes": float(meta["accutime"]) if meta.get("accutime") else None,
+        },
+    )

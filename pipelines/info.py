@@ -1,0 +1,74 @@
+"""Describe what a store holds: products, time range, step, gaps, grid, CRS, size."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pipelines.grid import Grid
+from pipelines.store import ProductArchive, list_products
+
+
+def time_step_minutes(times: np.ndarray) -> float | None:
+    """The product's step: the most common spacing between consecutive frames."""
+    if len(times) < 2:
+        return None
+    diffs = np.diff(times.astype("datetime64[s]")).astype(np.int64)
+    values, counts = np.unique(diffs, return_counts=True)
+    return float(values[np.argmax(counts)]) / 60.0
+
+
+def find_gaps(times: np.ndarray, step_minutes: float | None) -> list[dict[str, Any]]:
+    """Intervals longer than one step, with how many frames are missing in each."""
+    if step_minutes is None:
+        return []
+    seconds = times.astype("datetime64[s]").astype(np.int64)
+    step = int(round(step_minutes * 60))
+    gaps = []
+    for i in np.nonzero(np.diff(seconds) > step)[0]:
+        gaps.append(
+            {
+                "after": str(times[i].astype("datetime64[s]")) + "Z",
+                "before": str(times[i + 1].astype("datetime64[s]")) + "Z",
+                "missing_frames": int((seconds[i + 1] - seconds[i]) // step - 1),
+            }
+        )
+    return gaps
+
+
+def product_summary(store: str, product: str, storage_options: dict | None = None) -> dict[str, Any]:
+    archive = ProductArchive(store, product, storage_options)
+    if not archive.exists():
+        raise KeyError(f"no product {product!r} in {store} (products: {list_products(store, storage_options)})")
+    with archive.open() as ds:
+        times = ds["time"].values.astype("datetime64[s]")
+        grid = Grid.from_dataset(ds)
+        attrs = dict(ds.attrs)
+        wkt = str(ds["crs"].attrs.get("crs_wkt", ""))
+    step = time_step_minutes(times)
+    dx, dy = grid.pixel_size
+    return {
+        "product": product,
+        "frames": int(len(times)),
+        "start": str(times[0]) + "Z" if len(times) else None,
+        "end": str(times[-1]) + "Z" if len(times) else None,
+        "step_minutes": step,
+        "gaps": find_gaps(times, step),
+        "grid": {
+            "ny": grid.shape[0],
+            "nx": grid.shape[1],
+            "dx_m": dx,
+            "dy_m": dy,
+            "x_range_m": [float(grid.x.min()), float(grid.x.max())],
+            "y_range_m": [float(grid.y.min()), float(grid.y.max())],
+        },
+        "crs": {"proj4": grid.crs_proj, "wkt": wkt},
+        "size_on_disk_bytes": archive.size_on_disk(),
+        "attrs": {k: attrs[k] for k in ("provider", "source_product", "conversion") if k in attrs},
+    }
+
+
+def store_summary(store: str, product: str | None = None, storage_options: dict | None = None) -> dict[str, Any]:
+    products = [product] if product else list_products(store, storage_options)
+    return {"store": store, "products": [product_summary(store, p, storage_options) for p in products]}

@@ -1,0 +1,312 @@
+"""One Zarr (v3) group per product, written through xarray; append-only, idempotent, crash-safe.
+
+Why it survives ``kill -9``: every key is written atomically (temp file + rename on a local
+store, a single PUT on object stores) and readers open the group through its *consolidated*
+metadata, which xarray rewrites last. Until that one key changes, new chunks and resized
+array metadata are invisible; a rerun overwrites them. Frames that arrive older than the
+newest stored frame are merged into the tail through a staging group (a journal): the merged
+tail is written there first, marked complete, then copied in; an interrupted copy is redone
+from the journal at the next write, so the store ends time-sorted.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+from zarr.codecs import BloscCodec
+
+from pipelines.frame import Frame
+from pipelines.grid import Grid
+
+warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+
+VARIABLE = "precip"
+STAGING_GROUP = "_staging"
+#: Stored as uint16 hundredths of mm/h (0.005 mm/h precision, 655 mm/h range), 65535 = nodata.
+#: Chosen by bench/storage_encoding.py; see docs/storage.md for the measurements.
+SCALE = np.float32(0.01)
+FILL = np.uint16(65535)
+TILE = 512
+
+
+class GridMismatchError(ValueError):
+    """A frame's grid or CRS is not the product's."""
+
+
+@dataclass
+class WriteResult:
+    written: int = 0
+    already_present: int = 0
+    inserted_out_of_order: int = 0
+
+
+def precip_encoding(shape: tuple[int, int]) -> dict[str, Any]:
+    ny, nx = shape
+    return {
+        "dtype": "uint16",
+        "scale_factor": SCALE,
+        "_FillValue": FILL,
+        "chunks": (1, min(TILE, ny), min(TILE, nx)),
+        "compressors": (BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),),
+    }
+
+
+TIME_ENCODING = {
+    "units": "seconds since 1970-01-01T00:00:00",
+    "calendar": "proleptic_gregorian",
+    "dtype": "int64",
+    "chunks": (4096,),
+}
+
+
+def _clean_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Zarr attributes must be JSON: drop None, turn numpy scalars into Python ones."""
+    out: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if value is None:
+            continue
+        out[key] = value.item() if isinstance(value, np.generic) else value
+    return out
+
+
+def frames_to_dataset(frames: Sequence[Frame], product: str) -> xr.Dataset:
+    """Stack frames (one grid) into the archive's CF layout."""
+    grid = frames[0].grid
+    first = frames[0].attrs
+    precip = np.stack([f.rain_rate for f in frames]).astype(np.float32)
+    times = np.array([f.time for f in frames], dtype="datetime64[ns]")
+    ds = xr.Dataset(
+        {
+            VARIABLE: (
+                ("time", "y", "x"),
+                precip,
+                {
+                    "standard_name": "rainfall_rate",
+                    "long_name": "rain rate",
+                    "units": "mm/h",
+                    "grid_mapping": "crs",
+                },
+            ),
+            "crs": ((), np.int32(0), grid.cf_grid_mapping_attrs()),
+        },
+        coords={
+            "time": ("time", times, {"standard_name": "time", "long_name": "valid time (UTC)", "axis": "T"}),
+            "y": ("y", grid.y, {"standard_name": "projection_y_coordinate", "units": "m", "axis": "Y"}),
+            "x": ("x", grid.x, {"standard_name": "projection_x_coordinate", "units": "m", "axis": "X"}),
+        },
+    )
+    ds.attrs = _clean_attrs(
+        {
+            "Conventions": "CF-1.10",
+            "title": f"{product} rain rate",
+            "product": product,
+            "provider": first.get("provider"),
+            "source_product": first.get("source_product"),
+            "conversion": first.get("conversion"),
+            "zr_a": first.get("zr_a"),
+            "zr_b": first.get("zr_b"),
+            "accumulation_minutes": first.get("accumulation_minutes"),
+            "max_rain_rate_mm_h": 300.0,
+        }
+    )
+    return ds
+
+
+def open_zarr_store(store: str, storage_options: dict | None = None, read_only: bool = False) -> Any:
+    """A zarr Store for a local path (atomic writes) or an fsspec URL (s3://, gs://, ...)."""
+    if "://" in store and not store.startswith("file://"):
+        return zarr.storage.FsspecStore.from_url(
+            store, storage_options=storage_options or {}, read_only=read_only
+        )
+    return zarr.storage.LocalStore(store.removeprefix("file://"), read_only=read_only)
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p.rstrip("/") for p in parts)
+
+
+def _open_consolidated(zstore: Any) -> xr.Dataset:
+    return xr.open_zarr(zstore, consolidated=True, zarr_format=3, chunks=None)
+
+
+class ProductArchive:
+    """The Zarr group of one product inside a store (local path or fsspec URL)."""
+
+    def __init__(self, store: str, product: str, storage_options: dict | None = None):
+        if not product or "/" in product or product.startswith("_"):
+            raise ValueError(f"invalid product name {product!r}: use a plain name such as 'fmi'")
+        self.store = str(store)
+        self.product = product
+        self.storage_options = storage_options
+        # Each product (and its staging journal) is opened as a store of its own so that its
+        # consolidated metadata, at its own root, is the single key that commits a write.
+        self._root_store = open_zarr_store(self.store, storage_options)
+        self._zstore = open_zarr_store(_join(self.store, product), storage_options)
+        self._staging_store = open_zarr_store(_join(self.store, STAGING_GROUP, product), storage_options)
+        self._staging = f"{STAGING_GROUP}/{product}"
+
+    # -- reading -----------------------------------------------------------------------
+    def exists(self) -> bool:
+        """True once the group has been committed (its consolidated metadata is readable)."""
+        try:
+            _open_consolidated(self._zstore).close()
+            return True
+        except (FileNotFoundError, KeyError, ValueError, zarr.errors.GroupNotFoundError):
+            return False
+        except Exception as exc:  # consolidated metadata missing -> creation never committed
+            if "consolidated" in str(exc).lower() or "not found" in str(exc).lower():
+                return False
+            raise
+
+    def open(self) -> xr.Dataset:
+        """The committed product as an xarray Dataset (lazy, decoded to mm/h)."""
+        return _open_consolidated(self._zstore)
+
+    def times(self) -> np.ndarray:
+        with self.open() as ds:
+            return ds["time"].values.astype("datetime64[s]")
+
+    def grid(self) -> Grid:
+        with self.open() as ds:
+            return Grid.from_dataset(ds)
+
+    def check_grid(self, frame: Frame, grid: Grid) -> None:
+        if not frame.grid.same_as(grid):
+            raise GridMismatchError(
+                f"{frame.source}: grid/CRS differs from product '{self.product}': "
+                f"file has {frame.grid.describe()}; product has {grid.describe()}"
+            )
+
+    # -- writing -----------------------------------------------------------------------
+    def _root(self, mode: str = "a") -> zarr.Group:
+        return zarr.open_group(self._root_store, mode=mode, zarr_format=3, use_consolidated=False)
+
+    def _to_zarr(self, ds: xr.Dataset, zstore: Any, **kwargs: Any) -> None:
+        """Write, then commit by consolidating the group's metadata (its one atomic key)."""
+        ds.to_zarr(zstore, consolidated=False, zarr_format=3, **kwargs)
+        zarr.consolidate_metadata(zstore, zarr_format=3)
+
+    def _create(self, ds: xr.Dataset) -> None:
+        encoding = {VARIABLE: precip_encoding(ds[VARIABLE].shape[1:]), "time": TIME_ENCODING}
+        self._root()  # the store's root group, so the archive is one zarr hierarchy
+        self._to_zarr(ds, self._zstore, mode="w", encoding=encoding)
+
+    def _append(self, ds: xr.Dataset) -> None:
+        self._to_zarr(ds[[VARIABLE]], self._zstore, mode="a", append_dim="time")
+
+    def _overwrite_region(self, ds: xr.Dataset, start: int) -> None:
+        region = {"time": slice(start, start + ds.sizes["time"])}
+        # xarray's region mode leaves index coordinates alone, so the times go in through zarr
+        # (same CF encoding: int64 seconds since the epoch) before the commit.
+        seconds = ds["time"].values.astype("datetime64[s]").astype(np.int64)
+        zarr.open_array(self._zstore, path="time", mode="r+", zarr_format=3)[region["time"]] = seconds
+        self._to_zarr(ds[[VARIABLE]].drop_vars(["x", "y"]), self._zstore, mode="r+", region=region)
+
+    def write(self, frames: Sequence[Frame]) -> WriteResult:
+        """Add frames; times already stored are skipped, late frames are merged in order."""
+        result = WriteResult()
+        self.recover()
+        by_time: dict[np.datetime64, Frame] = {}
+        for frame in sorted(frames, key=lambda f: f.time):
+            if frame.time in by_time:
+                result.already_present += 1
+            else:
+                by_time[frame.time] = frame
+        new = list(by_time.values())
+        if not new:
+            return result
+        if not self.exists():
+            self._create(frames_to_dataset(new, self.product))
+            result.written = len(new)
+            return result
+        grid = self.grid()
+        for frame in new:
+            self.check_grid(frame, grid)
+        stored = self.times()
+        stored_set = set(stored.tolist())
+        fresh = [f for f in new if f.time.astype("datetime64[s]").item() not in stored_set]
+        result.already_present += len(new) - len(fresh)
+        if not fresh:
+            return result
+        ds = frames_to_dataset(fresh, self.product)
+        if len(stored) == 0 or fresh[0].time > stored[-1]:
+            self._append(ds)
+        else:
+            result.inserted_out_of_order = self._insert(ds, stored)
+        result.written = len(fresh)
+        return result
+
+    def _insert(self, new: xr.Dataset, stored: np.ndarray) -> int:
+        """Merge frames older than the newest stored one through the staging journal."""
+        start = int(np.searchsorted(stored, new["time"].values[0].astype("datetime64[s]")))
+        with self.open() as current:
+            old_tail = current[[VARIABLE]].isel(time=slice(start, None)).load()
+        merged = xr.concat([old_tail, new[[VARIABLE]]], dim="time").sortby("time")
+        merged.attrs = {"insert_at": start, "complete": False}
+        encoding = {VARIABLE: precip_encoding(merged[VARIABLE].shape[1:]), "time": TIME_ENCODING}
+        self._root().require_group(STAGING_GROUP)  # zarr v3 has no implicit parent groups
+        self._to_zarr(merged, self._staging_store, mode="w", encoding=encoding)
+        # The journal counts only once this flag is written (one atomic key).
+        self._root()[self._staging].attrs.update({"complete": True})
+        self._apply_staging()
+        return int(new.sizes["time"])
+
+    def _apply_staging(self) -> None:
+        staged = _open_consolidated(self._staging_store).load()
+        start = int(staged.attrs["insert_at"])
+        committed = len(self.times())
+        end = start + staged.sizes["time"]
+        if committed < end:
+            self._append(staged.isel(time=slice(committed - start, None)))
+        self._overwrite_region(staged, start)
+        del self._root()[self._staging]
+
+    def recover(self) -> str | None:
+        """Finish or discard an interrupted insert; drop a creation that never committed."""
+        root = self._root()
+        note = None
+        if STAGING_GROUP in root and self.product in root[STAGING_GROUP]:
+            staging = root[self._staging]
+            if staging.attrs.get("complete") is True and self.exists():
+                self._apply_staging()
+                note = "completed an interrupted out-of-order insert"
+            else:
+                del root[self._staging]
+                note = "discarded an incomplete staging journal"
+        if self.product in root and not self.exists():
+            del root[self.product]
+            note = "removed a product group whose creation never committed"
+        return note
+
+    # -- description -------------------------------------------------------------------
+    def size_on_disk(self) -> int:
+        """Bytes under the product's group (local directory walk or fsspec ``du``)."""
+        import fsspec
+
+        fs, _, paths = fsspec.get_fs_token_paths(self.store, storage_options=self.storage_options or {})
+        root = paths[0].rstrip("/") + "/" + self.product
+        if fs.protocol in ("file", ("file", "local")) or "file" in fs.protocol:
+            total = 0
+            for dirpath, _, files in os.walk(root):
+                total += sum(os.path.getsize(os.path.join(dirpath, name)) for name in files)
+            return total
+        return int(fs.du(root))
+
+
+def list_products(store: str, storage_options: dict | None = None) -> list[str]:
+    """Product groups in a store (staging journals excluded)."""
+    try:
+        root = zarr.open_group(
+            open_zarr_store(store, storage_options, read_only=True), mode="r", zarr_format=3,
+            use_consolidated=False,
+        )
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        return []
+    return sorted(name for name in root.group_keys() if not name.startswith("_"))
