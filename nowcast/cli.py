@@ -135,8 +135,8 @@ def demo(
     workers: Annotated[int, typer.Option(help="Decoding processes.")] = 2,
 ) -> None:
     """The main job on the embedded default: ingest sample radar into a local store, summarise it."""
-    from pipelines.sample_data import demo_source
     from pipelines.info import store_summary
+    from pipelines.sample_data import demo_source
 
     source = demo_source()
     console.print(f"sample data: {source.description}")

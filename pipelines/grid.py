@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,7 +77,9 @@ class Grid:
         """CF grid_mapping attributes (with crs_wkt and the PROJ string) for the ``crs`` variable."""
         crs = self.crs
         try:
-            attrs = crs.to_cf()
+            with warnings.catch_warnings():  # PROJ notes what CF cannot express; WKT keeps it
+                warnings.simplefilter("ignore", UserWarning)
+                attrs = crs.to_cf()
         except Exception:  # some PROJ strings have no CF name; WKT still describes them
             attrs = {}
         attrs = {k: v for k, v in attrs.items() if v is not None}

@@ -72,9 +72,17 @@ def download_fmi_sample(cache_dir: Path | None = None) -> list[Path]:
     """Fetch the pinned FMI files with pooch (hash-checked); raises when offline."""
     import pooch
 
+    if os.environ.get("NOWCAST_NO_DOWNLOAD"):
+        raise RuntimeError("downloads disabled by NOWCAST_NO_DOWNLOAD")
     cache = cache_dir or Path(pooch.os_cache("nowcast")) / "fmi-20160928"
+    downloader = pooch.HTTPDownloader(timeout=20, progressbar=False)
     return [
-        Path(pooch.retrieve(PYSTEPS_DATA_URL + name, known_hash=f"sha256:{digest}", path=cache, fname=name))
+        Path(
+            pooch.retrieve(
+                PYSTEPS_DATA_URL + name, known_hash=f"sha256:{digest}", path=cache, fname=name,
+                downloader=downloader,
+            )
+        )
         for name, digest in FMI_FILES
     ]
 

@@ -1,0 +1,188 @@
+"""(input, target) windows cut lazily out of a product in the archive.
+
+A window is ``t_in + t_out`` consecutive frames exactly one product step apart, so it never
+spans a gap. Splits are by blocks of time: every frame falls in exactly one block, every
+block belongs to exactly one split, and a window is kept only when its first and last frames
+lie in the same block, so no window straddles train/val/test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from torch.utils.data import Dataset
+
+from pipelines.info import time_step_minutes
+from pipelines.normalization import RainNormalizer
+from pipelines.store import VARIABLE, ProductArchive
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class TimeBlockSplit:
+    """Block ``k`` (of ``block_hours`` since the epoch) goes to ``pattern[k % len(pattern)]``."""
+
+    block_hours: float = 24.0
+    pattern: tuple[str, ...] = ("train",) * 8 + ("val", "test")
+
+    def __post_init__(self) -> None:
+        unknown = set(self.pattern) - set(SPLITS)
+        if unknown or not self.pattern:
+            raise ValueError(f"split pattern must use {SPLITS}, got {self.pattern}")
+
+    def block_of(self, seconds: np.ndarray) -> np.ndarray:
+        return np.floor_divide(seconds, int(self.block_hours * 3600))
+
+    def split_of(self, seconds: np.ndarray) -> np.ndarray:
+        return np.asarray(self.pattern)[self.block_of(seconds) % len(self.pattern)]
+
+
+def window_starts(
+    seconds: np.ndarray, length: int, step_seconds: int, split: str | None, splitter: TimeBlockSplit
+) -> np.ndarray:
+    """Indices where ``length`` frames follow each other at exactly ``step_seconds``."""
+    n = len(seconds) - length + 1
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.arange(n)
+    ends = starts + length - 1
+    contiguous = (seconds[ends] - seconds[starts]) == (length - 1) * step_seconds
+    if split is not None:
+        same_block = splitter.block_of(seconds[starts]) == splitter.block_of(seconds[ends])
+        contiguous &= same_block & (splitter.split_of(seconds[starts]) == split)
+    return starts[contiguous]
+
+
+class SequenceDataset(Dataset):
+    """Windows from one product: ``inputs`` [t_in, 1, H, W], ``targets`` [t_out, 1, H, W].
+
+    Tensors are normalised (``normalizer``) with nodata filled as no rain; ``*_mask`` say
+    which pixels were observed, so losses can ignore the rest. With ``crop`` set, a random
+    ``crop`` x ``crop`` window is taken (centred for val/test), retried up to ``crop_tries``
+    times until at least ``min_rain_fraction`` of the last input frame rains.
+    """
+
+    def __init__(
+        self,
+        store: str,
+        product: str,
+        t_in: int,
+        t_out: int,
+        split: str | None = None,
+        splitter: TimeBlockSplit | None = None,
+        crop: int | None = None,
+        min_rain_fraction: float = 0.0,
+        rain_threshold: float = 0.1,
+        augment: bool = False,
+        normalizer: RainNormalizer | None = None,
+        step_minutes: float | None = None,
+        crop_tries: int = 10,
+        seed: int = 0,
+        storage_options: dict | None = None,
+    ):
+        if t_in < 1 or t_out < 1:
+            raise ValueError("t_in and t_out must be at least 1")
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
+        self.store, self.product, self.storage_options = store, product, storage_options
+        self.t_in, self.t_out = t_in, t_out
+        self.split, self.splitter = split, splitter or TimeBlockSplit()
+        self.crop, self.min_rain_fraction, self.rain_threshold = crop, min_rain_fraction, rain_threshold
+        self.augment, self.crop_tries, self.seed = augment, crop_tries, seed
+        self.normalizer = normalizer or RainNormalizer()
+        archive = ProductArchive(store, product, storage_options)
+        times = archive.times()
+        self.seconds = times.astype(np.int64)
+        self.step_minutes = step_minutes or time_step_minutes(times)
+        if self.step_minutes is None:
+            raise ValueError(f"product {product!r} has fewer than two frames: no step, no windows")
+        self.starts = window_starts(
+            self.seconds, t_in + t_out, int(round(self.step_minutes * 60)), split, self.splitter
+        )
+        self._array: zarr.Array | None = None
+        self._epoch = 0
+        with archive.open() as ds:
+            self.shape = ds[VARIABLE].shape[1:]
+            encoding = ds[VARIABLE].encoding
+        self._scale = float(encoding.get("scale_factor", 1.0))
+        self._fill = encoding.get("_FillValue")
+        if crop is not None and crop > min(self.shape):
+            raise ValueError(f"crop {crop} is larger than the {self.shape} grid of {product!r}")
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getstate__(self) -> dict[str, Any]:  # zarr handles do not cross process boundaries
+        state = self.__dict__.copy()
+        state["_array"] = None
+        return state
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fresh random crops and augmentations every epoch (still reproducible)."""
+        self._epoch = epoch
+
+    @property
+    def array(self) -> zarr.Array:
+        if self._array is None:
+            archive = ProductArchive(self.store, self.product, self.storage_options)
+            self._array = zarr.open_array(archive._zstore, path=VARIABLE, mode="r", zarr_format=3)
+        return self._array
+
+    def _decode(self, raw: np.ndarray) -> np.ndarray:
+        """Stored integers -> mm/h float32 with NaN for nodata (the CF decoding, without xarray)."""
+        out = raw.astype(np.float32) * np.float32(self._scale)
+        if self._fill is not None:
+            out[raw == self._fill] = np.nan
+        return out
+
+    def _pick_crop(self, start: int, rng: np.random.Generator) -> tuple[int, int]:
+        """Top-left corner of the crop; deterministic for val/test (rng seeded by index)."""
+        if not self.crop:
+            return 0, 0
+        ny, nx, size = self.shape[0], self.shape[1], self.crop
+        if self.min_rain_fraction <= 0:
+            if self.split in ("val", "test"):
+                return (ny - size) // 2, (nx - size) // 2
+            return int(rng.integers(0, ny - size + 1)), int(rng.integers(0, nx - size + 1))
+        best, best_fraction = (0, 0), -1.0
+        last_input = start + self.t_in - 1
+        for _ in range(self.crop_tries):
+            y0, x0 = int(rng.integers(0, ny - size + 1)), int(rng.integers(0, nx - size + 1))
+            frame = self._decode(self.array[last_input, y0 : y0 + size, x0 : x0 + size])
+            fraction = float(np.mean(np.nan_to_num(frame) >= self.rain_threshold))
+            if fraction >= self.min_rain_fraction:
+                return y0, x0
+            if fraction > best_fraction:
+                best, best_fraction = (y0, x0), fraction
+        return best
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        start = int(self.starts[index])
+        epoch = 0 if self.split in ("val", "test") else self._epoch
+        rng = np.random.default_rng([self.seed, epoch, index])
+        y0, x0 = self._pick_crop(start, rng)
+        ny, nx = (self.crop, self.crop) if self.crop else self.shape
+        stop = start + self.t_in + self.t_out
+        rate = self._decode(self.array[start:stop, y0 : y0 + ny, x0 : x0 + nx])
+        if self.augment:
+            rate = np.rot90(rate, k=int(rng.integers(0, 4)), axes=(1, 2))
+            if rng.integers(0, 2):
+                rate = rate[:, :, ::-1]
+            rate = np.ascontiguousarray(rate)
+        valid = ~np.isnan(rate)
+        z = self.normalizer.forward(np.nan_to_num(rate, nan=0.0)).astype(np.float32)
+        z = torch.from_numpy(z[:, None])
+        mask = torch.from_numpy(valid[:, None])
+        return {
+            "inputs": z[: self.t_in],
+            "targets": z[self.t_in :],
+            "input_mask": mask[: self.t_in],
+            "target_mask": mask[self.t_in :],
+            "init_time": int(self.seconds[start + self.t_in - 1]),
+            "offset": torch.tensor([y0, x0]),
+        }

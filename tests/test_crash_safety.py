@@ -1,0 +1,117 @@
+"""A killed ingest never leaves the store unreadable, and a rerun completes it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import sample_files
+
+from pipelines.ingest import ingest
+from pipelines.store import ProductArchive
+
+
+def committed_frames(store: str, product: str) -> int:
+    archive = ProductArchive(store, product)
+    return archive.times().size if archive.exists() else 0
+
+
+def test_kill_9_mid_ingest_then_rerun_completes(store: str, tmp_path: Path) -> None:
+    files = sample_files("knmi")  # 92 real files
+    folder = str(files[0].parent)
+    exe = str(Path(sys.executable).with_name("nowcast"))
+    cmd = [exe, "ingest", "--format", "knmi_hdf5", "--store", store, "--product", "knmi",
+           "--batch-size", "2", folder]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        while committed_frames(store, "knmi") < 10:
+            assert proc.poll() is None, "ingest finished before it could be killed"
+            assert time.monotonic() < deadline, "ingest made no progress"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    # readable right after the kill, through plain xarray, with a consistent, sorted prefix
+    with xr.open_zarr(f"{store}/knmi", consolidated=True) as ds:
+        n = ds.sizes["time"]
+        assert 10 <= n < len(files)
+        assert np.all(np.diff(ds["time"].values) > np.timedelta64(0))
+        assert np.isfinite(ds["precip"].isel(time=-1).values).any()
+    rerun = subprocess.run(cmd, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    reference = str(tmp_path / "reference.zarr")
+    ingest(files, reference, "knmi", fmt="knmi_hdf5", batch_size=32)
+    got, want = ProductArchive(store, "knmi").open().load(), ProductArchive(reference, "knmi").open().load()
+    np.testing.assert_array_equal(got["time"].values, want["time"].values)
+    np.testing.assert_array_equal(got["precip"].values, want["precip"].values)
+
+
+class Interrupted(Exception):
+    pass
+
+
+CRASH_POINTS = {
+    # where the insert stops -> what the next run's recovery reports
+    "journal_half_written": "discarded an incomplete staging journal",
+    "journal_complete": "completed an interrupted out-of-order insert",
+    "after_append": "completed an interrupted out-of-order insert",
+    "after_region_write": "completed an interrupted out-of-order insert",
+}
+
+
+def _crash_after(method):
+    def wrapper(self, *args, **kwargs):
+        method(self, *args, **kwargs)
+        raise Interrupted(method.__name__)
+    return wrapper
+
+
+@pytest.mark.parametrize("crash_point", list(CRASH_POINTS))
+def test_interrupted_out_of_order_insert_is_redone_or_discarded(
+    store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash_point: str
+) -> None:
+    files = sample_files("fmi", 8)
+    ingest(files[3:6], store, "fmi", fmt="fmi_pgm")
+    archive = ProductArchive(store, "fmi")
+    if crash_point == "journal_half_written":
+        to_zarr = ProductArchive._to_zarr
+
+        def staging_then_crash(self, ds, zstore, **kwargs):
+            to_zarr(self, ds, zstore, **kwargs)
+            if zstore is self._staging_store:
+                raise Interrupted("before the journal's complete flag")
+        monkeypatch.setattr(ProductArchive, "_to_zarr", staging_then_crash)
+    elif crash_point == "journal_complete":
+        def crash(self):
+            raise Interrupted("before applying the journal")
+        monkeypatch.setattr(ProductArchive, "_apply_staging", crash)
+    elif crash_point == "after_append":
+        monkeypatch.setattr(ProductArchive, "_append", _crash_after(ProductArchive._append))
+    else:
+        monkeypatch.setattr(ProductArchive, "_overwrite_region", _crash_after(ProductArchive._overwrite_region))
+    with pytest.raises(Interrupted):
+        ingest([files[0], files[1], files[6], files[7]], store, "fmi", fmt="fmi_pgm", batch_size=4)
+    monkeypatch.undo()
+    # readable in between, whatever the point of interruption; untouched (so still sorted)
+    # while the crash came before the journal was applied to the product
+    with xr.open_zarr(f"{store}/fmi", consolidated=True) as ds:
+        assert ds["precip"].isel(time=-1).values.shape == (1226, 760)
+        if crash_point.startswith("journal"):
+            assert ds.sizes["time"] == 3 and np.all(np.diff(ds["time"].values) > np.timedelta64(0))
+    assert archive.recover() == CRASH_POINTS[crash_point]
+    assert archive.recover() is None  # nothing left to do
+    ingest(files, store, "fmi", fmt="fmi_pgm")
+    reference = str(tmp_path / "reference.zarr")
+    ingest(files, reference, "fmi", fmt="fmi_pgm")
+    got, want = archive.open().load(), ProductArchive(reference, "fmi").open().load()
+    np.testing.assert_array_equal(got["time"].values, want["time"].values)
+    np.testing.assert_array_equal(got["precip"].values, want["precip"].values)
