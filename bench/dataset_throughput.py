@@ -96,9 +96,10 @@ def main() -> None:
                "window": {"t_in": args.t_in, "t_out": args.t_out, "crop": args.crop},
                "batch_size": args.batch_size, "windows_measured": args.windows, "zarr": {}, "memmap": {}}
     for workers in (0, 1, 2):
-        results["zarr"][f"workers_{workers}"] = round(windows_per_second(dataset, workers, args.windows, args.batch_size), 1)
-        results["memmap"][f"workers_{workers}"] = round(windows_per_second(memmap, workers, args.windows, args.batch_size), 1)
-        print(f"workers={workers}: {results['zarr'][f'workers_{workers}']} vs {results['memmap'][f'workers_{workers}']}", file=sys.stderr)
+        key = f"workers_{workers}"
+        for name, source in (("zarr", dataset), ("memmap", memmap)):
+            results[name][key] = round(windows_per_second(source, workers, args.windows, args.batch_size), 1)
+        print(f"workers={workers}: zarr {results['zarr'][key]} vs memmap {results['memmap'][key]}", file=sys.stderr)
     results["zarr_over_memmap"] = {
         k: round(results["zarr"][k] / results["memmap"][k], 3) for k in results["zarr"]
     }

@@ -3,7 +3,7 @@
 Decodes real radar frames once (pipelines.ingest.decode), writes them with each variant
 through xarray (``Dataset.to_zarr(..., zarr_format=3, consolidated=True)``) and measures:
 
-* ``bytes``: bytes on disk under the store directory (os.walk),
+* ``bytes``/``files``: bytes and files (objects) under the store directory (os.walk),
 * ``write_s``: wall time of ``to_zarr`` (including consolidated metadata),
 * ``frames_per_s``: full-frame reads, one ``arr[t]`` per frame through ``zarr.open_array``,
   decoded here to float32 mm/h (scale_factor, _FillValue -> NaN); best of ``--repeats``,
@@ -86,20 +86,21 @@ def variants(shape: tuple[int, int]) -> list[dict[str, Any]]:
     u16 = {"dtype": "uint16", "scale_factor": np.float32(0.01), "_FillValue": np.uint16(65535)}
     # A shard must be a whole number of inner chunks: round the frame up to a multiple of 256.
     shard_round = (1, math.ceil(ny / 256) * 256, math.ceil(nx / 256) * 256)
+    z3, z3s = "blosc zstd clevel=3 bitshuffle", "blosc zstd clevel=3 shuffle"
     return [
         {"name": "float32-plain-full", "compressor": "none",
          "enc": {"dtype": "float32", "chunks": full, "compressors": None}},
-        {"name": "float32-zstd3-shuffle-512", "compressor": "blosc zstd clevel=3 shuffle",
+        {"name": "float32-zstd3-shuffle-512", "compressor": z3s,
          "enc": {"dtype": "float32", "chunks": c512, "compressors": (blosc(3, "shuffle"),)}},
-        {"name": "float16-zstd3-bitshuffle-512", "compressor": "blosc zstd clevel=3 bitshuffle",
+        {"name": "float16-zstd3-bitshuffle-512", "compressor": z3,
          "enc": {"dtype": "float16", "chunks": c512, "compressors": (blosc(3),)}},
-        {"name": "uint16x0.01-zstd3-bitshuffle-full", "compressor": "blosc zstd clevel=3 bitshuffle",
+        {"name": "uint16x0.01-zstd3-bitshuffle-full", "compressor": z3,
          "enc": {**u16, "chunks": full, "compressors": (blosc(3),)}},
-        {"name": "uint16x0.01-zstd3-bitshuffle-256", "compressor": "blosc zstd clevel=3 bitshuffle",
+        {"name": "uint16x0.01-zstd3-bitshuffle-256", "compressor": z3,
          "enc": {**u16, "chunks": c256, "compressors": (blosc(3),)}},
-        {"name": "uint16x0.01-zstd3-bitshuffle-512 (current)", "compressor": "blosc zstd clevel=3 bitshuffle",
+        {"name": "uint16x0.01-zstd3-bitshuffle-512 (current)", "compressor": z3,
          "enc": {**u16, "chunks": c512, "compressors": (blosc(3),)}},
-        {"name": "uint16x0.01-zstd3-bitshuffle-256-shard-frame", "compressor": "blosc zstd clevel=3 bitshuffle",
+        {"name": "uint16x0.01-zstd3-bitshuffle-256-shard-frame", "compressor": z3,
          "enc": {**u16, "chunks": c256, "shards": full, "compressors": (blosc(3),)},
          "fallback_shards": shard_round},
         {"name": "uint16x0.01-zstd1-bitshuffle-512", "compressor": "blosc zstd clevel=1 bitshuffle",
@@ -109,11 +110,13 @@ def variants(shape: tuple[int, int]) -> list[dict[str, Any]]:
     ]
 
 
-def dir_bytes(path: Path) -> int:
-    total = 0
+def dir_bytes(path: Path) -> tuple[int, int]:
+    """(bytes, files) under path."""
+    total = count = 0
     for dirpath, _, files in os.walk(path):
         total += sum(os.path.getsize(os.path.join(dirpath, name)) for name in files)
-    return total
+        count += len(files)
+    return total, count
 
 
 def write(ds: xr.Dataset, path: Path, enc: dict[str, Any]) -> float:
@@ -184,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=40)
     parser.add_argument("--product", choices=sorted(PRODUCTS), default="fmi")
-    parser.add_argument("--out-dir", default=None, help="where the stores go (default: a temp dir, removed)")
+    parser.add_argument("--out-dir", default=None,
+                        help="where the stores go (default: a temp dir, removed afterwards)")
     parser.add_argument("--repeats", type=int, default=2, help="read repeats, best kept")
     parser.add_argument("--windows", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
@@ -203,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     if nt < WINDOW_T or ny < WINDOW_YX or nx < WINDOW_YX:
         raise SystemExit(f"need at least {WINDOW_T} frames of {WINDOW_YX}x{WINDOW_YX}")
     windows = [
-        (int(rng.integers(0, nt - wt + 1)), int(rng.integers(0, ny - WINDOW_YX + 1)),
+        (int(rng.integers(0, nt - wt + 1)),
+         int(rng.integers(0, ny - WINDOW_YX + 1)),
          int(rng.integers(0, nx - WINDOW_YX + 1)))
         for _ in range(args.windows)
     ]
@@ -229,13 +234,14 @@ def main(argv: list[str] | None = None) -> int:
                 enc["shards"] = v["fallback_shards"]
                 write_s = write(ds, path, enc)
             arr = zarr.open_array(str(path), path=VARIABLE, mode="r", zarr_format=3)
-            nbytes = dir_bytes(path)
+            nbytes, nfiles = dir_bytes(path)
             if plain_bytes is None:
                 plain_bytes = nbytes
             full_s, back = read_full(path, args.repeats)
             win_s = read_windows(path, windows, args.repeats)
             valid = ~nan_mask
-            err = float(np.max(np.abs(back[valid].astype(np.float64) - data[valid]))) if valid.any() else 0.0
+            diff = np.abs(back[valid].astype(np.float64) - data[valid])
+            err = float(diff.max()) if diff.size else 0.0
             nan_ok = bool(np.array_equal(np.isnan(back), nan_mask))
             shards = getattr(arr, "shards", None)
             row = {
@@ -246,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                 "compressor": v["compressor"],
                 "codecs": describe_codecs(arr),
                 "bytes": nbytes,
+                "files": nfiles,
                 "ratio_vs_float32_plain": round(plain_bytes / nbytes, 2),
                 "write_s": round(write_s, 3),
                 "frames_per_s": round(nt / full_s, 1),
@@ -269,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         "shape": [int(ny), int(nx)],
         "nodata_fraction": round(float(nan_mask.mean()), 4),
         "read_repeats": args.repeats,
-        "windows": {"count": len(windows), "frames": wt, "pixels": [WINDOW_YX, WINDOW_YX], "seed": args.seed},
+        "windows": {"count": len(windows), "frames": wt,
+                    "pixels": [WINDOW_YX, WINDOW_YX], "seed": args.seed},
         "zarr": zarr.__version__,
         "xarray": xr.__version__,
         "variants": results,

@@ -5,8 +5,9 @@ whose ``to_dict`` goes into checkpoints, so a checkpoint alone can undo it.
 
 - ``log``: z = ln(1 + R / r_ref) / ln(1 + r_max / r_ref); 0 mm/h -> 0, r_max -> 1, smooth
   and exactly invertible everywhere (R >= 0).
-- ``db``: z = (10 log10 R - db_min) / (db_max - db_min) for R >= threshold, else 0 (no rain);
-  the pysteps-style dBR transform, invertible for R = 0 and R >= threshold.
+- ``db``: z = (10 log10 R - db_zero) / (db_max - db_zero) for R >= threshold, else 0, where
+  db_zero lies 5 dB below the threshold (pysteps' "zerovalue" convention), so rain at the
+  threshold stays distinct from no rain; invertible for R = 0 and R >= threshold.
 - ``identity``: z = R / r_max.
 """
 
@@ -42,6 +43,10 @@ class RainNormalizer:
     def db_min(self) -> float:
         return 10.0 * math.log10(self.threshold)
 
+    @property
+    def db_zero(self) -> float:
+        return self.db_min - 5.0
+
     def forward(self, rain_rate: Array) -> Array:
         """mm/h -> model space. NaN (nodata) stays NaN; callers decide how to fill it."""
         xp = torch if _is_torch(rain_rate) else np
@@ -51,7 +56,7 @@ class RainNormalizer:
         if self.kind == "identity":
             return r / self.r_max
         safe = xp.where(r >= self.threshold, r, self.threshold) if xp is np else r.clamp(min=self.threshold)
-        z = (10.0 * xp.log10(safe) - self.db_min) / (self.db_max - self.db_min)
+        z = (10.0 * xp.log10(safe) - self.db_zero) / (self.db_max - self.db_zero)
         return xp.where(r >= self.threshold, z, 0.0 * z)
 
     def inverse(self, z: Array) -> Array:
@@ -62,8 +67,8 @@ class RainNormalizer:
         elif self.kind == "identity":
             r = z * self.r_max
         else:
-            db = z * (self.db_max - self.db_min) + self.db_min
-            r = xp.where(z > 0.0, 10.0 ** (db / 10.0), 0.0 * z)
+            db = z * (self.db_max - self.db_zero) + self.db_zero
+            r = xp.where(db >= self.db_min - 2.5, 10.0 ** (db / 10.0), 0.0 * z)
         return xp.clip(r, 0.0, None) if xp is np else r.clamp(min=0.0)
 
     def to_dict(self) -> dict[str, Any]:

@@ -53,6 +53,7 @@ def precip_encoding(shape: tuple[int, int]) -> dict[str, Any]:
         "dtype": "uint16",
         "scale_factor": SCALE,
         "_FillValue": FILL,
+        "fill_value": FILL,  # zarr's own: a chunk never written reads as nodata, not as 0 mm/h
         "chunks": (1, min(TILE, ny), min(TILE, nx)),
         "compressors": (BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),),
     }

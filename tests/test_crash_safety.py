@@ -115,3 +115,19 @@ def test_interrupted_out_of_order_insert_is_redone_or_discarded(
     got, want = archive.open().load(), ProductArchive(reference, "fmi").open().load()
     np.testing.assert_array_equal(got["time"].values, want["time"].values)
     np.testing.assert_array_equal(got["precip"].values, want["precip"].values)
+
+
+def test_space_never_written_reads_as_nodata_not_as_dry(store: str) -> None:
+    """An append cut off after the resize but before the data must not look like 0 mm/h."""
+    import zarr
+
+    from pipelines.synthetic import synthetic_frames
+
+    archive = ProductArchive(store, "synth")
+    archive.write(synthetic_frames(n_frames=2, shape=(32, 32)))
+    precip = zarr.open_array(archive._zstore, path="precip", mode="r+")
+    precip.resize((3, 32, 32))  # what a killed append leaves behind, uncommitted
+    assert archive.times().size == 2  # committed view: unchanged
+    # a reader that bypasses the commit sees nodata (the CF _FillValue) there, never 0 mm/h
+    fill = archive.open()["precip"].encoding["_FillValue"]
+    assert (precip[2] == fill).all() and (precip[1] != fill).any()

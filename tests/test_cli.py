@@ -1,0 +1,59 @@
+"""The command line as users and external checks call it, and the demo's data sources."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from conftest import DATA, nowcast_cli, sample_files
+
+from pipelines.store import ProductArchive
+from pipelines.synthetic import synthetic_frames
+
+
+def test_ingest_contract_command_line(store: str) -> None:
+    folder = sample_files("mch", 1)[0].parent
+    result = nowcast_cli("ingest", "--format", "mch_gif", "--store", store, "--product", "mch",
+                         "--workers", "2", str(folder))
+    assert result.returncode == 0, result.stderr
+    assert "40 frames written" in result.stderr.replace("\n", " ")
+    assert ProductArchive(store, "mch").times().size == 40
+
+
+def test_demo_ingests_real_radar_and_prints_the_summary(tmp_path: Path) -> None:
+    env = {**os.environ, "NOWCAST_SAMPLE_DATA": str(DATA)}
+    store = str(tmp_path / "demo.zarr")
+    result = nowcast_cli("demo", "--store", store, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "FMI radar composite, 40 files" in result.stderr
+    assert "2016-09-28T14:45:00Z .. 2016-09-28T18:00:00Z" in result.stdout
+    info = json.loads(nowcast_cli("store", "info", "--store", store, "--json", check=True).stdout)
+    assert info["products"][0]["frames"] == 40
+
+
+def test_demo_falls_back_to_the_synthetic_storm_and_says_so(tmp_path: Path) -> None:
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    env = {**os.environ, "NOWCAST_SAMPLE_DATA": str(empty), "NOWCAST_NO_DOWNLOAD": "1"}
+    store = str(tmp_path / "demo.zarr")
+    result = nowcast_cli("demo", "--store", store, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "no sample radar found" in result.stderr and "synthetic" in result.stderr
+    assert ProductArchive(store, "synthetic").times().size == 36
+
+
+def test_synthetic_storm_moves_grows_and_decays() -> None:
+    frames = synthetic_frames(n_frames=36, shape=(96, 96), seed=4)
+    again = synthetic_frames(n_frames=36, shape=(96, 96), seed=4)
+    assert all(np.array_equal(a.rain_rate, b.rain_rate) for a, b in zip(frames, again, strict=True))
+    totals = np.array([f.rain_rate.sum() for f in frames])
+    assert totals.max() > 2 * totals[totals > 0].min()  # cells are born, peak and die
+    assert all(f.rain_rate.min() >= 0 and np.isfinite(f.rain_rate).all() for f in frames)
+    # the field moves: frames 4 steps apart correlate best at a shift, not in place
+    a, b = frames[10].rain_rate, frames[14].rain_rate
+    correlation = np.real(np.fft.ifft2(np.fft.fft2(b) * np.conj(np.fft.fft2(a))))
+    dy, dx = np.unravel_index(np.argmax(correlation), correlation.shape)
+    assert (dy, dx) != (0, 0)
+    assert np.diff([f.time for f in frames]).astype(int).tolist() == [300] * 35
