@@ -55,7 +55,9 @@ def print_report(report) -> None:
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files or directories (searched recursively).")],
     format: Annotated[str, typer.Option("--format", "-f", help="Importer name, or 'auto'.")] = "auto",
-    store: Annotated[str, typer.Option(help="Zarr store: a local path or an fsspec URL.")] = "data/archive.zarr",
+    store: Annotated[
+        str, typer.Option(help="Zarr store: a local path or an fsspec URL.", envvar="NOWCAST_STORE")
+    ] = "data/archive.zarr",
     product: Annotated[str, typer.Option(help="Product (group) name in the store.")] = ...,
     workers: Annotated[int, typer.Option(help="Decoding processes.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Frames per commit.")] = 16,
@@ -111,7 +113,9 @@ def print_summary(summary: dict) -> None:
 
 @store_app.command("info")
 def store_info(
-    store: Annotated[str, typer.Option(help="Zarr store: a local path or an fsspec URL.")] = "data/archive.zarr",
+    store: Annotated[
+        str, typer.Option(help="Zarr store: a local path or an fsspec URL.", envvar="NOWCAST_STORE")
+    ] = "data/archive.zarr",
     product: Annotated[str | None, typer.Option(help="Only this product.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:

@@ -163,3 +163,17 @@ def test_store_info_reports_products_steps_gaps_and_grid(store: str) -> None:
     assert "+proj=laea" in opera["crs"]["proj4"] and opera["size_on_disk_bytes"] > 0
     table = nowcast_cli("store", "info", "--store", store, "--product", "fmi", check=True).stdout
     assert "3 missing frames" in table and "5 min" in table
+
+
+def test_fsspec_url_store_goes_through_the_same_path() -> None:
+    """An fsspec URL (here the in-process memory:// filesystem) instead of a local path."""
+    from pipelines.info import store_summary
+
+    url = "memory://nowcast-test/archive.zarr"
+    files = sample_files("fmi", 3)
+    assert ingest(files[1:], url, "fmi", fmt="fmi_pgm").written == 2
+    late = ingest(files, url, "fmi", fmt="fmi_pgm")
+    assert (late.written, late.inserted_out_of_order, late.already_present) == (1, 1, 2)
+    summary = store_summary(url)["products"][0]
+    assert summary["frames"] == 3 and summary["size_on_disk_bytes"] > 0
+    assert summary["start"] == "2016-09-28T14:45:00Z"

@@ -1,0 +1,1 @@
+"""The forecast HTTP service (FastAPI); arrives with the models."""
