@@ -200,7 +200,17 @@ class ProductArchive:
         self._to_zarr(ds, self._zstore, mode="w", encoding=encoding)
 
     def _append(self, ds: xr.Dataset) -> None:
-        self._to_zarr(ds[[VARIABLE]], self._zstore, mode="a", append_dim="time")
+        """Grow the arrays (invisible until the commit), then fill the new space as a region.
+
+        Not xarray's ``append_dim``: in append mode xarray rewrites the group's attributes,
+        i.e. the very key that holds the consolidated metadata, and a kill at that moment
+        would leave a committed product without its commit record.
+        """
+        start = len(self.times())
+        for name in (VARIABLE, "time"):
+            array = zarr.open_array(self._zstore, path=name, mode="r+", zarr_format=3)
+            array.resize((start + ds.sizes["time"], *array.shape[1:]))
+        self._overwrite_region(ds, start)
 
     def _overwrite_region(self, ds: xr.Dataset, start: int) -> None:
         region = {"time": slice(start, start + ds.sizes["time"])}

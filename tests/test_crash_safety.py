@@ -131,3 +131,32 @@ def test_space_never_written_reads_as_nodata_not_as_dry(store: str) -> None:
     # a reader that bypasses the commit sees nodata (the CF _FillValue) there, never 0 mm/h
     fill = archive.open()["precip"].encoding["_FillValue"]
     assert (precip[2] == fill).all() and (precip[1] != fill).any()
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["append", "out_of_order_insert"])
+def test_write_cut_off_before_its_commit_keeps_the_last_commit(
+    store: str, monkeypatch: pytest.MonkeyPatch, late: bool
+) -> None:
+    """Everything of a write is on disk except the consolidated metadata: the product must still
+    open at its previous commit (and ``recover`` must not mistake it for an uncommitted one)."""
+    import zarr
+
+    files = sample_files("fmi", 6)
+    ingest(files[2:4], store, "fmi", fmt="fmi_pgm")
+    archive = ProductArchive(store, "fmi")
+    before = archive.open().load()
+
+    def cut(*args, **kwargs):
+        raise Interrupted("killed before the commit")
+
+    monkeypatch.setattr(zarr, "consolidate_metadata", cut)
+    with pytest.raises(Interrupted):
+        ingest(files[:2] if late else files[4:], store, "fmi", fmt="fmi_pgm")
+    monkeypatch.undo()
+    assert archive.exists()
+    if not late:  # an out-of-order insert stops in its journal, before touching the product
+        xr.testing.assert_identical(archive.open().load(), before)
+    archive.recover()
+    assert archive.exists() and archive.times().size >= 2
+    ingest(files, store, "fmi", fmt="fmi_pgm")
+    assert archive.times().size == 6

@@ -1,4 +1,8 @@
-"""Australian Bureau of Meteorology Rainfields3 netCDF accumulations (pysteps ``import_bom_rf3``)."""
+"""Australian Bureau of Meteorology Rainfields3 netCDF accumulations (pysteps ``import_bom_rf3``).
+
+The grid comes from the file's own x/y pixel centres: pysteps reports their min/max as if
+they were the outer edges, which would shift the grid by up to a pixel.
+"""
 
 from __future__ import annotations
 
@@ -19,18 +23,31 @@ def sniff(path: Path, head: bytes) -> bool:
         return "precipitation" in nc.variables and "valid_time" in nc.variables
 
 
+def _time(variable: netCDF4.Variable) -> np.datetime64:
+    when = netCDF4.num2date(variable[:], variable.units, only_use_cftime_datetimes=False)
+    return np.datetime64(np.asarray(when).ravel()[0].replace(tzinfo=None), "s")
+
+
 def read(path: Path) -> RawFrame:
     with netCDF4.Dataset(path) as nc:
-        valid = nc.variables["valid_time"]
-        when = netCDF4.num2date(valid[:], valid.units, only_use_cftime_datetimes=False)
-        when = np.asarray(when).ravel()[0]
+        valid = _time(nc.variables["valid_time"])
+        start = _time(nc.variables["start_time"]) if "start_time" in nc.variables else None
+        factor = 1000.0 if getattr(nc.variables["x"], "units", "m") == "km" else 1.0
+        x = np.asarray(nc.variables["x"][:], dtype=np.float64) * factor
+        y = np.asarray(nc.variables["y"][:], dtype=np.float64) * factor
     data, _, meta = pysteps_importers().import_bom_rf3(str(path))
-    accutime = float(meta.get("accutime") or 6.0)
+    data = np.ma.filled(np.ma.asarray(data, dtype=np.float64), np.nan)
+    if y[0] < y[-1]:  # the archive's row 0 is the northern edge
+        y, data = y[::-1], data[::-1]
+    unit = "mm/h" if meta.get("unit") == "mm/h" else "mm"
+    accutime = float((valid - start) / np.timedelta64(60, "s")) if start is not None else None
+    if unit == "mm" and not accutime:
+        raise ValueError(f"{path.name}: accumulation without start_time, cannot convert to mm/h")
     return RawFrame(
-        time=np.datetime64(when.replace(tzinfo=None), "s"),
+        time=valid,
         data=data,
-        unit="mm",
-        grid=Grid.from_pysteps_metadata(data.shape, meta),
-        accutime_minutes=accutime,
+        unit=unit,
+        grid=Grid(crs_proj=" ".join(str(meta["projection"]).split()), x=np.round(x, 3), y=np.round(y, 3)),
+        accutime_minutes=accutime if unit == "mm" else None,
         attrs={"provider": meta.get("institution", "Bureau of Meteorology"), "source_product": "Rainfields3"},
     )
