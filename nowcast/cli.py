@@ -99,9 +99,9 @@ def print_summary(summary: dict) -> None:
             "time range (UTC)": f"{p['start']} .. {p['end']}",
             "step": f"{p['step_minutes']:g} min" if p["step_minutes"] else "-",
             "gaps": f"{len(p['gaps'])} ({missing} missing frames)",
-            "grid": f"{g['ny']} x {g['nx']} pixels of {g['dx_m']:g} x {g['dy_m']:g} m",
-            "extent (m)": f"x {g['x_range_m'][0]:.0f}..{g['x_range_m'][1]:.0f}, "
-            f"y {g['y_range_m'][0]:.0f}..{g['y_range_m'][1]:.0f}",
+            "grid": f"{g['ny']} x {g['nx']} pixels of {g['dx_m']:g} x {g['dy_m']:g} {g['units']}",
+            f"extent ({g['units']})": f"x {g['x_range_m'][0]:.7g}..{g['x_range_m'][1]:.7g}, "
+            f"y {g['y_range_m'][0]:.7g}..{g['y_range_m'][1]:.7g}",
             "CRS": p["crs"]["proj4"],
             "size on disk": _human_bytes(p["size_on_disk_bytes"]),
             **{k.replace("_", " "): str(v) for k, v in p["attrs"].items()},

@@ -65,10 +65,26 @@ class Grid:
         tol = 1e-3 * min(self.pixel_size)
         return bool(np.allclose(self.x, other.x, atol=tol) and np.allclose(self.y, other.y, atol=tol))
 
+    @property
+    def is_geographic(self) -> bool:
+        return bool(self.crs.is_geographic)
+
+    @property
+    def unit(self) -> str:
+        return "degrees" if self.is_geographic else "m"
+
+    def coordinate_attrs(self, axis: str) -> dict[str, str]:
+        """CF attributes of the x or y coordinate: projected metres, or longitude/latitude."""
+        if self.is_geographic:
+            name, units = ("longitude", "degrees_east") if axis == "x" else ("latitude", "degrees_north")
+        else:
+            name, units = f"projection_{axis}_coordinate", "m"
+        return {"standard_name": name, "units": units, "axis": axis.upper()}
+
     def describe(self) -> str:
         dx, dy = self.pixel_size
         return (
-            f"{self.shape[0]}x{self.shape[1]} pixels of {dx:g}x{dy:g} m, "
+            f"{self.shape[0]}x{self.shape[1]} pixels of {dx:g}x{dy:g} {self.unit}, "
             f"x {self.x[0]:.0f}..{self.x[-1]:.0f}, y {self.y[0]:.0f}..{self.y[-1]:.0f}, "
             f"CRS '{self.crs_proj}'"
         )

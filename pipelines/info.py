@@ -58,6 +58,7 @@ def product_summary(store: str, product: str, storage_options: dict | None = Non
         "grid": {
             "ny": grid.shape[0],
             "nx": grid.shape[1],
+            "units": grid.unit,  # "m", or "degrees" for a native lat/lon grid (MRMS)
             "dx_m": dx,
             "dy_m": dy,
             "x_range_m": [float(grid.x.min()), float(grid.x.max())],

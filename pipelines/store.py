@@ -99,8 +99,8 @@ def frames_to_dataset(frames: Sequence[Frame], product: str) -> xr.Dataset:
         },
         coords={
             "time": ("time", times, {"standard_name": "time", "long_name": "valid time (UTC)", "axis": "T"}),
-            "y": ("y", grid.y, {"standard_name": "projection_y_coordinate", "units": "m", "axis": "Y"}),
-            "x": ("x", grid.x, {"standard_name": "projection_x_coordinate", "units": "m", "axis": "X"}),
+            "y": ("y", grid.y, grid.coordinate_attrs("y")),
+            "x": ("x", grid.x, grid.coordinate_attrs("x")),
         },
     )
     ds.attrs = _clean_attrs(
