@@ -133,6 +133,43 @@ def store_info(
         print_summary(summary)
 
 
+@store_app.command("show")
+def store_show(
+    product: Annotated[str, typer.Option(help="Product to draw.")],
+    store: Annotated[
+        str, typer.Option(help="Zarr store: a local path or an fsspec URL.", envvar="NOWCAST_STORE")
+    ] = "data/archive.zarr",
+    time: Annotated[str | None, typer.Option(help="Valid time (UTC, ISO); default the latest.")] = None,
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("frame.png"),
+) -> None:
+    """Draw one stored frame as a PNG (rain-rate colour scale, grey = nodata)."""
+    import numpy as np
+
+    from nowcast.plots import plot_frame
+    from pipelines.store import ProductArchive
+
+    archive = ProductArchive(store, product)
+    if not archive.exists():
+        console.print(f"[red]error:[/] no product {product!r} in {store}")
+        raise typer.Exit(2)
+    with archive.open() as ds:
+        if time is None:
+            frame = ds["precip"].isel(time=-1)
+        else:
+            wanted = np.datetime64(time.rstrip("Z"), "s")
+            if wanted not in ds["time"].values.astype("datetime64[s]"):
+                console.print(f"[red]error:[/] {time} is not a frame of {product!r}")
+                raise typer.Exit(2)
+            frame = ds["precip"].sel(time=wanted)
+        x, y = ds["x"].values, ds["y"].values
+        geographic = ds["x"].attrs.get("units") == "degrees_east"
+        scale = 1.0 if geographic else 1000.0
+        extent = (x[0] / scale, x[-1] / scale, y[-1] / scale, y[0] / scale)
+        stamp = str(frame["time"].values.astype("datetime64[s]"))
+        path = plot_frame(frame.values, f"{product} {stamp}Z", out, extent, "degrees" if geographic else "km")
+    console.print(f"wrote {path}")
+
+
 @app.command()
 def demo(
     store: Annotated[str, typer.Option(help="Where the demo archive goes.")] = "data/demo.zarr",

@@ -57,3 +57,22 @@ def test_synthetic_storm_moves_grows_and_decays() -> None:
     dy, dx = np.unravel_index(np.argmax(correlation), correlation.shape)
     assert (dy, dx) != (0, 0)
     assert np.diff([f.time for f in frames]).astype(int).tolist() == [300] * 35
+
+
+def test_store_show_draws_a_frame_and_refuses_unknown_times(store: str, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from pipelines.ingest import ingest
+
+    ingest(sample_files("fmi", 2), store, "fmi", fmt="fmi_pgm")
+    out = tmp_path / "frame.png"
+    result = nowcast_cli("store", "show", "--store", store, "--product", "fmi",
+                         "--time", "2016-09-28T14:45:00Z", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.width >= 400
+        colours = image.convert("RGB").getcolors(maxcolors=100_000)
+        assert len(colours) > 8  # rain classes, nodata grey, dry white, axes
+    missing = nowcast_cli("store", "show", "--store", store, "--product", "fmi", "--time", "2016-09-28T12:00:00Z",
+                          "--out", str(tmp_path / "x.png"))
+    assert missing.returncode == 2 and "is not a frame of 'fmi'" in missing.stderr
