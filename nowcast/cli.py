@@ -170,6 +170,56 @@ def store_show(
     console.print(f"wrote {path}")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(
+    ctx: typer.Context,
+    config: Annotated[list[Path], typer.Option(help="LightningCLI YAML config(s), e.g. configs/convlstm.yaml.")],
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint when there is one.")] = True,
+) -> None:
+    """Train a model (LightningCLI style: extra arguments such as --trainer.max_epochs 5 override the config)."""
+    from nowcast.train_cli import run_training
+
+    args = ["fit"]
+    for path in config:
+        args += ["--config", str(path)]
+    args += list(ctx.args)
+    if resume and not any(a.startswith("--ckpt_path") for a in ctx.args):
+        args += ["--ckpt_path", "last"]
+    run_training(args)
+
+
+@app.command()
+def evaluate(
+    product: Annotated[str, typer.Option(help="Product to verify against.")],
+    model: Annotated[list[str], typer.Option(help="persistence, optical_flow, a checkpoint, or a shipped model.")],
+    out: Annotated[Path, typer.Option(help="JSON report; .md, _csi.png and _case.gif are written beside it.")],
+    store: Annotated[
+        str, typer.Option(help="Zarr store: a local path or an fsspec URL.", envvar="NOWCAST_STORE")
+    ] = "data/archive.zarr",
+    start: Annotated[str | None, typer.Option(help="First init time (UTC, ISO).")] = None,
+    end: Annotated[str | None, typer.Option(help="Last init time (UTC, ISO).")] = None,
+    crop: Annotated[int | None, typer.Option(help="Centred N x N window.")] = None,
+    stride: Annotated[int, typer.Option(help="Every K-th init time.")] = 1,
+    lead_steps: Annotated[int | None, typer.Option(help="Lead steps (default: the trained models' output steps).")] = None,
+) -> None:
+    """Verify models against the archive: CSI/POD/FAR, MAE and FSS per lead time."""
+    from nowcast.evaluate import evaluate as run_evaluation
+
+    with _progress() as progress:
+        task = progress.add_task("evaluate", total=None)
+        try:
+            report = run_evaluation(
+                store, product, model, out, start=start, end=end, crop=crop, stride=stride, lead_steps=lead_steps,
+                on_case=lambda: progress.advance(task), total=lambda n: progress.update(task, total=n),
+            )
+        except (KeyError, ValueError, FileNotFoundError) as exc:
+            console.print(f"[red]error:[/] {exc.args[0] if exc.args else exc}")
+            raise typer.Exit(2) from exc
+    console.print(f"{report['n_cases']} cases ({report['n_dry_cases_skipped']} dry skipped); wrote "
+                  + ", ".join(report.get("files", {}).values()))
+    console.print(Path(report["files"]["markdown"]).read_text())
+
+
 @app.command()
 def demo(
     store: Annotated[str, typer.Option(help="Where the demo archive goes.")] = "data/demo.zarr",

@@ -45,3 +45,49 @@ def plot_frame(
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def plot_scores_by_lead(results: dict[str, list[dict]], out: str | Path, threshold: float = 1.0) -> Path:
+    """CSI at ``threshold`` against lead time, one line per model."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    key = f"{threshold:g}" if f"{threshold:g}" in next(iter(results.values()))[0]["csi"] else str(threshold)
+    for name, leads in results.items():
+        minutes = [lead["lead_minutes"] for lead in leads]
+        values = [np.nan if lead["csi"].get(key) is None else lead["csi"][key] for lead in leads]
+        ax.plot(minutes, values, marker="o", label=name)
+    ax.set_xlabel("lead time (min)")
+    ax.set_ylabel(f"CSI at {threshold:g} mm/h")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def animate_case(
+    observed: np.ndarray, forecasts: dict[str, np.ndarray], lead_minutes: list[float], title: str,
+    out: str | Path, frame_ms: int = 500,
+) -> Path:
+    """GIF: the observed sequence beside each model's forecast, one frame per lead time."""
+    from PIL import Image
+
+    cmap, norm = rain_colormap()
+    panels = {"observed": observed, **forecasts}
+    images = []
+    for k, minutes in enumerate(lead_minutes):
+        fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.4), dpi=80)
+        for ax, (name, field) in zip(np.atleast_1d(axes), panels.items(), strict=True):
+            ax.imshow(np.ma.masked_invalid(field[k]), cmap=cmap, norm=norm, interpolation="nearest")
+            ax.set_title(name, fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.suptitle(f"{title}  +{minutes:g} min", fontsize=10)
+        fig.canvas.draw()
+        images.append(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3]))
+        plt.close(fig)
+    out = Path(out)
+    images[0].save(out, save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
+    return out

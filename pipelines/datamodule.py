@@ -66,6 +66,25 @@ class RadarDataModule(pl.LightningDataModule):
             if split not in self.datasets:
                 self.datasets[split] = self._build(split)
 
+    def describe(self) -> dict:
+        """What a checkpoint should remember about its training data."""
+        from pipelines.store import ProductArchive
+
+        self.setup("fit")
+        first = self.datasets["train"].datasets[0]
+        ranges = {}
+        for product in self.products:
+            times = ProductArchive(self.hparams.store, product).times()
+            ranges[product] = [str(times[0]) + "Z", str(times[-1]) + "Z"] if len(times) else None
+        return {
+            "store": self.hparams.store,
+            "products": list(self.products),
+            "time_ranges": ranges,
+            "step_minutes": first.step_minutes,
+            "split": {"block_hours": self.splitter.block_hours, "pattern": list(self.splitter.pattern)},
+            "windows": {split: len(ds) for split, ds in self.datasets.items()},
+        }
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(
             self.datasets[split], batch_size=self.hparams.batch_size, shuffle=shuffle,

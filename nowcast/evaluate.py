@@ -1,0 +1,168 @@
+"""``nowcast evaluate``: every model on the same cases from the archive, scored per lead time.
+
+Cases are init times whose history (the longest any model needs) and future (the lead steps)
+are all in the archive without a gap, every ``stride``-th, inside ``[start, end]``; a case
+is skipped as dry when under 1 % of the valid pixels of its last observed frame reach
+0.1 mm/h. Scores are pooled over cases (``nowcast.verification``). Besides the JSON report
+the command writes a markdown table, a PNG of CSI against lead time and a GIF of one case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nowcast.forecaster import DEFAULT_MAX_LEAD_STEPS, LoadedForecaster, load_forecaster
+from nowcast.verification import LeadTimeVerifier, scores_table_markdown
+from pipelines.dataset import TimeBlockSplit, window_starts
+from pipelines.grid import Grid
+from pipelines.info import time_step_minutes
+from pipelines.store import ProductArchive
+
+DRY_THRESHOLD_MM_H = 0.1
+MIN_WET_FRACTION = 0.01
+
+
+@dataclass
+class Case:
+    start: int  # index of the first history frame
+    init: np.datetime64  # valid time of the last observed frame
+
+
+def parse_time(value: str | None) -> np.datetime64 | None:
+    return None if value is None else np.datetime64(value.rstrip("Z"), "s")
+
+
+def select_cases(
+    times: np.ndarray, history: int, lead_steps: int, step_minutes: float,
+    start: str | None, end: str | None, stride: int,
+) -> list[Case]:
+    seconds = times.astype("datetime64[s]").astype(np.int64)
+    starts = window_starts(seconds, history + lead_steps, int(round(step_minutes * 60)), None, TimeBlockSplit())
+    first, last = parse_time(start), parse_time(end)
+    cases = []
+    for s in starts:
+        init = times[s + history - 1].astype("datetime64[s]")
+        if (first is None or init >= first) and (last is None or init <= last):
+            cases.append(Case(int(s), init))
+    return cases[:: max(1, stride)]
+
+
+def crop_box(shape: tuple[int, int], crop: int | None) -> tuple[slice, slice]:
+    if crop is None:
+        return slice(None), slice(None)
+    ny, nx = shape
+    if crop > min(ny, nx):
+        raise ValueError(f"--crop {crop} is larger than the {ny}x{nx} grid")
+    y0, x0 = (ny - crop) // 2, (nx - crop) // 2
+    return slice(y0, y0 + crop), slice(x0, x0 + crop)
+
+
+def pixel_size_km(grid: Grid) -> float:
+    dx, dy = grid.pixel_size
+    size = (dx + dy) / 2
+    return size * 111.2 if grid.is_geographic else size / 1000.0
+
+
+def evaluate(
+    store: str, product: str, models: list[str], out: str | Path, start: str | None = None, end: str | None = None,
+    crop: int | None = None, stride: int = 1, lead_steps: int | None = None,
+    on_case: Callable[[], None] | None = None, total: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    archive = ProductArchive(store, product)
+    if not archive.exists():
+        raise KeyError(f"no product {product!r} in {store}")
+    forecasters: dict[str, LoadedForecaster] = {}
+    for spec in models:
+        loaded = load_forecaster(spec)
+        label = spec if spec == loaded.name else f"{loaded.name} ({Path(spec).name})"
+        forecasters[label] = loaded
+    with archive.open() as ds:
+        times = ds["time"].values.astype("datetime64[s]")
+        grid = Grid.from_dataset(ds)
+    step = time_step_minutes(times)
+    if step is None:
+        raise ValueError(f"product {product!r} has fewer than two frames")
+    for label, f in forecasters.items():
+        if f.step_minutes is not None and abs(f.step_minutes - step) > 1e-6:
+            raise ValueError(f"{label} was trained at {f.step_minutes:g}-min steps, {product!r} has {step:g}-min steps")
+    trained = [f.max_lead_steps for f in forecasters.values() if f.trainable]
+    leads = lead_steps or (min(trained) if trained else DEFAULT_MAX_LEAD_STEPS // 2)
+    history = max(f.input_steps for f in forecasters.values())
+    cases = select_cases(times, history, leads, step, start, end, stride)
+    if total:
+        total(len(cases))
+    ys, xs = crop_box(grid.shape, crop)
+    km = pixel_size_km(grid)
+    verifiers = {label: LeadTimeVerifier(leads, step, km) for label in forecasters}
+    archive_array = ProductArchive(store, product).open()["precip"]
+    used, dry, showcase = [], 0, None
+    for case in cases:
+        window = archive_array.isel(time=slice(case.start, case.start + history + leads), y=ys, x=xs).values
+        past, future = window[:history], window[history:]
+        last = past[-1]
+        valid = np.isfinite(last)
+        if not valid.any() or np.mean(last[valid] >= DRY_THRESHOLD_MM_H) < MIN_WET_FRACTION:
+            dry += 1
+            if on_case:
+                on_case()
+            continue
+        forecasts = {label: f.predict(past, leads) for label, f in forecasters.items()}
+        for label, forecast in forecasts.items():
+            verifiers[label].accumulate(forecast, future)
+        wetness = float(np.nanmean(future >= 1.0))
+        if showcase is None or wetness > showcase[0]:
+            showcase = (wetness, case, future, forecasts)
+        used.append(str(case.init) + "Z")
+        if on_case:
+            on_case()
+    results = {label: v.result() for label, v in verifiers.items()}
+    report = {
+        "store": store,
+        "product": product,
+        "step_minutes": step,
+        "lead_minutes": [(k + 1) * step for k in range(leads)],
+        "pixel_size_km": km,
+        "crop": crop,
+        "stride": stride,
+        "start": start,
+        "end": end,
+        "n_cases": len(used),
+        "n_dry_cases_skipped": dry,
+        "cases": used,
+        "models": {
+            label: {"name": f.name, "source": f.source, "input_steps": f.input_steps, "scores": results[label]}
+            for label, f in forecasters.items()
+        },
+    }
+    write_outputs(report, results, showcase, Path(out))
+    return report
+
+
+def write_outputs(report: dict[str, Any], results: dict[str, list[dict]], showcase: Any, out: Path) -> None:
+    import json
+
+    from nowcast.plots import animate_case, plot_scores_by_lead
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, allow_nan=False))
+    report["files"] = {"json": str(out)}
+    header = (
+        f"# Verification: {report['product']} ({report['n_cases']} cases, "
+        f"{report['n_dry_cases_skipped']} dry skipped)\n\n"
+    )
+    markdown = out.with_suffix(".md")
+    markdown.write_text(header + scores_table_markdown(results) + "\n")
+    report["files"]["markdown"] = str(markdown)
+    if report["n_cases"]:
+        png = plot_scores_by_lead(results, out.with_name(out.stem + "_csi.png"))
+        report["files"]["csi_png"] = str(png)
+        _, case, future, forecasts = showcase
+        gif = animate_case(future, forecasts, report["lead_minutes"], f"{report['product']} init {case.init}Z",
+                           out.with_name(out.stem + "_case.gif"))
+        report["files"]["case_gif"] = str(gif)
+    out.write_text(json.dumps(report, indent=2, allow_nan=False))

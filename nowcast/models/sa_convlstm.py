@@ -1,0 +1,38 @@
+"""Self-Attention ConvLSTM (Lin et al., AAAI 2020).
+
+Stacked ConvLSTM cells, each followed by the self-attention memory (SAM) module with its own
+memory M per layer: attention over all positions of the hidden state and of M lets one step
+relate distant regions, which a convolution's receptive field cannot.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from nowcast.models.base import FrameFeedingForecaster
+from nowcast.models.cells import SAConvLSTMCell
+
+
+class SAConvLSTM(FrameFeedingForecaster):
+    def __init__(
+        self, in_channels: int = 1, hidden: tuple[int, ...] = (64, 64, 64, 64), kernel: int = 3, patch: int = 4,
+        forget_bias: float = 1.0,
+    ):
+        super().__init__(in_channels, hidden, kernel, patch)
+        below = [self.frame_channels, *self.hidden[:-1]]
+        self.cells = nn.ModuleList(
+            SAConvLSTMCell(b, h, kernel, forget_bias) for b, h in zip(below, self.hidden, strict=True)
+        )
+        self.output = nn.Conv2d(self.hidden[-1], self.frame_channels, 1)
+
+    def initial_state(self, x: Tensor) -> list[Tensor]:
+        return [self.zeros(x, n) for n in self.hidden * 3]  # h, c, m per layer
+
+    def step(self, frame: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        n = len(self.cells)
+        h, c, m = state[:n], state[n : 2 * n], state[2 * n :]
+        below = frame
+        for layer, cell in enumerate(self.cells):
+            h[layer], c[layer], m[layer] = cell(below, h[layer], c[layer], m[layer])
+            below = h[layer]
+        return self.output(h[-1]), [*h, *c, *m]

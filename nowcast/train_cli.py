@@ -1,0 +1,25 @@
+"""``nowcast train``: LightningCLI over NowcastModule and RadarDataModule (YAML configs)."""
+
+from __future__ import annotations
+
+import sys
+
+from pytorch_lightning.cli import LightningCLI
+
+from nowcast.training import NowcastModule
+from pipelines.datamodule import RadarDataModule
+
+
+class NowcastCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        # one source of truth for the window: the data section
+        parser.link_arguments("data.t_in", "model.t_in")
+        parser.link_arguments("data.t_out", "model.t_out")
+
+
+def run_training(args: list[str]) -> NowcastCLI:
+    sys.argv = sys.argv[:1]  # the arguments travel in ``args``; LightningCLI warns about both
+    return NowcastCLI(
+        NowcastModule, RadarDataModule, args=args, seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+    )

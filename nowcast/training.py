@@ -1,0 +1,149 @@
+"""The training method: one LightningModule for every recurrent model (OpenSTL's "method").
+
+It owns the loss, the scheduled-sampling schedule and the per-lead validation scores; the
+network comes from the registry by name. A checkpoint holds everything needed to forecast:
+the model name and arguments, the input/output step counts, the time step and the
+normalisation (``checkpoint["nowcast"]``), besides Lightning's own hyper-parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from nowcast import __version__
+from nowcast.losses import balance_weights, mse_mae
+from nowcast.models import BASELINES, get_model
+from pipelines.normalization import RainNormalizer
+
+VALIDATION_THRESHOLDS = (1.0, 5.0)
+
+
+class NowcastModule(pl.LightningModule):
+    def __init__(
+        self,
+        model: str = "convlstm",
+        model_kwargs: dict[str, Any] | None = None,
+        t_in: int = 6,
+        t_out: int = 6,
+        loss: str = "balanced",
+        sampling: str = "scheduled",
+        sampling_stop_steps: int = 5000,
+        reverse_sampling_alpha: float = 2000.0,
+        decouple_weight: float = 0.0,
+        lr: float = 1e-3,
+    ):
+        super().__init__()
+        if model in BASELINES:
+            raise ValueError(f"{model!r} is a baseline: nothing to train")
+        if loss not in ("balanced", "mse_mae"):
+            raise ValueError(f"loss must be 'balanced' or 'mse_mae', got {loss!r}")
+        if sampling not in ("scheduled", "reverse", "none"):
+            raise ValueError(f"sampling must be 'scheduled', 'reverse' or 'none', got {sampling!r}")
+        self.save_hyperparameters()
+        self.net = get_model(model, **(model_kwargs or {}))
+        self.normalizer = RainNormalizer()
+        self.step_minutes: float | None = None
+        self.data_info: dict[str, Any] = {}
+        self._counts: Tensor | None = None
+
+    # -- data-derived settings, saved in the checkpoint ---------------------------------------
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "describe"):
+            self.normalizer = datamodule.normalizer
+            info = datamodule.describe()
+            self.step_minutes = info["step_minutes"]
+            self.data_info = info
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["nowcast"] = {
+            "model": self.hparams.model,
+            "model_kwargs": dict(self.hparams.model_kwargs or {}),
+            "t_in": self.hparams.t_in,
+            "t_out": self.hparams.t_out,
+            "step_minutes": self.step_minutes,
+            "normalization": self.normalizer.to_dict(),
+            "data": self.data_info,
+            "version": __version__,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        info = checkpoint.get("nowcast", {})
+        if "normalization" in info:
+            self.normalizer = RainNormalizer.from_dict(info["normalization"])
+        self.step_minutes = info.get("step_minutes")
+        self.data_info = info.get("data", {})
+
+    # -- sampling schedules --------------------------------------------------------------------
+    def sampling_probabilities(self) -> dict[str, float]:
+        """Probability of feeding true frames: inputs (reverse sampling) and forecast steps."""
+        step = self.global_step
+        stop = max(1, self.hparams.sampling_stop_steps)
+        if self.hparams.sampling == "none":
+            return {"input_truth_prob": 1.0, "target_truth_prob": 0.0}
+        if self.hparams.sampling == "reverse":  # PredRNN-V2: 0.5 -> 1 on inputs, 0.5 -> 0 on targets
+            return {
+                "input_truth_prob": 1.0 - 0.5 * math.exp(-step / self.hparams.reverse_sampling_alpha),
+                "target_truth_prob": max(0.0, 0.5 * (1.0 - step / stop)),
+            }
+        return {"input_truth_prob": 1.0, "target_truth_prob": max(0.0, 1.0 - step / stop)}
+
+    # -- steps ---------------------------------------------------------------------------------
+    def forward(self, inputs: Tensor, t_out: int | None = None) -> Tensor:
+        return self.net(inputs, t_out or self.hparams.t_out)
+
+    def _loss(self, prediction: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        weights = None
+        if self.hparams.loss == "balanced":
+            weights = balance_weights(self.normalizer.inverse(batch["targets"]))
+        return mse_mae(prediction, batch["targets"], batch["target_mask"], weights)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        probabilities = self.sampling_probabilities() if self.training else {}
+        prediction = self.net(batch["inputs"], self.hparams.t_out, targets=batch["targets"], **probabilities)
+        loss = self._loss(prediction, batch)
+        decouple = getattr(self.net, "decouple_loss", None)
+        if decouple is not None and self.hparams.decouple_weight > 0:
+            loss = loss + self.hparams.decouple_weight * decouple
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["inputs"].shape[0])
+        for name, value in probabilities.items():
+            self.log(f"train/{name}", value, batch_size=batch["inputs"].shape[0])
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        # per lead: abs-error sum, valid count, then hits, misses, false alarms per threshold
+        self._counts = torch.zeros(self.hparams.t_out, 2 + 3 * len(VALIDATION_THRESHOLDS), device=self.device)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        prediction = self.net(batch["inputs"], self.hparams.t_out)
+        self.log("val/loss", self._loss(prediction, batch), prog_bar=True, sync_dist=True,
+                 batch_size=batch["inputs"].shape[0])
+        forecast = self.normalizer.inverse(prediction.float())
+        observed = self.normalizer.inverse(batch["targets"].float())
+        mask = batch["target_mask"]
+        dims = (0, 2, 3, 4)
+        rows = [((forecast - observed).abs() * mask).sum(dims), mask.sum(dims).to(forecast.dtype)]
+        for threshold in VALIDATION_THRESHOLDS:
+            f, o = (forecast >= threshold) & mask, (observed >= threshold) & mask
+            rows += [(f & o).sum(dims), (~f & o).sum(dims), (f & ~o).sum(dims)]
+        self._counts += torch.stack([r.to(self._counts.dtype) for r in rows], dim=1)
+
+    def on_validation_epoch_end(self) -> None:
+        counts = self.trainer.strategy.reduce(self._counts, reduce_op="sum")
+        step = self.step_minutes or 1.0
+        for lead in range(self.hparams.t_out):
+            tag = f"lead_{int(round((lead + 1) * step)):03d}min"
+            row = counts[lead]
+            self.log(f"val/mae_mm_h/{tag}", row[0] / row[1].clamp(min=1.0))
+            for k, threshold in enumerate(VALIDATION_THRESHOLDS):
+                hits, misses, false_alarms = row[2 + 3 * k : 5 + 3 * k]
+                csi = hits / (hits + misses + false_alarms).clamp(min=1.0)
+                self.log(f"val/csi_{threshold:g}mm/{tag}", csi)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
