@@ -200,7 +200,9 @@ def evaluate(
     end: Annotated[str | None, typer.Option(help="Last init time (UTC, ISO).")] = None,
     crop: Annotated[int | None, typer.Option(help="Centred N x N window.")] = None,
     stride: Annotated[int, typer.Option(help="Every K-th init time.")] = 1,
-    lead_steps: Annotated[int | None, typer.Option(help="Lead steps (default: the trained models' output steps).")] = None,
+    lead_steps: Annotated[
+        int | None, typer.Option(help="Lead steps (default: the trained models' output steps).")
+    ] = None,
 ) -> None:
     """Verify models against the archive: CSI/POD/FAR, MAE and FSS per lead time."""
     from nowcast.evaluate import evaluate as run_evaluation

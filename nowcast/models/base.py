@@ -41,7 +41,8 @@ class RecurrentForecaster(Forecaster):
             raise ValueError(f"frame size {h}x{w} is not a multiple of the patch size {self.patch}")
         if self.patch == 1:
             return x
-        return F.pixel_unshuffle(x.reshape(b * t, c, h, w), self.patch).reshape(b, t, -1, h // self.patch, w // self.patch)
+        folded = F.pixel_unshuffle(x.reshape(b * t, c, h, w), self.patch)
+        return folded.reshape(b, t, -1, h // self.patch, w // self.patch)
 
     def unpatchify(self, x: Tensor) -> Tensor:
         if self.patch == 1:
