@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import warnings
 
 from pytorch_lightning.cli import LightningCLI
 
@@ -18,7 +18,9 @@ class NowcastCLI(LightningCLI):
 
 
 def run_training(args: list[str]) -> NowcastCLI:
-    sys.argv = sys.argv[:1]  # the arguments travel in ``args``; LightningCLI warns about both
+    # The arguments travel in ``args``; sys.argv must stay as it is because DDP starts the other
+    # ranks by re-running this very command line. LightningCLI's warning about both is moot.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     return NowcastCLI(
         NowcastModule, RadarDataModule, args=args, seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
