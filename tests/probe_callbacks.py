@@ -1,0 +1,18 @@
+"""A callback for training tests: records which windows each rank trained on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+
+class RecordTrainingWindows(pl.Callback):
+    def __init__(self, out_dir: str):
+        self.out_dir = Path(out_dir)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / f"rank{trainer.global_rank}.txt", "a") as f:
+            for init_time in batch["init_time"].tolist():
+                f.write(f"{trainer.current_epoch} {init_time}\n")

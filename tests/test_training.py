@@ -1,0 +1,119 @@
+"""Training through the real command line: configs, checkpoints, resuming, and DDP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import REPO
+
+from nowcast.forecaster import load_forecaster
+from pipelines.store import ProductArchive
+from pipelines.synthetic import synthetic_frames
+
+NOWCAST = str(Path(sys.executable).with_name("nowcast"))
+
+
+@pytest.fixture
+def synthetic_store(tmp_path: Path) -> str:
+    store = str(tmp_path / "synth.zarr")
+    ProductArchive(store, "synth").write(synthetic_frames(n_frames=36, shape=(64, 64), seed=2))
+    return store
+
+
+def write_overrides(tmp_path: Path, store: str, epochs: int, extra_callbacks: list[dict] | None = None) -> Path:
+    """Small data and model, CPU, logs and checkpoints under tmp_path."""
+    run = tmp_path / "run"
+    config = {
+        "trainer": {
+            "accelerator": "cpu", "devices": 1, "max_epochs": epochs, "log_every_n_steps": 1,
+            "enable_progress_bar": False,
+            "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
+                       "init_args": {"save_dir": str(run), "name": "logs"}},
+            "callbacks": [
+                {"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
+                 "init_args": {"dirpath": str(run / "checkpoints"), "save_last": True, "save_top_k": -1,
+                               "filename": "{epoch:03d}"}},
+                *(extra_callbacks or []),
+            ],
+        },
+        "model": {"model_kwargs": {"hidden": [8], "kernel": 3, "patch": 2}},
+        "data": {"store": store, "products": ["synth"], "t_in": 3, "t_out": 2, "crop": 32, "min_rain_fraction": 0.0,
+                 "batch_size": 2, "num_workers": 0, "block_hours": 1, "split_pattern": ["train", "val"]},
+    }
+    path = tmp_path / "overrides.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def train_command(overrides: Path, *extra: str) -> list[str]:
+    return [NOWCAST, "train", "--config", str(REPO / "configs" / "convlstm.yaml"), "--config", str(overrides), *extra]
+
+
+def test_train_writes_a_checkpoint_that_alone_can_forecast(tmp_path: Path, synthetic_store: str) -> None:
+    overrides = write_overrides(tmp_path, synthetic_store, epochs=2)
+    result = subprocess.run(train_command(overrides), capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    info = torch.load(checkpoint, map_location="cpu", weights_only=False)["nowcast"]
+    assert (info["model"], info["t_in"], info["t_out"], info["step_minutes"]) == ("convlstm", 3, 2, 5.0)
+    assert info["normalization"]["kind"] == "log" and info["data"]["products"] == ["synth"]
+    forecaster = load_forecaster(str(checkpoint))
+    frames = ProductArchive(synthetic_store, "synth").open()["precip"].values[:3]
+    forecast = forecaster.predict(frames, 4)
+    assert forecast.shape == (4, 64, 64) and np.isfinite(forecast).all() and forecast.min() >= 0.0
+    metrics = (tmp_path / "run" / "logs" / "version_0" / "metrics.csv").read_text()
+    assert "val/csi_1mm/lead_005min" in metrics and "val/mae_mm_h/lead_010min" in metrics
+
+
+def test_training_resumes_from_the_last_checkpoint_after_a_kill(tmp_path: Path, synthetic_store: str) -> None:
+    overrides = write_overrides(tmp_path, synthetic_store, epochs=200)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    first = subprocess.Popen(train_command(overrides), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             cwd=tmp_path)
+    deadline = time.monotonic() + 180
+    try:
+        while not last.exists():
+            assert first.poll() is None, "training ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(first.pid, signal.SIGKILL)
+    finally:
+        first.wait()
+    killed = torch.load(last, map_location="cpu", weights_only=False)
+    epoch, step = killed["epoch"], killed["global_step"]
+    assert step > 0
+    resumed = subprocess.run(train_command(overrides, "--trainer.max_epochs", str(epoch + 3)),
+                             capture_output=True, text=True, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Restoring states from the checkpoint" in resumed.stderr + resumed.stdout
+    final = torch.load(last, map_location="cpu", weights_only=False)
+    steps_per_epoch = step // (epoch + 1)
+    assert final["epoch"] == epoch + 2
+    assert final["global_step"] == steps_per_epoch * (epoch + 3)
+
+
+def test_two_process_ddp_on_cpu_trains_each_rank_on_different_windows(tmp_path: Path, synthetic_store: str) -> None:
+    probe = tmp_path / "probe"
+    overrides = write_overrides(
+        tmp_path, synthetic_store, epochs=1,
+        extra_callbacks=[{"class_path": "probe_callbacks.RecordTrainingWindows", "init_args": {"out_dir": str(probe)}}],
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+    command = train_command(overrides, "--trainer.strategy", "ddp", "--trainer.devices", "2",
+                            "--trainer.accelerator", "cpu", "--no-resume")
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [{int(line.split()[1]) for line in (probe / f"rank{r}.txt").read_text().splitlines()} for r in (0, 1)]
+    assert ranks[0] and ranks[1]
+    assert not ranks[0] & ranks[1], "both ranks saw the same windows"
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["nowcast"]["model"] == "convlstm"
