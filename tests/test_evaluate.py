@@ -1,0 +1,109 @@
+"""``nowcast evaluate`` as external checks call it, on real radar."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import REPO, nowcast_cli, sample_files
+from PIL import Image
+
+from pipelines.ingest import ingest
+from pipelines.store import ProductArchive
+from pipelines.synthetic import synthetic_frames
+
+
+@pytest.fixture(scope="module")
+def fmi_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    store = str(tmp_path_factory.mktemp("eval") / "fmi.zarr")
+    ingest(sample_files("fmi", 24), store, "fmi", fmt="fmi_pgm", workers=2)
+    return store
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small ConvLSTM (4 in, 3 out) trained for one epoch on synthetic storms."""
+    tmp = tmp_path_factory.mktemp("ckpt")
+    store = str(tmp / "synth.zarr")
+    ProductArchive(store, "synth").write(synthetic_frames(n_frames=36, shape=(64, 64)))
+    overrides = {
+        "trainer": {"accelerator": "cpu", "max_epochs": 1, "enable_progress_bar": False,
+                    "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": str(tmp)}},
+                    "callbacks": [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
+                                   "init_args": {"dirpath": str(tmp / "ckpt"), "save_last": True}}]},
+        "model": {"model_kwargs": {"hidden": [8], "patch": 2}},
+        "data": {"store": store, "products": ["synth"], "t_in": 4, "t_out": 3, "crop": 32, "min_rain_fraction": 0.0,
+                 "batch_size": 2, "num_workers": 0, "block_hours": 1, "split_pattern": ["train", "val"]},
+    }
+    (tmp / "o.yaml").write_text(yaml.safe_dump(overrides))
+    exe = str(Path(sys.executable).with_name("nowcast"))
+    subprocess.run([exe, "train", "--config", str(REPO / "configs" / "convlstm.yaml"), "--config", str(tmp / "o.yaml")],
+                   check=True, capture_output=True, cwd=tmp)
+    return tmp / "ckpt" / "last.ckpt"
+
+
+def test_evaluate_contract_on_real_radar(fmi_store: str, checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    result = nowcast_cli(
+        "evaluate", "--store", fmi_store, "--product", "fmi", "--model", "persistence", "--model", "optical_flow",
+        "--model", str(checkpoint), "--start", "2016-09-28T15:00:00Z", "--end", "2016-09-28T16:00:00Z",
+        "--crop", "256", "--stride", "2", "--out", str(out),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    # history 4 (the checkpoint), 3 leads; inits 15:00..16:00 have all 7 frames among 14:45..16:40
+    assert report["lead_minutes"] == [5.0, 10.0, 15.0]
+    assert report["cases"] == [f"2016-09-28T{t}:00Z" for t in ("15:00", "15:10", "15:20", "15:30", "15:40", "15:50",
+                                                              "16:00")]
+    assert report["n_cases"] == 7 and report["crop"] == 256 and report["stride"] == 2
+    models = report["models"]
+    assert set(models) == {"persistence", "optical_flow", "convlstm (last.ckpt)"}
+    for model in models.values():
+        leads = model["scores"]
+        assert [lead["lead_minutes"] for lead in leads] == [5.0, 10.0, 15.0]
+        for lead in leads:
+            assert set(lead["csi"]) == {"0.5", "1.0", "2.0", "5.0", "10.0", "30.0"}
+            hits, misses, false_alarms = (lead[k]["1.0"] for k in ("hits", "misses", "false_alarms"))
+            assert lead["csi"]["1.0"] == pytest.approx(hits / (hits + misses + false_alarms))
+            assert lead["pod"]["1.0"] == pytest.approx(hits / (hits + misses))
+            assert lead["mae_mm_h"] >= 0 and 0 <= lead["fss_1mm_10km"] <= 1 and lead["n_cases"] == 7
+    # skill sanity on real data: extrapolation beats persistence at the first lead
+    assert models["optical_flow"]["scores"][0]["csi"]["1.0"] > models["persistence"]["scores"][0]["csi"]["1.0"]
+    files = report["files"]
+    table = Path(files["markdown"]).read_text()
+    assert table.count("| persistence |") == 3 and "CSI" in table
+    assert Image.open(files["csi_png"]).format == "PNG"
+    with Image.open(files["case_gif"]) as gif:
+        assert gif.format == "GIF" and gif.n_frames == 3
+
+
+def test_dry_cases_are_skipped(tmp_path: Path) -> None:
+    store = str(tmp_path / "s.zarr")
+    frames = synthetic_frames(n_frames=20, shape=(48, 48))
+    for frame in frames[:10]:
+        frame.rain_rate[:] = 0.0
+    ProductArchive(store, "synth").write(frames)
+    out = tmp_path / "r.json"
+    result = nowcast_cli("evaluate", "--store", store, "--product", "synth", "--model", "persistence",
+                         "--lead-steps", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["n_dry_cases_skipped"] >= 9 and report["n_cases"] + report["n_dry_cases_skipped"] == 18
+    assert all(np.datetime64(c.rstrip("Z")) >= np.datetime64("2021-07-01T12:45") for c in report["cases"])
+
+
+def test_unknown_model_and_product_are_clear_errors(fmi_store: str, tmp_path: Path) -> None:
+    bad_model = nowcast_cli("evaluate", "--store", fmi_store, "--product", "fmi", "--model", "unet",
+                            "--out", str(tmp_path / "r.json"))
+    assert bad_model.returncode == 2 and "neither a model name" in bad_model.stderr
+    no_weights = nowcast_cli("evaluate", "--store", fmi_store, "--product", "fmi", "--model", "predrnn",
+                             "--out", str(tmp_path / "r.json"))
+    assert no_weights.returncode == 2 and "no shipped weights for 'predrnn'" in no_weights.stderr
+    bad_product = nowcast_cli("evaluate", "--store", fmi_store, "--product", "opera", "--model", "persistence",
+                              "--out", str(tmp_path / "r.json"))
+    assert bad_product.returncode == 2 and "no product 'opera'" in bad_product.stderr
