@@ -107,3 +107,22 @@ def test_unknown_model_and_product_are_clear_errors(fmi_store: str, tmp_path: Pa
     bad_product = nowcast_cli("evaluate", "--store", fmi_store, "--product", "opera", "--model", "persistence",
                               "--out", str(tmp_path / "r.json"))
     assert bad_product.returncode == 2 and "no product 'opera'" in bad_product.stderr
+
+
+def test_trained_models_are_pysteps_nowcast_methods(checkpoint: Path, fmi_store: str) -> None:
+    from importlib.metadata import entry_points
+
+    import pysteps.nowcasts
+
+    from nowcast.pysteps_plugin import register
+
+    declared = {e.name: e for e in entry_points(group="pysteps.plugins.nowcasts")}
+    assert {"nowcast_convlstm", "nowcast_predrnn", "nowcast_sa_convlstm"} <= set(declared)
+    assert "nowcast_convlstm" in register()
+    method = pysteps.nowcasts.get_method("nowcast_convlstm")
+    assert method is declared["nowcast_convlstm"].load()
+    history = ProductArchive(fmi_store, "fmi").open()["precip"].values[:4, :128, :128]
+    forecast = method(history, None, 5, checkpoint=str(checkpoint))
+    assert forecast.shape == (5, 128, 128) and np.isfinite(forecast).all() and forecast.min() >= 0
+    with pytest.raises(FileNotFoundError, match="no shipped weights"):
+        method(history, None, 2)

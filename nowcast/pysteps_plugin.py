@@ -1,0 +1,64 @@
+"""The trained models as pysteps nowcast methods.
+
+pysteps nowcast methods are plain functions ``forecast(precip, velocity, timesteps, **kwargs)``
+returning ``[timesteps, H, W]``. These wrap ``nowcast.forecaster``: ``precip`` is the
+``[T, H, W]`` history in mm/h (NaN = nodata), ``velocity`` is ignored (the networks learn the
+motion), and ``checkpoint=`` picks a trained model (default: the shipped weights).
+
+They are declared under the ``pysteps.plugins.nowcasts`` entry-point group; pysteps releases
+that discover nowcast plugins pick them up from there. For pysteps versions whose
+``nowcasts.get_method`` does not look at entry points yet (1.21 among them), ``register()``
+adds them to its method table, so ``pysteps.nowcasts.get_method("nowcast_convlstm")`` works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+from nowcast.forecaster import LoadedForecaster, load_forecaster
+
+PREFIX = "nowcast_"
+
+
+@cache
+def _load(spec: str) -> LoadedForecaster:
+    return load_forecaster(spec)
+
+
+def _method(default_model: str) -> Callable[..., np.ndarray]:
+    def forecast(
+        precip: np.ndarray, velocity: Any = None, timesteps: int | list[float] = 12,
+        checkpoint: str | None = None, **_: Any,
+    ) -> np.ndarray:
+        if not isinstance(timesteps, int):
+            if list(timesteps) != list(range(1, len(timesteps) + 1)):
+                raise ValueError("only whole, consecutive time steps are supported (pass an int)")
+            timesteps = len(timesteps)
+        forecaster = _load(checkpoint or default_model)
+        return forecaster.predict(np.asarray(precip, dtype=np.float32), timesteps)
+
+    forecast.__name__ = f"{PREFIX}{default_model}"
+    forecast.__doc__ = f"pysteps-style nowcast with the {default_model} network (see nowcast.pysteps_plugin)."
+    return forecast
+
+
+convlstm = _method("convlstm")
+predrnn = _method("predrnn")
+sa_convlstm = _method("sa_convlstm")
+METHODS = {f"{PREFIX}{f.__name__.removeprefix(PREFIX)}": f for f in (convlstm, predrnn, sa_convlstm)}
+
+
+def register() -> list[str]:
+    """Add the methods to pysteps' nowcast table (for pysteps without nowcast plugin discovery)."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        from pysteps.nowcasts import interface
+
+    interface._nowcast_methods.update(METHODS)
+    return sorted(METHODS)
