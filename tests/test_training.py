@@ -117,3 +117,15 @@ def test_two_process_ddp_on_cpu_trains_each_rank_on_different_windows(tmp_path: 
     assert not ranks[0] & ranks[1], "both ranks saw the same windows"
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["nowcast"]["model"] == "convlstm"
+
+
+def test_bf16_mixed_precision_trains(tmp_path: Path, synthetic_store: str) -> None:
+    """The GPU setting (bf16 autocast) on CPU: the loss, masks and metrics survive mixed dtypes."""
+    overrides = write_overrides(tmp_path, synthetic_store, epochs=1)
+    result = subprocess.run(train_command(overrides, "--trainer.precision", "bf16-mixed", "--no-resume"),
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = (tmp_path / "run" / "logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = metrics[0].split(",")
+    loss = [row.split(",")[header.index("val/loss")] for row in metrics[1:]]
+    assert any(value and np.isfinite(float(value)) for value in loss)
