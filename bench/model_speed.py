@@ -51,13 +51,13 @@ def main() -> None:
         model = get_model(name, hidden=(args.hidden,) * args.layers, kernel=kernel, patch=args.patch).to(device)
         optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
 
-        def train_step() -> None:
+        def train_step(model: torch.nn.Module = model, optimiser: torch.optim.Optimizer = optimiser) -> None:
             optimiser.zero_grad(set_to_none=True)
             loss = torch.nn.functional.mse_loss(model(x, args.t_out, targets=y, target_truth_prob=0.5), y)
             loss.backward()
             optimiser.step()
 
-        def infer() -> None:
+        def infer(model: torch.nn.Module = model) -> None:
             with torch.no_grad():
                 model(x, args.t_out)
 

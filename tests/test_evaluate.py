@@ -33,7 +33,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ProductArchive(store, "synth").write(synthetic_frames(n_frames=36, shape=(64, 64)))
     overrides = {
         "trainer": {"accelerator": "cpu", "max_epochs": 1, "enable_progress_bar": False,
-                    "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": str(tmp)}},
+                    "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
+                               "init_args": {"save_dir": str(tmp)}},
                     "callbacks": [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
                                    "init_args": {"dirpath": str(tmp / "ckpt"), "save_last": True}}]},
         "model": {"model_kwargs": {"hidden": [8], "patch": 2}},
