@@ -226,22 +226,35 @@ def evaluate(
 def demo(
     store: Annotated[str, typer.Option(help="Where the demo archive goes.")] = "data/demo.zarr",
     workers: Annotated[int, typer.Option(help="Decoding processes.")] = 2,
+    report: Annotated[Path, typer.Option(help="Where the demo forecast report goes.")] = Path("data/demo_report.json"),
 ) -> None:
-    """The main job on the embedded default: ingest sample radar into a local store, summarise it."""
+    """The main job on the embedded default: ingest sample radar into a local store, summarise it,
+    then nowcast it with the baselines and verify (table, CSI plot, GIF of a forecast)."""
+    from nowcast.evaluate import evaluate as run_evaluation
     from pipelines.info import store_summary
     from pipelines.sample_data import demo_source
 
     source = demo_source()
     console.print(f"sample data: {source.description}")
     if source.files:
-        report = run_ingest(source.files, source.format, store, source.product, workers, 16)
-        print_report(report)
+        print_report(run_ingest(source.files, source.format, store, source.product, workers, 16))
     else:
         from pipelines.store import ProductArchive
         from pipelines.synthetic import synthetic_frames
 
         ProductArchive(store, source.product).write(synthetic_frames())
-    print_summary(store_summary(store))
+    summary = store_summary(store, source.product)
+    print_summary(summary)
+    grid = summary["products"][0]["grid"]
+    crop = min(512, grid["ny"], grid["nx"])
+    with _progress() as progress:
+        task = progress.add_task("nowcast + verify", total=None)
+        result = run_evaluation(
+            store, source.product, ["persistence", "optical_flow"], report, crop=crop, stride=3, lead_steps=6,
+            on_case=lambda: progress.advance(task), total=lambda n: progress.update(task, total=n),
+        )
+    Console().print(Path(result["files"]["markdown"]).read_text())
+    console.print("forecast files: " + ", ".join(result["files"].values()))
 
 
 if __name__ == "__main__":

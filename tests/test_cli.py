@@ -29,6 +29,9 @@ def test_demo_ingests_real_radar_and_prints_the_summary(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "FMI radar composite, 40 files" in result.stderr
     assert "2016-09-28T14:45:00Z .. 2016-09-28T18:00:00Z" in result.stdout
+    # ... and the main job ends in a forecast: baselines verified, with a GIF to look at
+    assert "| optical_flow | 30 |" in result.stdout
+    assert (tmp_path / "data" / "demo_report_case.gif").is_file()
     info = json.loads(nowcast_cli("store", "info", "--store", store, "--json", check=True).stdout)
     assert info["products"][0]["frames"] == 40
 
@@ -42,6 +45,7 @@ def test_demo_falls_back_to_the_synthetic_storm_and_says_so(tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr
     assert "no sample radar found" in result.stderr and "synthetic" in result.stderr
     assert ProductArchive(store, "synthetic").times().size == 36
+    assert "| persistence | 5 |" in result.stdout
 
 
 def test_synthetic_storm_moves_grows_and_decays() -> None:
