@@ -223,6 +223,21 @@ def evaluate(
 
 
 @app.command()
+def serve(
+    config: Annotated[Path | None, typer.Option(help="Service YAML (see configs/service.yaml).")] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+) -> None:
+    """Serve forecasts over HTTP (FastAPI + uvicorn)."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import load_settings
+
+    uvicorn.run(create_app(load_settings(config)), host=host, port=port, log_level="info")
+
+
+@app.command()
 def demo(
     store: Annotated[str, typer.Option(help="Where the demo archive goes.")] = "data/demo.zarr",
     workers: Annotated[int, typer.Option(help="Decoding processes.")] = 2,

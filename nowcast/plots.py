@@ -72,22 +72,55 @@ def animate_case(
     out: str | Path, frame_ms: int = 500,
 ) -> Path:
     """GIF: the observed sequence beside each model's forecast, one frame per lead time."""
+    animate_panels({"observed": observed, **forecasts}, lead_minutes, title, out, frame_ms)
+    return Path(out)
+
+
+def _figure_image(fig: plt.Figure):
     from PIL import Image
 
+    fig.canvas.draw()
+    image = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3])
+    plt.close(fig)
+    return image
+
+
+def animate_panels(
+    panels: dict[str, np.ndarray], lead_minutes: list[float], title: str, out, frame_ms: int = 500,
+) -> None:
+    """GIF with one panel per sequence and a rain-rate colour bar; ``out`` is a path or a binary file."""
     cmap, norm = rain_colormap()
-    panels = {"observed": observed, **forecasts}
     images = []
     for k, minutes in enumerate(lead_minutes):
-        fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.4), dpi=80)
-        for ax, (name, field) in zip(np.atleast_1d(axes), panels.items(), strict=True):
-            ax.imshow(np.ma.masked_invalid(field[k]), cmap=cmap, norm=norm, interpolation="nearest")
+        fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels) + 0.8, 3.4), dpi=80, squeeze=False)
+        image = None
+        for ax, (name, field) in zip(axes[0], panels.items(), strict=True):
+            image = ax.imshow(np.ma.masked_invalid(field[k]), cmap=cmap, norm=norm, interpolation="nearest")
             ax.set_title(name, fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
+        fig.colorbar(image, ax=list(axes[0]), label="mm/h", shrink=0.8, extend="max")
         fig.suptitle(f"{title}  +{minutes:g} min", fontsize=10)
-        fig.canvas.draw()
-        images.append(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3]))
-        plt.close(fig)
-    out = Path(out)
-    images[0].save(out, save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
-    return out
+        images.append(_figure_image(fig))
+    images[0].save(out, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
+
+
+def montage(frames: np.ndarray, titles: list[str], title: str, out) -> None:
+    """One PNG with every frame side by side and a colour bar; ``out`` is a path or a binary file."""
+    cmap, norm = rain_colormap()
+    n = len(frames)
+    cols = min(n, 6)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols + 0.8, 2.6 * rows + 0.5), dpi=80, squeeze=False)
+    image = None
+    for k, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if k < n:
+            image = ax.imshow(np.ma.masked_invalid(frames[k]), cmap=cmap, norm=norm, interpolation="nearest")
+            ax.set_title(titles[k], fontsize=9)
+        else:
+            ax.axis("off")
+    fig.colorbar(image, ax=list(axes.flat), label="mm/h", shrink=0.8, extend="max")
+    fig.suptitle(title, fontsize=10)
+    _figure_image(fig).save(out, format="PNG")

@@ -1,0 +1,96 @@
+"""Micro-batching: concurrent requests to one model share a forward pass.
+
+A request waits at most ``wait_ms`` for others; requests with the same frame shape and lead
+steps are stacked into one batch (up to ``max_batch``) and run in a worker thread, so the
+event loop keeps serving while the model computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from nowcast.forecaster import LoadedForecaster
+from service.metrics import Metrics
+
+
+@dataclass
+class _Job:
+    frames: np.ndarray  # [T, H, W] mm/h
+    lead_steps: int
+    future: asyncio.Future
+
+    @property
+    def key(self) -> tuple[int, ...]:
+        return (*self.frames.shape, self.lead_steps)
+
+
+class MicroBatcher:
+    def __init__(self, name: str, forecaster: LoadedForecaster, metrics: Metrics, max_batch: int, wait_ms: float):
+        self.name, self.forecaster, self.metrics = name, forecaster, metrics
+        self.max_batch, self.wait_s = max(1, max_batch), max(0.0, wait_ms) / 1000.0
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._task: asyncio.Task | None = None
+        # one thread per model: forward passes of a model run one after another, off the loop
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
+
+    def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._run(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, frames: np.ndarray, lead_steps: int) -> np.ndarray:
+        assert self._queue is not None, "batcher not started"
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Job(frames, lead_steps, future))
+        return await future
+
+    async def _collect(self) -> list[_Job]:
+        assert self._queue is not None
+        jobs = [await self._queue.get()]
+        deadline = time.monotonic() + self.wait_s
+        while len(jobs) < self.max_batch:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                jobs.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return jobs
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = await self._collect()
+            groups: dict[tuple[int, ...], list[_Job]] = defaultdict(list)
+            for job in jobs:
+                if not job.future.cancelled():
+                    groups[job.key].append(job)
+            for group in groups.values():
+                await self._forward(loop, group)
+
+    async def _forward(self, loop: asyncio.AbstractEventLoop, group: list[_Job]) -> None:
+        stacked = np.stack([job.frames for job in group])
+        started = time.perf_counter()
+        try:
+            result = await loop.run_in_executor(self._executor, self.forecaster.predict, stacked, group[0].lead_steps)
+        except Exception as exc:  # hand the failure to every waiting request
+            for job in group:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        self.metrics.observe_forward(self.name, len(group), time.perf_counter() - started)
+        for job, forecast in zip(group, result, strict=True):
+            if not job.future.done():
+                job.future.set_result(forecast)

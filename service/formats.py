@@ -1,0 +1,108 @@
+"""A forecast in the format the client asks for: JSON, CF NetCDF, GIF or PNG."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from pipelines.grid import Grid
+
+MEDIA_TYPES = ("application/json", "application/x-netcdf", "image/gif", "image/png")
+
+
+@dataclass
+class Forecast:
+    model: str
+    frames: np.ndarray  # [lead, H, W] mm/h
+    init_time: np.datetime64
+    step_minutes: float
+    grid: Grid | None  # None for inline frames (pixel grid, no CRS)
+
+    @property
+    def times(self) -> list[np.datetime64]:
+        step = np.timedelta64(int(round(self.step_minutes * 60)), "s")
+        return [self.init_time + step * (k + 1) for k in range(len(self.frames))]
+
+    def iso_times(self) -> list[str]:
+        return [str(t.astype("datetime64[s]")) + "Z" for t in self.times]
+
+
+def negotiate(accept: str | None) -> str | None:
+    """The first supported media type in Accept (JSON for none or */*); None if nothing fits."""
+    if not accept:
+        return "application/json"
+    for part in accept.split(","):
+        media = part.split(";")[0].strip().lower()
+        if media in ("*/*", "application/*", "application/json"):
+            return "application/json"
+        if media in MEDIA_TYPES:
+            return media
+        if media == "image/*":
+            return "image/png"
+    return None
+
+
+def to_json(forecast: Forecast) -> dict:
+    frames = np.round(forecast.frames.astype(np.float64), 3)
+    grid = {"ny": int(frames.shape[1]), "nx": int(frames.shape[2])}
+    if forecast.grid is not None:
+        grid |= {"crs": forecast.grid.crs_proj, "x": forecast.grid.x.tolist(), "y": forecast.grid.y.tolist()}
+    return {
+        "model": forecast.model,
+        "units": "mm/h",
+        "init_time": str(forecast.init_time.astype("datetime64[s]")) + "Z",
+        "step_minutes": forecast.step_minutes,
+        "lead_minutes": [forecast.step_minutes * (k + 1) for k in range(len(frames))],
+        "times": forecast.iso_times(),
+        "frames": frames.tolist(),
+        "grid": grid,
+    }
+
+
+def to_netcdf(forecast: Forecast) -> bytes:
+    """CF NetCDF-4: precip(time, y, x) in mm/h, with the CRS when the frames came from the archive."""
+    ny, nx = forecast.frames.shape[1:]
+    attrs = {"standard_name": "rainfall_rate", "long_name": "forecast rain rate", "units": "mm/h"}
+    if forecast.grid is not None:
+        coords = {"y": ("y", forecast.grid.y, forecast.grid.coordinate_attrs("y")),
+                  "x": ("x", forecast.grid.x, forecast.grid.coordinate_attrs("x"))}
+        attrs["grid_mapping"] = "crs"
+    else:
+        coords = {"y": ("y", np.arange(ny), {"long_name": "row index"}),
+                  "x": ("x", np.arange(nx), {"long_name": "column index"})}
+    times = np.array(forecast.times, dtype="datetime64[ns]")
+    ds = xr.Dataset(
+        {"precip": (("time", "y", "x"), forecast.frames.astype(np.float32), attrs)},
+        coords={"time": ("time", times, {"standard_name": "time"}), **coords},
+        attrs={"Conventions": "CF-1.10", "title": f"{forecast.model} nowcast",
+               "forecast_reference_time": str(forecast.init_time.astype("datetime64[s]")) + "Z"},
+    )
+    if forecast.grid is not None:
+        ds["crs"] = ((), np.int32(0), forecast.grid.cf_grid_mapping_attrs())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "forecast.nc"
+        ds.to_netcdf(path, engine="netcdf4", encoding={"time": {"units": "seconds since 1970-01-01"}})
+        return path.read_bytes()
+
+
+def to_gif(forecast: Forecast) -> bytes:
+    from nowcast.plots import animate_panels
+
+    buffer = io.BytesIO()
+    minutes = [forecast.step_minutes * (k + 1) for k in range(len(forecast.frames))]
+    animate_panels({forecast.model: forecast.frames}, minutes, f"init {forecast.iso_times()[0][:-1]}", buffer)
+    return buffer.getvalue()
+
+
+def to_png(forecast: Forecast) -> bytes:
+    from nowcast.plots import montage
+
+    buffer = io.BytesIO()
+    minutes = [forecast.step_minutes * (k + 1) for k in range(len(forecast.frames))]
+    montage(forecast.frames, [f"+{m:g} min" for m in minutes], f"{forecast.model} nowcast", buffer)
+    return buffer.getvalue()

@@ -1,0 +1,70 @@
+"""The models a service instance serves: loaded once at start-up, each with its batcher."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nowcast.forecaster import LoadedForecaster, load_forecaster
+from service.batching import MicroBatcher
+from service.metrics import Metrics
+from service.settings import ServiceSettings
+
+
+@dataclass
+class ServedModel:
+    name: str
+    forecaster: LoadedForecaster
+    batcher: MicroBatcher
+
+    def describe(self, settings: ServiceSettings, default_step: float | None) -> dict[str, Any]:
+        f = self.forecaster
+        patch = getattr(f.model, "patch", 1)
+        skill = None
+        report = Path(f.source).with_suffix(".report.json") if f.trainable else None
+        if report is not None and report.is_file():
+            import json
+
+            skill = json.loads(report.read_text()).get("models")
+        return {
+            "name": self.name,
+            "architecture": f.name,
+            "kind": "network" if f.trainable else "baseline",
+            "input_steps": f.input_steps,
+            "max_lead_steps": settings.max_lead_steps,
+            "trained_output_steps": f.max_lead_steps if f.trainable else None,
+            "step_minutes": f.step_minutes if f.step_minutes is not None else default_step,
+            "fixed_step": f.step_minutes is not None,
+            "grid": {"multiple_of": patch, "max_pixels": settings.max_grid_pixels},
+            "parameters": sum(p.numel() for p in f.model.parameters()),
+            "source": f.source,
+            "training_data": f.info.get("data") if f.trainable else None,
+            "skill": skill,
+        }
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def load_models(settings: ServiceSettings, metrics: Metrics) -> dict[str, ServedModel]:
+    device = pick_device(settings.device)
+    served: dict[str, ServedModel] = {}
+    for entry in settings.models:
+        label, _, spec = entry.partition("=") if "=" in entry else (None, "", entry)
+        forecaster = load_forecaster(spec)
+        forecaster.model.to(device)
+        name = label or (spec if spec == forecaster.name else forecaster.name)
+        if name in served:
+            name = label or Path(spec).stem
+        if name in served:
+            raise ValueError(f"two served models are called {name!r}; name them with 'label=spec'")
+        batch = settings.max_batch_size if settings.micro_batching else 1
+        wait = settings.batch_wait_ms if settings.micro_batching else 0.0
+        served[name] = ServedModel(name, forecaster, MicroBatcher(name, forecaster, metrics, batch, wait))
+    return served

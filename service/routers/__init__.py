@@ -1,0 +1,1 @@
+"""HTTP routes: health (open), models and forecasts (API key when configured)."""

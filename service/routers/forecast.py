@@ -1,0 +1,225 @@
+"""POST /v1/forecast (JSON) and POST /v1/forecast/upload (NetCDF or .npy via multipart)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from datetime import datetime, timezone
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, Form, Header, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+
+from pipelines.dataset import TimeBlockSplit, window_starts
+from pipelines.grid import Grid
+from service.auth import require_api_key
+from service.dependencies import get_archive, get_models, get_settings
+from service.errors import ApiError
+from service.formats import Forecast, negotiate, to_gif, to_json, to_netcdf, to_png
+from service.registry import ServedModel
+from service.schemas import ErrorResponse, ForecastRequest, ForecastResponse
+from service.settings import ServiceSettings
+
+router = APIRouter(prefix="/v1", tags=["forecast"], dependencies=[Depends(require_api_key)])
+
+ERRORS = {
+    401: {"model": ErrorResponse, "description": "missing or wrong API key"},
+    404: {"model": ErrorResponse, "description": "unknown model or product"},
+    406: {"model": ErrorResponse, "description": "Accept asks for a format the service cannot give"},
+    413: {"model": ErrorResponse, "description": "body over the size limit"},
+    422: {"model": ErrorResponse, "description": "invalid frames, lead, grid, times or parameters"},
+    504: {"model": ErrorResponse, "description": "inference took longer than the timeout"},
+}
+RESPONSES = {
+    200: {"model": ForecastResponse, "content": {"application/x-netcdf": {}, "image/gif": {}, "image/png": {}},
+          "description": "forecast frames in mm/h with their valid times"},
+    **ERRORS,
+}
+
+
+def utc64(value: datetime) -> np.datetime64:
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+    return np.datetime64(value, "s")
+
+
+def pick_model(models: dict[str, ServedModel], name: str) -> ServedModel:
+    if name not in models:
+        raise ApiError(404, "unknown_model", f"unknown model {name!r}; served models: {', '.join(models)}")
+    return models[name]
+
+
+def check_frames(frames: np.ndarray, model: ServedModel, settings: ServiceSettings) -> np.ndarray:
+    if frames.ndim != 3:
+        raise ApiError(422, "bad_shape", f"frames must be T x H x W, got {frames.ndim} dimension(s)")
+    t, h, w = frames.shape
+    if min(t, h, w) < 1:
+        raise ApiError(422, "bad_shape", f"frames must not be empty, got shape {frames.shape}")
+    if h * w > settings.max_grid_pixels:
+        raise ApiError(422, "grid_too_large", f"grid {h}x{w} has {h * w} pixels, over the maximum "
+                                              f"{settings.max_grid_pixels}")
+    needed = model.forecaster.input_steps
+    if t < needed:
+        raise ApiError(422, "too_few_frames", f"model {model.name!r} needs {needed} input frames, got {t}")
+    patch = getattr(model.forecaster.model, "patch", 1)
+    if h % patch or w % patch:
+        raise ApiError(422, "grid_not_multiple", f"grid {h}x{w} must be a multiple of {patch} for {model.name!r}")
+    if not np.isfinite(frames).all():
+        raise ApiError(422, "not_finite", "frames contain NaN or infinite values; send nodata as 0 or crop it")
+    if (frames < 0).any():
+        raise ApiError(422, "negative_rain", "frames contain negative rain rates; values are mm/h >= 0")
+    return frames[-needed:].astype(np.float32)
+
+
+def check_lead(lead_steps: int, settings: ServiceSettings) -> None:
+    if lead_steps > settings.max_lead_steps:
+        raise ApiError(422, "lead_too_long", f"lead_steps {lead_steps} is over the maximum {settings.max_lead_steps}")
+
+
+def check_step(step: float, model: ServedModel) -> None:
+    trained = model.forecaster.step_minutes
+    if trained is not None and abs(trained - step) > 1e-6:
+        raise ApiError(422, "wrong_step", f"model {model.name!r} works at {trained:g}-minute steps, frames are {step:g}")
+
+
+def inline_frames(body: ForecastRequest, model: ServedModel, settings: ServiceSettings):
+    try:
+        frames = np.asarray(body.frames, dtype=np.float64)
+    except ValueError as exc:
+        raise ApiError(422, "bad_shape", "frames must be a regular T x H x W array (rows of equal length)") from exc
+    step = body.step_minutes or model.forecaster.step_minutes
+    if step is None:
+        raise ApiError(422, "missing_step", "step_minutes is required for inline frames with this model")
+    if body.times is not None:
+        if len(body.times) != frames.shape[0]:
+            raise ApiError(422, "bad_times", f"{len(body.times)} times for {frames.shape[0]} frames")
+        seconds = np.array([utc64(t).astype(np.int64) for t in body.times])
+        if not np.all(np.diff(seconds) == int(round(step * 60))):
+            raise ApiError(422, "uneven_times", f"frames are not evenly spaced at {step:g} minutes")
+        if utc64(body.end_time) != utc64(body.times[-1]):
+            raise ApiError(422, "bad_times", "end_time must be the time of the last frame")
+    return frames, step, utc64(body.end_time), None
+
+
+def archive_frames(request: Request, body: ForecastRequest, model: ServedModel):
+    archive = get_archive(request, body.product)
+    with archive.open() as ds:
+        times = ds["time"].values.astype("datetime64[s]")
+        grid = Grid.from_dataset(ds)
+        if body.time is None:
+            end = len(times) - 1
+        else:
+            wanted = utc64(body.time)
+            matches = np.nonzero(times == wanted)[0]
+            if not len(matches):
+                raise ApiError(422, "time_not_in_archive", f"{wanted}Z is not a frame of {body.product!r} "
+                                                           f"({times[0]}Z .. {times[-1]}Z)")
+            end = int(matches[0])
+        needed = model.forecaster.input_steps
+        step = float(np.median(np.diff(times.astype(np.int64)))) / 60 if len(times) > 1 else None
+        if step is None or end + 1 < needed:
+            raise ApiError(422, "too_few_frames", f"{body.product!r} has fewer than {needed} frames up to that time")
+        start = end - needed + 1
+        contiguous = window_starts(times[start : end + 1].astype(np.int64), needed, int(round(step * 60)), None,
+                                   TimeBlockSplit())
+        if not len(contiguous):
+            raise ApiError(422, "gap_in_archive", f"the {needed} frames up to {times[end]}Z are not contiguous")
+        ys, xs = slice(None), slice(None)
+        if body.bbox is not None:
+            x_min, y_min, x_max, y_max = body.bbox
+            col = np.nonzero((grid.x >= x_min) & (grid.x <= x_max))[0]
+            row = np.nonzero((grid.y >= y_min) & (grid.y <= y_max))[0]
+            if not len(col) or not len(row):
+                raise ApiError(422, "empty_bbox", "bbox does not overlap the product's grid")
+            ys, xs = slice(row[0], row[-1] + 1), slice(col[0], col[-1] + 1)
+            grid = Grid(crs_proj=grid.crs_proj, x=grid.x[xs], y=grid.y[ys])
+        frames = ds["precip"].isel(time=slice(start, end + 1), y=ys, x=xs).values
+    return np.nan_to_num(frames, nan=0.0), step, times[end], grid
+
+
+async def run_forecast(
+    request: Request, model: ServedModel, frames: np.ndarray, lead_steps: int, step: float,
+    init: np.datetime64, grid: Grid | None, accept: str | None, settings: ServiceSettings,
+) -> Response:
+    media = negotiate(accept)
+    if media is None:
+        raise ApiError(406, "not_acceptable", "Accept must allow application/json, application/x-netcdf, "
+                                              "image/gif or image/png")
+    check_lead(lead_steps, settings)
+    check_step(step, model)
+    frames = check_frames(frames, model, settings)
+    try:
+        result = await asyncio.wait_for(model.batcher.submit(frames, lead_steps), settings.inference_timeout_s)
+    except TimeoutError as exc:
+        raise ApiError(504, "inference_timeout", f"no forecast within {settings.inference_timeout_s:g} s") from exc
+    forecast = Forecast(model.name, result, init, step, grid)
+    if media == "application/json":
+        return JSONResponse(to_json(forecast))
+    render = {"application/x-netcdf": to_netcdf, "image/gif": to_gif, "image/png": to_png}[media]
+    return Response(await run_in_threadpool(render, forecast), media_type=media)
+
+
+@router.post("/forecast", response_model=ForecastResponse, responses=RESPONSES)
+async def forecast(
+    request: Request, body: ForecastRequest,
+    accept: Annotated[str | None, Header()] = None,
+    settings: ServiceSettings = Depends(get_settings), models: dict[str, ServedModel] = Depends(get_models),
+) -> Response:
+    """Forecast from inline frames or from the latest (or given) frames of a product."""
+    model = pick_model(models, body.model)
+    check_lead(body.lead_steps, settings)
+    if body.frames is not None:
+        frames, step, init, grid = inline_frames(body, model, settings)
+    else:
+        frames, step, init, grid = await run_in_threadpool(archive_frames, request, body, model)
+    return await run_forecast(request, model, frames, body.lead_steps, step, init, grid, accept, settings)
+
+
+def read_upload(data: bytes, filename: str) -> tuple[np.ndarray, Grid | None]:
+    """A .npy array (T x H x W, mm/h) or a NetCDF with ``precip`` (time, y, x)."""
+    if data[:6] == b"\x93NUMPY":
+        try:
+            return np.load(io.BytesIO(data), allow_pickle=False).astype(np.float64), None
+        except ValueError as exc:
+            raise ApiError(422, "bad_file", f"{filename}: not a readable .npy array ({exc})") from exc
+    if data[:4] in (b"CDF\x01", b"CDF\x02", b"\x89HDF"):
+        import tempfile
+        from pathlib import Path
+
+        import xarray as xr
+
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "upload.nc"
+                path.write_bytes(data)
+                with xr.open_dataset(path, engine="netcdf4") as ds:
+                    frames = ds["precip"].transpose("time", "y", "x").values.astype(np.float64)
+                    grid = Grid.from_dataset(ds) if "crs" in ds and "proj4" in ds["crs"].attrs else None
+            return frames, grid
+        except Exception as exc:
+            raise ApiError(422, "bad_file", f"{filename}: not a NetCDF with precip(time, y, x) ({exc})") from exc
+    raise ApiError(422, "bad_file", f"{filename}: upload a .npy array or a NetCDF file")
+
+
+@router.post("/forecast/upload", response_model=ForecastResponse, responses=RESPONSES)
+async def forecast_upload(
+    request: Request,
+    file: Annotated[UploadFile, File(description=".npy (T x H x W, mm/h) or NetCDF with precip(time, y, x)")],
+    model: Annotated[str, Form()],
+    lead_steps: Annotated[int, Form(ge=1)],
+    end_time: Annotated[datetime, Form()],
+    step_minutes: Annotated[float | None, Form(gt=0, le=1440)] = None,
+    accept: Annotated[str | None, Header()] = None,
+    settings: ServiceSettings = Depends(get_settings), models: dict[str, ServedModel] = Depends(get_models),
+) -> Response:
+    """Forecast from frames uploaded as a file, for grids too large for JSON."""
+    served = pick_model(models, model)
+    frames, grid = read_upload(await file.read(), file.filename or "upload")
+    step = step_minutes or served.forecaster.step_minutes
+    if step is None:
+        raise ApiError(422, "missing_step", "step_minutes is required with this model")
+    if frames.ndim == 3 and grid is not None and grid.shape != frames.shape[1:]:
+        grid = None
+    return await run_forecast(request, served, frames, lead_steps, step, utc64(end_time), grid, accept, settings)

@@ -1,0 +1,74 @@
+"""Request and response bodies (the JSON shapes of the API contract, plus documented extras)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ForecastRequest(BaseModel):
+    """Either inline ``frames`` (T x H x W in mm/h, oldest first) or a ``product`` of the archive."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"model": "persistence", "lead_steps": 3, "frames": [[[0.0, 1.5], [2.0, 0.0]]] * 3,
+         "step_minutes": 5, "end_time": "2016-09-28T15:00:00Z"},
+        {"model": "optical_flow", "lead_steps": 6, "product": "fmi"},
+    ]})
+
+    model: str = Field(description="A name from GET /v1/models")
+    lead_steps: int = Field(ge=1, description="How many steps ahead (at most the model's max_lead_steps)")
+    frames: list[list[list[float]]] | None = Field(None, description="T x H x W rain rate, mm/h, oldest first")
+    step_minutes: float | None = Field(None, gt=0, le=1440, description="Spacing of the inline frames")
+    end_time: datetime | None = Field(None, description="Valid time (UTC) of the last inline frame")
+    times: list[datetime] | None = Field(None, description="Optional valid time of every inline frame")
+    product: str | None = Field(None, description="Product in the service's archive")
+    time: datetime | None = Field(None, description="Last frame to use (default: the latest in the archive)")
+    bbox: list[float] | None = Field(
+        None, min_length=4, max_length=4,
+        description="Crop [x_min, y_min, x_max, y_max] in the product's CRS (product requests)",
+    )
+
+    @model_validator(mode="after")
+    def one_source(self) -> ForecastRequest:
+        if (self.frames is None) == (self.product is None):
+            raise ValueError("give either 'frames' (inline) or 'product' (from the archive), not both or neither")
+        if self.frames is not None and self.end_time is None:
+            raise ValueError("inline frames need 'end_time' (valid time of the last frame)")
+        if self.bbox is not None and (self.bbox[0] >= self.bbox[2] or self.bbox[1] >= self.bbox[3]):
+            raise ValueError("bbox must be [x_min, y_min, x_max, y_max] with min < max")
+        return self
+
+
+class GridInfo(BaseModel):
+    ny: int
+    nx: int
+    crs: str | None = Field(None, description="PROJ string (product requests)")
+    x: list[float] | None = Field(None, description="Pixel-centre x coordinates (product requests)")
+    y: list[float] | None = Field(None, description="Pixel-centre y coordinates (product requests)")
+
+
+class ForecastResponse(BaseModel):
+    model: str
+    units: str = "mm/h"
+    init_time: str
+    step_minutes: float
+    lead_minutes: list[float]
+    times: list[str]
+    frames: list[list[list[float]]]
+    grid: GridInfo
+
+
+class ModelsResponse(BaseModel):
+    models: list[dict[str, Any]]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+    detail: str

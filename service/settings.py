@@ -1,0 +1,49 @@
+"""Service settings: defaults < YAML file (``--config``) < environment (``NOWCAST_*``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NOWCAST_", extra="forbid")
+
+    store: str = Field("data/demo.zarr", description="Zarr archive for product requests (path or fsspec URL)")
+    models: list[str] = Field(
+        default_factory=lambda: ["persistence", "optical_flow"],
+        description="Served models: baseline names, checkpoint paths or shipped names; 'label=spec' renames",
+    )
+    api_keys: list[str] = Field(default_factory=list, description="When set, model and forecast routes need one")
+    max_body_bytes: int = Field(64 * 1024 * 1024, description="Largest request body")
+    max_grid_pixels: int = Field(1024 * 1024, description="Largest H x W of a forecast")
+    max_lead_steps: int = Field(24, description="Most lead steps a request may ask for")
+    micro_batching: bool = Field(True, description="Group concurrent requests into one forward pass")
+    batch_wait_ms: float = Field(5.0, description="How long a request may wait for others to batch with")
+    max_batch_size: int = Field(16, description="Most requests in one forward pass")
+    inference_timeout_s: float = Field(60.0, description="Give up on a forecast after this long")
+    device: str = Field("auto", description="'auto' (GPU when there is one), 'cpu' or 'cuda'")
+
+
+def load_settings(config: Path | None = None, **overrides: object) -> ServiceSettings:
+    """Settings from an optional YAML file, then the environment, then explicit overrides."""
+
+    class FromFile(ServiceSettings):
+        model_config = SettingsConfigDict(env_prefix="NOWCAST_", extra="forbid", yaml_file=config)
+
+        @classmethod
+        def settings_customise_sources(
+            cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources = [init_settings, env_settings]
+            if config is not None:
+                sources.append(YamlConfigSettingsSource(settings_cls))
+            return tuple(sources)
+
+    if config is not None and not Path(config).is_file():
+        raise FileNotFoundError(f"service config {config} does not exist")
+    return ServiceSettings(**FromFile(**overrides).model_dump())
