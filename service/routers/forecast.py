@@ -81,7 +81,8 @@ def check_lead(lead_steps: int, settings: ServiceSettings) -> None:
 def check_step(step: float, model: ServedModel) -> None:
     trained = model.forecaster.step_minutes
     if trained is not None and abs(trained - step) > 1e-6:
-        raise ApiError(422, "wrong_step", f"model {model.name!r} works at {trained:g}-minute steps, frames are {step:g}")
+        raise ApiError(422, "wrong_step", f"model {model.name!r} works at {trained:g}-minute steps, "
+                                          f"frames are {step:g} minutes apart")
 
 
 def inline_frames(body: ForecastRequest, model: ServedModel, settings: ServiceSettings):
