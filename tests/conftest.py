@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NOWCAST_SAMPLE_DATA", REPO.parent / "shared" / "data"))
@@ -40,3 +41,29 @@ def nowcast_cli(*args: str, check: bool = False, **kwargs) -> subprocess.Complet
 @pytest.fixture
 def store(tmp_path: Path) -> str:
     return str(tmp_path / "archive.zarr")
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small ConvLSTM (4 in, 3 out, patch 2, 5-min steps) trained for one epoch on synthetic storms."""
+    from pipelines.store import ProductArchive
+    from pipelines.synthetic import synthetic_frames
+
+    tmp = tmp_path_factory.mktemp("ckpt")
+    store = str(tmp / "synth.zarr")
+    ProductArchive(store, "synth").write(synthetic_frames(n_frames=36, shape=(64, 64)))
+    overrides = {
+        "trainer": {"accelerator": "cpu", "max_epochs": 1, "enable_progress_bar": False,
+                    "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
+                               "init_args": {"save_dir": str(tmp)}},
+                    "callbacks": [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
+                                   "init_args": {"dirpath": str(tmp / "ckpt"), "save_last": True}}]},
+        "model": {"model_kwargs": {"hidden": [8], "patch": 2}},
+        "data": {"store": store, "products": ["synth"], "t_in": 4, "t_out": 3, "crop": 32, "min_rain_fraction": 0.0,
+                 "batch_size": 2, "num_workers": 0, "block_hours": 1, "split_pattern": ["train", "val"]},
+    }
+    (tmp / "o.yaml").write_text(yaml.safe_dump(overrides))
+    exe = str(Path(sys.executable).with_name("nowcast"))
+    subprocess.run([exe, "train", "--config", str(REPO / "configs" / "convlstm.yaml"), "--config", str(tmp / "o.yaml")],
+                   check=True, capture_output=True, cwd=tmp)
+    return tmp / "ckpt" / "last.ckpt"

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from conftest import REPO, nowcast_cli, sample_files
+from conftest import nowcast_cli, sample_files
 from PIL import Image
 
 from pipelines.ingest import ingest
@@ -25,34 +22,11 @@ def fmi_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     return store
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small ConvLSTM (4 in, 3 out) trained for one epoch on synthetic storms."""
-    tmp = tmp_path_factory.mktemp("ckpt")
-    store = str(tmp / "synth.zarr")
-    ProductArchive(store, "synth").write(synthetic_frames(n_frames=36, shape=(64, 64)))
-    overrides = {
-        "trainer": {"accelerator": "cpu", "max_epochs": 1, "enable_progress_bar": False,
-                    "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
-                               "init_args": {"save_dir": str(tmp)}},
-                    "callbacks": [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
-                                   "init_args": {"dirpath": str(tmp / "ckpt"), "save_last": True}}]},
-        "model": {"model_kwargs": {"hidden": [8], "patch": 2}},
-        "data": {"store": store, "products": ["synth"], "t_in": 4, "t_out": 3, "crop": 32, "min_rain_fraction": 0.0,
-                 "batch_size": 2, "num_workers": 0, "block_hours": 1, "split_pattern": ["train", "val"]},
-    }
-    (tmp / "o.yaml").write_text(yaml.safe_dump(overrides))
-    exe = str(Path(sys.executable).with_name("nowcast"))
-    subprocess.run([exe, "train", "--config", str(REPO / "configs" / "convlstm.yaml"), "--config", str(tmp / "o.yaml")],
-                   check=True, capture_output=True, cwd=tmp)
-    return tmp / "ckpt" / "last.ckpt"
-
-
-def test_evaluate_contract_on_real_radar(fmi_store: str, checkpoint: Path, tmp_path: Path) -> None:
+def test_evaluate_contract_on_real_radar(fmi_store: str, small_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "report.json"
     result = nowcast_cli(
         "evaluate", "--store", fmi_store, "--product", "fmi", "--model", "persistence", "--model", "optical_flow",
-        "--model", str(checkpoint), "--start", "2016-09-28T15:00:00Z", "--end", "2016-09-28T16:00:00Z",
+        "--model", str(small_checkpoint), "--start", "2016-09-28T15:00:00Z", "--end", "2016-09-28T16:00:00Z",
         "--crop", "256", "--stride", "2", "--out", str(out),
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -110,7 +84,7 @@ def test_unknown_model_and_product_are_clear_errors(fmi_store: str, tmp_path: Pa
     assert bad_product.returncode == 2 and "no product 'opera'" in bad_product.stderr
 
 
-def test_trained_models_are_pysteps_nowcast_methods(checkpoint: Path, fmi_store: str) -> None:
+def test_trained_models_are_pysteps_nowcast_methods(small_checkpoint: Path, fmi_store: str) -> None:
     from importlib.metadata import entry_points
 
     import pysteps.nowcasts
@@ -123,7 +97,7 @@ def test_trained_models_are_pysteps_nowcast_methods(checkpoint: Path, fmi_store:
     method = pysteps.nowcasts.get_method("nowcast_convlstm")
     assert method is declared["nowcast_convlstm"].load()
     history = ProductArchive(fmi_store, "fmi").open()["precip"].values[:4, :128, :128]
-    forecast = method(history, None, 5, checkpoint=str(checkpoint))
+    forecast = method(history, None, 5, checkpoint=str(small_checkpoint))
     assert forecast.shape == (5, 128, 128) and np.isfinite(forecast).all() and forecast.min() >= 0
     with pytest.raises(FileNotFoundError, match="no shipped weights"):
         method(history, None, 2)

@@ -10,14 +10,14 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Header, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from pipelines.dataset import TimeBlockSplit, window_starts
 from pipelines.grid import Grid
 from service.auth import require_api_key
 from service.dependencies import get_archive, get_models, get_settings
 from service.errors import ApiError
-from service.formats import Forecast, negotiate, to_gif, to_json, to_netcdf, to_png
+from service.formats import Forecast, NumpyJSONResponse, negotiate, to_gif, to_json, to_netcdf, to_png
 from service.registry import ServedModel
 from service.schemas import ErrorResponse, ForecastRequest, ForecastResponse
 from service.settings import ServiceSettings
@@ -157,7 +157,7 @@ async def run_forecast(
         raise ApiError(504, "inference_timeout", f"no forecast within {settings.inference_timeout_s:g} s") from exc
     forecast = Forecast(model.name, result, init, step, grid)
     if media == "application/json":
-        return JSONResponse(to_json(forecast))
+        return NumpyJSONResponse(to_json(forecast))
     render = {"application/x-netcdf": to_netcdf, "image/gif": to_gif, "image/png": to_png}[media]
     return Response(await run_in_threadpool(render, forecast), media_type=media)
 

@@ -1,0 +1,297 @@
+"""The forecast service, started for real (``nowcast serve``) and spoken to over HTTP on loopback."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+from conftest import sample_files
+from PIL import Image
+
+from pipelines.ingest import ingest
+
+NOWCAST = str(Path(sys.executable).with_name("nowcast"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(tmp: Path, settings: dict) -> Iterator[str]:
+    config = tmp / f"service-{len(list(tmp.glob('service-*.yaml')))}.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    port = free_port()
+    log = open(tmp / f"{config.stem}.log", "w")
+    proc = subprocess.Popen([NOWCAST, "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"server did not start: {(tmp / f'{config.stem}.log').read_text()[-3000:]}")
+        time.sleep(0.2)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def workdir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="nowcast-service-") as tmp:
+        yield Path(tmp)
+
+
+@pytest.fixture(scope="module")
+def archive(workdir: Path) -> str:
+    store = str(workdir / "archive.zarr")
+    ingest(sample_files("fmi", 10), store, "fmi", fmt="fmi_pgm")
+    files = sample_files("fmi", 16)
+    ingest(files[12:], store, "fmi", fmt="fmi_pgm")  # a gap: 15:25 .. 15:40 missing
+    return store
+
+
+@pytest.fixture(scope="module")
+def server(workdir: Path, archive: str, small_checkpoint: Path) -> Iterator[str]:
+    yield from start_server(workdir, {
+        "store": archive, "models": ["persistence", "optical_flow", f"convlstm={small_checkpoint}"],
+        "max_grid_pixels": 300 * 300, "max_lead_steps": 12, "batch_wait_ms": 50, "max_batch_size": 16,
+    })
+
+
+@pytest.fixture(scope="module")
+def secured(workdir: Path, archive: str) -> Iterator[str]:
+    yield from start_server(workdir, {
+        "store": archive, "models": ["persistence"], "api_keys": ["key-one", "key-two"],
+        "max_body_bytes": 20_000, "inference_timeout_s": 0.000001, "micro_batching": False,
+    })
+
+
+def inline(model: str = "persistence", lead: int = 3, t: int = 4, h: int = 8, w: int = 10, **extra) -> dict:
+    rng = np.random.default_rng(0)
+    frames = np.round(rng.gamma(0.5, 2.0, size=(t, h, w)), 2).tolist()
+    return {"model": model, "lead_steps": lead, "frames": frames, "step_minutes": 5,
+            "end_time": "2021-07-01T12:00:00Z", **extra}
+
+
+def forward_passes(url: str, model: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    match = re.search(rf'nowcast_forward_passes_total{{model="{model}"}} ([0-9.e+]+)', text)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_health_readiness_and_metrics(server: str) -> None:
+    assert httpx.get(f"{server}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{server}/readyz").json()
+    assert ready["status"] == "ready" and ready["products"] == ["fmi"]
+    assert set(ready["models"]) == {"persistence", "optical_flow", "convlstm"}
+    httpx.post(f"{server}/v1/forecast", json=inline())
+    metrics = httpx.get(f"{server}/metrics").text
+    assert 'nowcast_http_requests_total{method="POST",route="/v1/forecast",status="200"}' in metrics
+    for name in ("nowcast_http_request_seconds_bucket", "nowcast_batch_size_bucket", "nowcast_inference_seconds_sum"):
+        assert name in metrics
+
+
+def test_models_route_lists_every_model_with_its_constraints(server: str) -> None:
+    models = {m["name"]: m for m in httpx.get(f"{server}/v1/models").json()["models"]}
+    assert set(models) == {"persistence", "optical_flow", "convlstm"}
+    for m in models.values():
+        assert {"name", "input_steps", "max_lead_steps", "step_minutes", "architecture", "grid"} <= set(m)
+        assert m["max_lead_steps"] == 12
+    assert models["convlstm"]["input_steps"] == 4 and models["convlstm"]["grid"]["multiple_of"] == 2
+    assert models["convlstm"]["step_minutes"] == 5.0 and models["convlstm"]["training_data"]["products"] == ["synth"]
+    assert models["optical_flow"]["input_steps"] == 3 and models["persistence"]["kind"] == "baseline"
+
+
+def test_inline_forecast_contract(server: str) -> None:
+    response = httpx.post(f"{server}/v1/forecast", json=inline("optical_flow", lead=4))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "optical_flow" and body["units"] == "mm/h"
+    assert body["times"] == ["2021-07-01T12:05:00Z", "2021-07-01T12:10:00Z", "2021-07-01T12:15:00Z",
+                             "2021-07-01T12:20:00Z"]
+    assert np.asarray(body["frames"]).shape == (4, 8, 10)
+
+
+def test_product_forecast_latest_and_at_a_time_with_a_bbox(server: str) -> None:
+    latest = httpx.post(f"{server}/v1/forecast", json={"model": "convlstm", "lead_steps": 2, "product": "fmi",
+                                                       "bbox": [200_000, 400_000, 263_999, 463_999]})
+    assert latest.status_code == 200, latest.text
+    body = latest.json()
+    assert body["times"] == ["2016-09-28T16:05:00Z", "2016-09-28T16:10:00Z"]
+    assert np.asarray(body["frames"]).shape == (2, 64, 64) and "+proj=stere" in body["grid"]["crs"]
+    earlier = httpx.post(f"{server}/v1/forecast", json={"model": "persistence", "lead_steps": 1, "product": "fmi",
+                                                        "time": "2016-09-28T15:05:00Z",
+                                                        "bbox": [200_000, 400_000, 263_999, 463_999]})
+    assert earlier.status_code == 200 and earlier.json()["times"] == ["2016-09-28T15:10:00Z"]
+
+
+@pytest.mark.parametrize("accept", ["application/x-netcdf", "image/gif", "image/png"])
+def test_output_formats(server: str, accept: str) -> None:
+    body = {"model": "persistence", "lead_steps": 3, "product": "fmi", "bbox": [200_000, 400_000, 263_999, 463_999]}
+    response = httpx.post(f"{server}/v1/forecast", json=body, headers={"Accept": accept})
+    assert response.status_code == 200 and response.headers["content-type"].startswith(accept)
+    if accept == "application/x-netcdf":
+        with tempfile.NamedTemporaryFile(suffix=".nc") as f:
+            f.write(response.content)
+            f.flush()
+            with xr.open_dataset(f.name) as ds:
+                assert ds["precip"].shape == (3, 64, 64) and ds["precip"].attrs["units"] == "mm/h"
+                assert ds["precip"].attrs["grid_mapping"] == "crs" and "crs_wkt" in ds["crs"].attrs
+                assert str(ds["time"].values[0]).startswith("2016-09-28T16:05")
+    else:
+        with Image.open(io.BytesIO(response.content)) as image:
+            assert image.format == accept.split("/")[1].upper()
+            if accept == "image/gif":
+                assert image.n_frames == 3
+
+
+def test_upload_npy_and_netcdf(server: str) -> None:
+    frames = np.random.default_rng(1).gamma(0.5, 2.0, size=(4, 16, 16))
+    buffer = io.BytesIO()
+    np.save(buffer, frames)
+    form = {"model": "persistence", "lead_steps": "2", "end_time": "2021-07-01T12:00:00Z", "step_minutes": "5"}
+    response = httpx.post(f"{server}/v1/forecast/upload", data=form, files={"file": ("f.npy", buffer.getvalue())})
+    assert response.status_code == 200, response.text
+    np.testing.assert_allclose(np.asarray(response.json()["frames"])[1], frames[-1], atol=1e-3)
+    netcdf = httpx.post(f"{server}/v1/forecast", json={"model": "persistence", "lead_steps": 4, "product": "fmi",
+                                                       "bbox": [200_000, 400_000, 231_999, 431_999]},
+                        headers={"Accept": "application/x-netcdf"}).content
+    again = httpx.post(f"{server}/v1/forecast/upload", data={**form, "model": "optical_flow"},
+                       files={"file": ("f.nc", netcdf)})
+    assert again.status_code == 200, again.text
+    assert np.asarray(again.json()["frames"]).shape == (2, 32, 32) and again.json()["grid"]["crs"]
+
+
+BAD_REQUESTS = {
+    "unknown model": ({"model": "unet"}, 404, "unknown model 'unet'"),
+    "lead over the maximum": ({"lead_steps": 13}, 422, "over the maximum 12"),
+    "grid over the maximum": ({"h": 301, "w": 301}, 422, "over the maximum 90000"),
+    "too few frames": ({"model": "optical_flow", "t": 2}, 422, "needs 3 input frames"),
+    "grid not a multiple of the patch": ({"model": "convlstm", "w": 9}, 422, "must be a multiple of 2"),
+    "wrong step for a trained model": ({"model": "convlstm", "step_minutes": 10}, 422, "works at 5-minute steps"),
+    "neither frames nor product": ({"drop": "frames"}, 422, "either 'frames'"),
+    "uneven times": ({"times": ["2021-07-01T11:45:00Z", "2021-07-01T11:50:00Z", "2021-07-01T11:55:00Z",
+                                "2021-07-01T12:01:00Z"]}, 422, "not evenly spaced"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_requests_get_a_4xx_that_names_the_problem(server: str, case: str) -> None:
+    change, status, message = BAD_REQUESTS[case]
+    shape = {k: change.pop(k) for k in ("t", "h", "w") if k in change}
+    body = inline(**shape)
+    if "drop" in change:
+        body.pop(change.pop("drop"))
+    body.update(change)
+    response = httpx.post(f"{server}/v1/forecast", json=body)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]["message"]
+
+
+def test_bad_values_and_shapes(server: str) -> None:
+    nan = inline()
+    nan["frames"][0][0][0] = float("nan")
+    response = httpx.post(f"{server}/v1/forecast", content=json.dumps(nan),
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "NaN or infinite" in response.json()["error"]["message"]
+    negative = inline()
+    negative["frames"][1][2][3] = -1.0
+    assert "negative" in httpx.post(f"{server}/v1/forecast", json=negative).json()["error"]["message"]
+    ragged = inline()
+    ragged["frames"][0][0] = ragged["frames"][0][0][:-1]
+    response = httpx.post(f"{server}/v1/forecast", json=ragged)
+    assert response.status_code == 422 and "regular T x H x W" in response.json()["error"]["message"]
+    strings = inline()
+    strings["frames"][0][0][0] = "heavy"
+    response = httpx.post(f"{server}/v1/forecast", json=strings)
+    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_request"
+    flat = {**inline(), "frames": [1.0, 2.0]}
+    assert httpx.post(f"{server}/v1/forecast", json=flat).status_code == 422
+    response = httpx.post(f"{server}/v1/forecast", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+
+
+def test_archive_errors(server: str) -> None:
+    def ask(**body):
+        return httpx.post(f"{server}/v1/forecast", json={"model": "optical_flow", "lead_steps": 2, **body})
+
+    assert ask(product="opera").status_code == 404 and "no product 'opera'" in ask(product="opera").text
+    missing = ask(product="fmi", time="2016-09-28T12:00:00Z")
+    assert missing.status_code == 422 and "not a frame of 'fmi'" in missing.json()["error"]["message"]
+    gap = ask(product="fmi", time="2016-09-28T15:45:00Z")  # needs 15:35, 15:40, 15:45; 15:35 is missing
+    assert gap.status_code == 422 and "not contiguous" in gap.json()["error"]["message"]
+    outside = ask(product="fmi", bbox=[-9e6, -9e6, -8e6, -8e6])
+    assert outside.status_code == 422 and "bbox" in outside.json()["error"]["message"]
+    bad_upload = httpx.post(f"{server}/v1/forecast/upload", files={"file": ("x.txt", b"hello")},
+                            data={"model": "persistence", "lead_steps": "1", "end_time": "2021-01-01T00:00:00Z"})
+    assert bad_upload.status_code == 422 and "upload a .npy array or a NetCDF" in bad_upload.text
+    unacceptable = httpx.post(f"{server}/v1/forecast", json=inline(), headers={"Accept": "text/csv"})
+    assert unacceptable.status_code == 406
+
+
+def test_concurrent_requests_share_forward_passes(server: str) -> None:
+    before = forward_passes(server, "optical_flow")
+    body = inline("optical_flow", lead=3, h=64, w=64)
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: httpx.post(f"{server}/v1/forecast", json=body, timeout=60), range(8)))
+    assert all(r.status_code == 200 for r in responses)
+    assert all(r.json()["frames"] == responses[0].json()["frames"] for r in responses)
+    passes = forward_passes(server, "optical_flow") - before
+    assert 1 <= passes < 8, passes
+
+
+def test_api_keys_guard_models_and_forecasts_but_not_health(secured: str) -> None:
+    assert httpx.get(f"{secured}/healthz").status_code == 200
+    assert httpx.get(f"{secured}/readyz").status_code == 200
+    assert httpx.get(f"{secured}/metrics").status_code == 200
+    denied = httpx.get(f"{secured}/v1/models")
+    assert denied.status_code == 401 and "API key is required" in denied.json()["error"]["message"]
+    assert httpx.get(f"{secured}/v1/models", headers={"X-API-Key": "nope"}).status_code == 401
+    assert httpx.get(f"{secured}/v1/models", headers={"X-API-Key": "key-two"}).status_code == 200
+    assert httpx.get(f"{secured}/v1/models", headers={"Authorization": "Bearer key-one"}).status_code == 200
+    assert httpx.post(f"{secured}/v1/forecast", json=inline()).status_code == 401
+
+
+def test_body_limit_and_inference_timeout(secured: str) -> None:
+    headers = {"X-API-Key": "key-one"}
+    big = inline(h=60, w=60)
+    response = httpx.post(f"{secured}/v1/forecast", json=big, headers=headers)
+    assert response.status_code == 413 and "over the limit of 20000 bytes" in response.json()["error"]["message"]
+    slow = httpx.post(f"{secured}/v1/forecast", json=inline(h=4, w=4), headers=headers)
+    assert slow.status_code == 504 and slow.json()["error"]["code"] == "inference_timeout"
+
+
+def test_schemathesis_finds_no_server_error(server: str, workdir: Path) -> None:
+    exe = Path(sys.executable).with_name("schemathesis")
+    result = subprocess.run(
+        [str(exe), "run", f"{server}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "25",
+         "--phases", "examples,coverage,fuzzing", "--suppress-health-check", "all", "--request-timeout", "30",
+         "--seed", "1"],
+        capture_output=True, text=True, timeout=600, cwd=workdir,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
