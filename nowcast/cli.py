@@ -238,6 +238,42 @@ def serve(
 
 
 @app.command()
+def backfill(
+    model: Annotated[str, typer.Option(help="persistence, optical_flow, a checkpoint, or a shipped model.")],
+    product: Annotated[str, typer.Option(help="Product to forecast from.")],
+    start: Annotated[str, typer.Option(help="First init time (UTC, ISO).")],
+    end: Annotated[str, typer.Option(help="Last init time (UTC, ISO).")],
+    out: Annotated[str, typer.Option(help="Zarr forecast store (path or fsspec URL).")],
+    store: Annotated[
+        str, typer.Option(help="Zarr store: a local path or an fsspec URL.", envvar="NOWCAST_STORE")
+    ] = "data/archive.zarr",
+    every: Annotated[int, typer.Option(help="Every K-th frame as an init time.")] = 1,
+    lead_steps: Annotated[int | None, typer.Option(help="Lead steps (default: the model's output steps).")] = None,
+    scheduler: Annotated[str, typer.Option(help="'local' (processes) or a Dask scheduler tcp://HOST:PORT.")] = "local",
+    workers: Annotated[int, typer.Option(help="Local worker processes.")] = 2,
+    batch: Annotated[int, typer.Option(help="Init times per forward pass.")] = 4,
+) -> None:
+    """Forecast every init time of a range into a Zarr forecast store (resumable, idempotent)."""
+    from nowcast.backfill import backfill as run_backfill
+
+    with _progress() as progress:
+        task = progress.add_task(f"backfill {product}", total=None)
+        try:
+            summary = run_backfill(
+                model, store, product, start, end, out, every=every, lead_steps=lead_steps, scheduler=scheduler,
+                workers=workers, batch=batch,
+                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        except (KeyError, ValueError, FileNotFoundError) as exc:
+            console.print(f"[red]error:[/] {exc.args[0] if exc.args else exc}")
+            raise typer.Exit(2) from exc
+    console.print(
+        f"{summary['init_times']} init times {summary['first']} .. {summary['last']}: "
+        f"{summary['written']} written, {summary['skipped_already_done']} already done -> {summary['out']}"
+    )
+
+
+@app.command()
 def demo(
     store: Annotated[str, typer.Option(help="Where the demo archive goes.")] = "data/demo.zarr",
     workers: Annotated[int, typer.Option(help="Decoding processes.")] = 2,

@@ -1,0 +1,217 @@
+"""Batch backfill: a forecast for every init time of a range, into a Zarr forecast store.
+
+Layout: ``precip(init_time, lead_time, y, x)`` in mm/h (same CF encoding as the archive),
+``done(init_time)``, coordinates, the CRS and the model's name/version. The store is laid out
+for all planned init times up front (metadata only), then filled region by region: each
+init time's frames are one chunk, and its ``done`` flag (one chunk per init time, so parallel
+writers never share a chunk) is set only after its frames are written. A rerun skips init
+times already done; a kill loses at most those in flight; readers see nodata where nothing is
+done yet. Work is split into tasks of ``batch`` init times, each one forward pass, run in
+local processes or on a Dask distributed cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+from nowcast import __version__
+from nowcast.forecaster import LoadedForecaster, load_forecaster
+from pipelines.dataset import TimeBlockSplit, window_starts
+from pipelines.grid import Grid
+from pipelines.info import time_step_minutes
+from pipelines.store import FILL, SCALE, ProductArchive, open_zarr_store
+
+
+@dataclass(frozen=True)
+class Task:
+    """Init times (as indices into the forecast store) and where their history starts."""
+
+    store: str
+    product: str
+    model: str
+    out: str
+    lead_steps: int
+    indices: tuple[int, ...]
+    history_starts: tuple[int, ...]
+
+
+@cache
+def _forecaster(spec: str) -> LoadedForecaster:
+    """One load per worker process, reused by every task it runs."""
+    return load_forecaster(spec)
+
+
+def plan_init_times(
+    times: np.ndarray, history: int, start: str, end: str, every: int, step_minutes: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Init times in [start, end] (every K-th frame) that have ``history`` contiguous frames."""
+    seconds = times.astype("datetime64[s]").astype(np.int64)
+    starts = window_starts(seconds, history, int(round(step_minutes * 60)), None, TimeBlockSplit())
+    init_index = starts + history - 1
+    inits = times[init_index].astype("datetime64[s]")
+    first, last = np.datetime64(start.rstrip("Z"), "s"), np.datetime64(end.rstrip("Z"), "s")
+    keep = (inits >= first) & (inits <= last)
+    inits, starts = inits[keep], starts[keep]
+    return inits[:: max(1, every)], starts[:: max(1, every)]
+
+
+def create_forecast_store(
+    out: str, inits: np.ndarray, lead_steps: int, step_minutes: float, grid: Grid, forecaster: LoadedForecaster,
+    product: str, model_spec: str,
+) -> None:
+    ny, nx = grid.shape
+    leads = np.array([np.timedelta64(int(round(step_minutes * 60 * (k + 1))), "s") for k in range(lead_steps)])
+    template = xr.Dataset(
+        {
+            "precip": (("init_time", "lead_time", "y", "x"),
+                       da.full((len(inits), lead_steps, ny, nx), np.nan, dtype=np.float32,
+                               chunks=(1, lead_steps, ny, nx)),
+                       {"standard_name": "rainfall_rate", "long_name": "forecast rain rate", "units": "mm/h",
+                        "grid_mapping": "crs"}),
+            "done": (("init_time",), da.zeros(len(inits), dtype=np.int8, chunks=1),
+                     {"long_name": "1 once this init time's forecast is written", "flag_values": [0, 1]}),
+            "crs": ((), np.int32(0), grid.cf_grid_mapping_attrs()),
+        },
+        coords={
+            "init_time": ("init_time", inits.astype("datetime64[ns]"),
+                          {"standard_name": "forecast_reference_time", "long_name": "init time (UTC)"}),
+            "lead_time": ("lead_time", leads.astype("timedelta64[ns]"), {"standard_name": "forecast_period"}),
+            "y": ("y", grid.y, grid.coordinate_attrs("y")),
+            "x": ("x", grid.x, grid.coordinate_attrs("x")),
+        },
+        attrs={"Conventions": "CF-1.10", "title": f"{forecaster.name} nowcasts of {product}", "product": product,
+               "model": forecaster.name, "model_source": model_spec, "nowcast_version": __version__,
+               "step_minutes": step_minutes},
+    )
+    encoding = {
+        "precip": {"dtype": "uint16", "scale_factor": SCALE, "_FillValue": FILL, "fill_value": FILL,
+                   "chunks": (1, lead_steps, min(ny, 1024), min(nx, 1024))},
+        "init_time": {"units": "seconds since 1970-01-01", "dtype": "int64"},
+        "lead_time": {"units": "seconds", "dtype": "int64"},
+    }
+    template.to_zarr(open_zarr_store(out), mode="w", compute=False, encoding=encoding, zarr_format=3,
+                     consolidated=True)
+
+
+def run_task(task: Task) -> list[int]:
+    """Forecast a batch of init times in one forward pass and write them; returns the indices."""
+    forecaster = _forecaster(task.model)
+    history = forecaster.input_steps
+    with ProductArchive(task.store, task.product).open() as source:
+        window = np.stack([
+            source["precip"].isel(time=slice(s, s + history)).values for s in task.history_starts
+        ])
+    forecasts = forecaster.predict(window, task.lead_steps)  # [B, lead, H, W]
+    # outside the radar's coverage (nodata in the last observed frame) the forecast is nodata too
+    forecasts = np.where(np.isnan(window[:, -1:]), np.nan, forecasts)
+    out = open_zarr_store(task.out)
+    frames = xr.Dataset({"precip": (("init_time", "lead_time", "y", "x"), forecasts.astype(np.float32))})
+    done = zarr.open_array(out, path="done", mode="r+", zarr_format=3)
+    for k, index in enumerate(task.indices):
+        frames.isel(init_time=slice(k, k + 1)).to_zarr(
+            out, region={"init_time": slice(index, index + 1)}, mode="r+", zarr_format=3, consolidated=False,
+        )
+        done[index] = 1  # after the frames: a flag never claims frames that are not there
+    return list(task.indices)
+
+
+def backfill(
+    model: str, store: str, product: str, start: str, end: str, out: str, every: int = 1,
+    lead_steps: int | None = None, scheduler: str = "local", workers: int = 2, batch: int = 4,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) a backfill; returns a summary."""
+    forecaster = _forecaster(model)
+    archive = ProductArchive(store, product)
+    if not archive.exists():
+        raise KeyError(f"no product {product!r} in {store}")
+    times = archive.times()
+    step = time_step_minutes(times)
+    if step is None:
+        raise ValueError(f"product {product!r} has fewer than two frames")
+    if forecaster.step_minutes is not None and abs(forecaster.step_minutes - step) > 1e-6:
+        raise ValueError(f"{model} works at {forecaster.step_minutes:g}-minute steps, {product!r} has {step:g}")
+    leads = lead_steps or (forecaster.max_lead_steps if forecaster.trainable else 12)
+    inits, history_starts = plan_init_times(times, forecaster.input_steps, start, end, every, step)
+    if not len(inits):
+        raise ValueError(f"no init time in {start} .. {end} has {forecaster.input_steps} frames of history")
+    existing = _existing(out)
+    if existing is None:
+        create_forecast_store(out, inits, leads, step, archive.grid(), forecaster, product, model)
+    else:
+        _check_compatible(existing, inits, leads, forecaster, out)
+    done = zarr.open_array(open_zarr_store(out), path="done", mode="r", zarr_format=3)[:]
+    todo = [i for i in range(len(inits)) if not done[i]]
+    tasks = [
+        Task(store, product, model, out, leads, tuple(todo[i : i + batch]),
+             tuple(int(history_starts[j]) for j in todo[i : i + batch]))
+        for i in range(0, len(todo), max(1, batch))
+    ]
+    finished = len(inits) - len(todo)
+    if on_progress:
+        on_progress(finished, len(inits))
+    for indices in _execute(tasks, scheduler, workers):
+        finished += len(indices)
+        if on_progress:
+            on_progress(finished, len(inits))
+    return {"out": out, "model": forecaster.name, "init_times": len(inits), "skipped_already_done": len(inits) -
+            len(todo), "written": len(todo), "lead_steps": leads, "first": str(inits[0]) + "Z",
+            "last": str(inits[-1]) + "Z"}
+
+
+def _existing(out: str) -> xr.Dataset | None:
+    try:
+        return xr.open_zarr(open_zarr_store(out, read_only=True), consolidated=True, zarr_format=3)
+    except (FileNotFoundError, KeyError, ValueError, zarr.errors.GroupNotFoundError):
+        return None
+
+
+def _check_compatible(existing: xr.Dataset, inits: np.ndarray, leads: int, forecaster: LoadedForecaster,
+                      out: str) -> None:
+    planned = existing["init_time"].values.astype("datetime64[s]")
+    if existing.sizes["lead_time"] != leads or existing.attrs.get("model") != forecaster.name:
+        raise ValueError(f"{out} holds {existing.attrs.get('model')} forecasts with {existing.sizes['lead_time']} "
+                         f"leads; use a new --out for {forecaster.name} with {leads}")
+    if len(planned) != len(inits) or not np.array_equal(planned, inits):
+        raise ValueError(f"{out} was laid out for {len(planned)} init times {planned[0]}Z .. {planned[-1]}Z; "
+                         f"rerun with that range (and --every) to resume, or use a new --out")
+
+
+def _execute(tasks: list[Task], scheduler: str, workers: int):
+    """Completed tasks' indices as they finish, from local processes or a Dask cluster."""
+    if not tasks:
+        return
+    if scheduler == "local":
+        if workers <= 1:
+            for task in tasks:
+                yield run_task(task)
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for future in as_completed([pool.submit(run_task, t) for t in tasks]):
+                yield future.result()
+        return
+    from distributed import Client
+    from distributed import as_completed as dask_completed
+
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(Client(scheduler))
+        for future in dask_completed(client.map(run_task, tasks, pure=False)):
+            yield future.result()
+
+
+def open_forecasts(out: str | Path) -> xr.Dataset:
+    """The forecast store as a Dataset (``done`` says which init times are complete)."""
+    return xr.open_zarr(open_zarr_store(str(out), read_only=True), consolidated=True, zarr_format=3)
