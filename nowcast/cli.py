@@ -62,12 +62,28 @@ def ingest(
     workers: Annotated[int, typer.Option(help="Decoding processes.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Frames per commit.")] = 16,
     json_out: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Keep watching PATHS (directories) for new files.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between polls with --watch.")] = 10.0,
+    settle: Annotated[float, typer.Option(help="With --watch, take files unchanged for this many seconds.")] = 2.0,
 ) -> None:
     """Decode radar/satellite files to mm/h and append them to a product in a Zarr store."""
     from pipelines.importers import formats
 
     if format not in formats():
         raise typer.BadParameter(f"unknown format {format!r}; choose from {', '.join(formats())}")
+    if watch:
+        from pipelines.watch import watch as run_watch
+
+        def report_poll(poll: int, report) -> None:
+            typer.echo(json.dumps({"poll": poll, **report.as_dict()}), nl=True)
+            print_report(report)
+
+        try:
+            run_watch(paths, store, product, fmt=format, workers=workers, batch_size=batch_size, interval=interval,
+                      settle_seconds=settle, on_report=report_poll)
+        except NotADirectoryError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+        return
     report = run_ingest(paths, format, store, product, workers, batch_size)
     if json_out:
         typer.echo(json.dumps(report.as_dict(), indent=2))
