@@ -191,17 +191,84 @@ def train(
     ctx: typer.Context,
     config: Annotated[list[Path], typer.Option(help="LightningCLI YAML config(s), e.g. configs/convlstm.yaml.")],
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint when there is one.")] = True,
+    registry: Annotated[Path | None, typer.Option(help="Model registry (lock, versions, production).")] = None,
+    promote: Annotated[bool, typer.Option(help="Then verify against production; promote if better.")] = False,
+    window_hours: Annotated[float, typer.Option(help="Held-out window for --promote: the last N hours.")] = 6.0,
+    metric: Annotated[str, typer.Option(help="Promotion rule metric: csi, pod, fss or mae.")] = "csi",
+    threshold: Annotated[float, typer.Option(help="Rain threshold (mm/h) for csi/pod.")] = 1.0,
+    min_improvement: Annotated[float, typer.Option(help="How much better the candidate must be.")] = 0.0,
 ) -> None:
-    """Train a model (LightningCLI style: extra arguments such as --trainer.max_epochs 5 override the config)."""
+    """Train a model (LightningCLI style: extra arguments such as --trainer.max_epochs 5 override the config).
+
+    Safe from cron: resumes an interrupted run, holds a lock so two runs never collide (exit 75),
+    and with --promote exits 0 when the new model was promoted, 3 when production was kept."""
+    import contextlib
+    import os
+
+    from nowcast.registry import LOCKED, ModelRegistry, PromotionRule, RegistryLocked
+    from nowcast.registry import promote as run_promotion
     from nowcast.train_cli import run_training
 
+    if promote and registry is None:
+        raise typer.BadParameter("--promote needs --registry")
     args = ["fit"]
     for path in config:
         args += ["--config", str(path)]
     args += list(ctx.args)
     if resume and not any(a.startswith("--ckpt_path") for a in ctx.args):
         args += ["--ckpt_path", "last"]
-    run_training(args)
+    is_rank_zero = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    lock_dir = ModelRegistry(registry) if registry else ModelRegistry(Path("runs"))
+    try:
+        with lock_dir.lock() if is_rank_zero else contextlib.nullcontext():
+            cli = run_training(args)
+            if not (promote and cli.trainer.is_global_zero):
+                return
+            callback = cli.trainer.checkpoint_callback
+            checkpoint = (callback.best_model_path or callback.last_model_path) if callback else None
+            if not checkpoint:
+                console.print("[red]error:[/] training left no checkpoint to promote")
+                raise typer.Exit(2)
+            data = cli.datamodule.hparams
+            code, decision = run_promotion(
+                ModelRegistry(registry), checkpoint, data.store, data.products[0], window_hours,
+                PromotionRule(metric, threshold, min_improvement),
+            )
+            console.print(json.dumps(decision, indent=2))
+            raise typer.Exit(code)
+    except RegistryLocked as exc:
+        console.print(f"[yellow]locked:[/] {exc}; not starting a second run")
+        raise typer.Exit(LOCKED) from exc
+
+
+@app.command()
+def promote(
+    checkpoint: Annotated[Path, typer.Option(help="Candidate checkpoint from nowcast train.")],
+    registry: Annotated[Path, typer.Option(help="Model registry directory.")],
+    product: Annotated[str, typer.Option(help="Product to verify on.")],
+    store: Annotated[
+        str, typer.Option(help="Zarr store: a local path or an fsspec URL.", envvar="NOWCAST_STORE")
+    ] = "data/archive.zarr",
+    window_hours: Annotated[float, typer.Option(help="Held-out window: the archive's last N hours.")] = 6.0,
+    metric: Annotated[str, typer.Option(help="csi, pod, fss or mae (mean over lead times).")] = "csi",
+    threshold: Annotated[float, typer.Option(help="Rain threshold (mm/h) for csi/pod.")] = 1.0,
+    min_improvement: Annotated[float, typer.Option(help="How much better the candidate must be.")] = 0.0,
+    crop: Annotated[int | None, typer.Option(help="Centred N x N window for verification.")] = None,
+) -> None:
+    """Register a checkpoint and make it production if it verifies better (exit 0 promoted, 3 kept, 2 error)."""
+    from nowcast.registry import FAILED, ModelRegistry, PromotionRule
+    from nowcast.registry import promote as run_promotion
+
+    try:
+        code, decision = run_promotion(
+            ModelRegistry(registry), checkpoint, store, product, window_hours,
+            PromotionRule(metric, threshold, min_improvement), crop=crop,
+        )
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/] {exc.args[0] if exc.args else exc}")
+        raise typer.Exit(FAILED) from exc
+    typer.echo(json.dumps(decision, indent=2))
+    raise typer.Exit(code)
 
 
 @app.command()
