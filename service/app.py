@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ from nowcast import __version__
 from service.errors import error_body, install_error_handlers
 from service.metrics import Metrics
 from service.registry import load_models
+from service.reload import reload_production, watch_production
 from service.routers import forecast, health, models
 from service.settings import ServiceSettings, load_settings
 
@@ -66,7 +68,13 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         app.state.models = load_models(settings, metrics)
         for served in app.state.models.values():
             served.batcher.start()
+        watcher = None
+        if settings.registry:
+            await reload_production(app)
+            watcher = asyncio.create_task(watch_production(app))
         yield
+        if watcher is not None:
+            watcher.cancel()
         for served in app.state.models.values():
             await served.batcher.stop()
 

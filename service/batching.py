@@ -36,6 +36,8 @@ class MicroBatcher:
         self.max_batch, self.wait_s = max(1, max_batch), max(0.0, wait_ms) / 1000.0
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task | None = None
+        self._busy = False
+        self._last_submit = 0.0
         # one thread per model: forward passes of a model run one after another, off the loop
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
 
@@ -49,9 +51,21 @@ class MicroBatcher:
             await asyncio.gather(self._task, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    async def drain_and_stop(self, quiet_s: float = 1.0, limit_s: float = 120.0) -> None:
+        """Stop once no request has arrived for ``quiet_s`` and everything queued is answered
+        (a model being replaced keeps serving the requests that already picked it)."""
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            idle = self._queue is None or (self._queue.empty() and not self._busy)
+            if idle and time.monotonic() - self._last_submit >= quiet_s:
+                break
+            await asyncio.sleep(0.05)
+        await self.stop()
+
     async def submit(self, frames: np.ndarray, lead_steps: int) -> np.ndarray:
         assert self._queue is not None, "batcher not started"
         future = asyncio.get_running_loop().create_future()
+        self._last_submit = time.monotonic()
         await self._queue.put(_Job(frames, lead_steps, future))
         return await future
 
@@ -77,8 +91,12 @@ class MicroBatcher:
             for job in jobs:
                 if not job.future.cancelled():
                     groups[job.key].append(job)
-            for group in groups.values():
-                await self._forward(loop, group)
+            self._busy = True
+            try:
+                for group in groups.values():
+                    await self._forward(loop, group)
+            finally:
+                self._busy = False
 
     async def _forward(self, loop: asyncio.AbstractEventLoop, group: list[_Job]) -> None:
         stacked = np.stack([job.frames for job in group])

@@ -21,6 +21,8 @@ class Metrics:
                                    registry=self.registry,
                                    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 
+        self.reloads = Counter("nowcast_model_reloads_total", "Production model reloads", registry=self.registry)
+
     def observe_forward(self, model: str, batch: int, seconds: float) -> None:
         self.forward_passes.labels(model).inc()
         self.batch_size.labels(model).observe(batch)

@@ -19,6 +19,7 @@ class ServedModel:
     name: str
     forecaster: LoadedForecaster
     batcher: MicroBatcher
+    version: str | None = None  # the registry version, for the production model
 
     def describe(self, settings: ServiceSettings, default_step: float | None) -> dict[str, Any]:
         f = self.forecaster
@@ -41,6 +42,7 @@ class ServedModel:
             "grid": {"multiple_of": patch, "max_pixels": settings.max_grid_pixels},
             "parameters": sum(p.numel() for p in f.model.parameters()),
             "source": f.source,
+            "version": self.version,
             "training_data": f.info.get("data") if f.trainable else None,
             "skill": skill,
         }
@@ -52,19 +54,25 @@ def pick_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
+def serve_model(name: str, spec: str, settings: ServiceSettings, metrics: Metrics,
+                version: str | None = None) -> ServedModel:
+    forecaster = load_forecaster(spec)
+    forecaster.model.to(pick_device(settings.device))
+    batch = settings.max_batch_size if settings.micro_batching else 1
+    wait = settings.batch_wait_ms if settings.micro_batching else 0.0
+    return ServedModel(name, forecaster, MicroBatcher(name, forecaster, metrics, batch, wait), version)
+
+
 def load_models(settings: ServiceSettings, metrics: Metrics) -> dict[str, ServedModel]:
-    device = pick_device(settings.device)
     served: dict[str, ServedModel] = {}
     for entry in settings.models:
         label, _, spec = entry.partition("=") if "=" in entry else (None, "", entry)
-        forecaster = load_forecaster(spec)
-        forecaster.model.to(device)
-        name = label or (spec if spec == forecaster.name else forecaster.name)
+        model = serve_model(label or spec, spec, settings, metrics)
+        name = label or (spec if spec == model.forecaster.name else model.forecaster.name)
         if name in served:
             name = label or Path(spec).stem
         if name in served:
             raise ValueError(f"two served models are called {name!r}; name them with 'label=spec'")
-        batch = settings.max_batch_size if settings.micro_batching else 1
-        wait = settings.batch_wait_ms if settings.micro_batching else 0.0
-        served[name] = ServedModel(name, forecaster, MicroBatcher(name, forecaster, metrics, batch, wait))
+        model.name = model.batcher.name = name
+        served[name] = model
     return served

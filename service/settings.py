@@ -25,6 +25,8 @@ class ServiceSettings(BaseSettings):
     max_batch_size: int = Field(16, description="Most requests in one forward pass")
     inference_timeout_s: float = Field(60.0, description="Give up on a forecast after this long")
     device: str = Field("auto", description="'auto' (GPU when there is one), 'cpu' or 'cuda'")
+    registry: str | None = Field(None, description="Model registry: its production version is served as 'production'")
+    reload_interval_s: float = Field(5.0, description="How often to check the registry's production pointer")
 
 
 def load_settings(config: Path | None = None, **overrides: object) -> ServiceSettings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,67 @@ def test_train_then_promote_from_the_command_line(tmp_path: Path) -> None:
     assert result.returncode == PROMOTED, result.stderr[-3000:]
     registry = ModelRegistry(tmp_path / "registry")
     assert registry.production() and registry.production_checkpoint().is_file()
+
+
+def test_service_follows_the_production_pointer_without_dropping_requests(
+    fmi: str, small_checkpoint: Path, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import threading
+    import time
+
+    import httpx
+    from test_service import start_server
+
+    registry = ModelRegistry(tmp_path / "registry")
+    first = registry.register(dry_model(small_checkpoint, tmp_path / "dry.ckpt"))
+    registry.set_production(first)
+    server = start_server(tmp_path, {"store": fmi, "models": ["persistence"], "registry": str(registry.root),
+                                     "reload_interval_s": 0.3})
+    url = next(server)
+    stop = threading.Event()
+    thread = threading.Thread()
+    try:
+        def version() -> str:
+            models = {m["name"]: m for m in httpx.get(f"{url}/v1/models").json()["models"]}
+            return models["production"]["version"]
+
+        assert version() == first
+        statuses: list[int] = []
+        body = {"model": "production", "lead_steps": 2, "product": "fmi", "bbox": [200_000, 400_000, 263_999, 463_999]}
+
+        def hammer() -> None:
+            with httpx.Client(timeout=60) as client:
+                while not stop.is_set():
+                    statuses.append(client.post(f"{url}/v1/forecast", json=body).status_code)
+
+        thread = threading.Thread(target=hammer)
+        thread.start()
+        time.sleep(0.5)
+        second = registry.register(small_checkpoint)
+        registry.set_production(second)
+        deadline = time.monotonic() + 20
+        while version() != second:
+            assert time.monotonic() < deadline, "the service did not pick up the new production model"
+            time.sleep(0.1)
+        def reloads() -> float:
+            text = httpx.get(f"{url}/metrics").text
+            return float(re.search(r"^nowcast_model_reloads_total (\S+)$", text, re.MULTILINE).group(1))
+
+        before = reloads()
+        pid = int(subprocess.run(["pgrep", "-f", "--", f"--port {url.rsplit(':', 1)[1]}"], capture_output=True,
+                                 text=True).stdout.split()[0])
+        os.kill(pid, signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while reloads() <= before:
+            assert time.monotonic() < deadline, "SIGHUP did not reload"
+            time.sleep(0.1)
+        time.sleep(0.5)
+        stop.set()
+        thread.join()
+        assert len(statuses) > 5 and set(statuses) == {200}, statuses
+    finally:
+        stop.set()
+        thread.join()
+        next(server, None)
