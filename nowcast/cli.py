@@ -186,6 +186,16 @@ def store_show(
     console.print(f"wrote {path}")
 
 
+def load_rule(path: Path | None, window_hours: float | None):
+    """The promotion rule from YAML (defaults without one), with an optional window override."""
+    import dataclasses
+
+    from nowcast.registry import PromotionRule
+
+    rule = PromotionRule.from_yaml(path) if path else PromotionRule()
+    return dataclasses.replace(rule, window_hours=window_hours) if window_hours else rule
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train(
     ctx: typer.Context,
@@ -193,10 +203,8 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint when there is one.")] = True,
     registry: Annotated[Path | None, typer.Option(help="Model registry (lock, versions, production).")] = None,
     promote: Annotated[bool, typer.Option(help="Then verify against production; promote if better.")] = False,
-    window_hours: Annotated[float, typer.Option(help="Held-out window for --promote: the last N hours.")] = 6.0,
-    metric: Annotated[str, typer.Option(help="Promotion rule metric: csi, pod, fss or mae.")] = "csi",
-    threshold: Annotated[float, typer.Option(help="Rain threshold (mm/h) for csi/pod.")] = 1.0,
-    min_improvement: Annotated[float, typer.Option(help="How much better the candidate must be.")] = 0.0,
+    rule: Annotated[Path | None, typer.Option(help="Promotion rule YAML (configs/promotion.yaml).")] = None,
+    window_hours: Annotated[float | None, typer.Option(help="Override the rule's held-out window (hours).")] = None,
 ) -> None:
     """Train a model (LightningCLI style: extra arguments such as --trainer.max_epochs 5 override the config).
 
@@ -205,7 +213,7 @@ def train(
     import contextlib
     import os
 
-    from nowcast.registry import LOCKED, ModelRegistry, PromotionRule, RegistryLocked
+    from nowcast.registry import LOCKED, ModelRegistry, RegistryLocked
     from nowcast.registry import promote as run_promotion
     from nowcast.train_cli import run_training
 
@@ -231,8 +239,7 @@ def train(
                 raise typer.Exit(2)
             data = cli.datamodule.hparams
             code, decision = run_promotion(
-                ModelRegistry(registry), checkpoint, data.store, data.products[0], window_hours,
-                PromotionRule(metric, threshold, min_improvement),
+                ModelRegistry(registry), checkpoint, data.store, data.products[0], load_rule(rule, window_hours),
             )
             console.print(json.dumps(decision, indent=2))
             raise typer.Exit(code)
@@ -249,20 +256,17 @@ def promote(
     store: Annotated[
         str, typer.Option(help="Zarr store: a local path or an fsspec URL.", envvar="NOWCAST_STORE")
     ] = "data/archive.zarr",
-    window_hours: Annotated[float, typer.Option(help="Held-out window: the archive's last N hours.")] = 6.0,
-    metric: Annotated[str, typer.Option(help="csi, pod, fss or mae (mean over lead times).")] = "csi",
-    threshold: Annotated[float, typer.Option(help="Rain threshold (mm/h) for csi/pod.")] = 1.0,
-    min_improvement: Annotated[float, typer.Option(help="How much better the candidate must be.")] = 0.0,
+    rule: Annotated[Path | None, typer.Option(help="Promotion rule YAML (configs/promotion.yaml).")] = None,
+    window_hours: Annotated[float | None, typer.Option(help="Override the rule's held-out window (hours).")] = None,
     crop: Annotated[int | None, typer.Option(help="Centred N x N window for verification.")] = None,
 ) -> None:
     """Register a checkpoint and make it production if it verifies better (exit 0 promoted, 3 kept, 2 error)."""
-    from nowcast.registry import FAILED, ModelRegistry, PromotionRule
+    from nowcast.registry import FAILED, ModelRegistry
     from nowcast.registry import promote as run_promotion
 
     try:
         code, decision = run_promotion(
-            ModelRegistry(registry), checkpoint, store, product, window_hours,
-            PromotionRule(metric, threshold, min_improvement), crop=crop,
+            ModelRegistry(registry), checkpoint, store, product, load_rule(rule, window_hours), crop=crop,
         )
     except (KeyError, ValueError, FileNotFoundError) as exc:
         console.print(f"[red]error:[/] {exc.args[0] if exc.args else exc}")
@@ -335,9 +339,23 @@ def backfill(
     scheduler: Annotated[str, typer.Option(help="'local' (processes) or a Dask scheduler tcp://HOST:PORT.")] = "local",
     workers: Annotated[int, typer.Option(help="Local worker processes.")] = 2,
     batch: Annotated[int, typer.Option(help="Init times per forward pass.")] = 4,
+    registry: Annotated[
+        Path | None, typer.Option(help="Model registry, for --model production.", envvar="NOWCAST_REGISTRY")
+    ] = None,
 ) -> None:
-    """Forecast every init time of a range into a Zarr forecast store (resumable, idempotent)."""
+    """Forecast every init time of a range into a Zarr forecast store (resumable, idempotent).
+
+    --model production takes the registry's production version."""
     from nowcast.backfill import backfill as run_backfill
+    from nowcast.registry import ModelRegistry
+
+    if model == "production":
+        checkpoint = ModelRegistry(registry).production_checkpoint() if registry else None
+        if checkpoint is None:
+            console.print("[red]error:[/] --model production needs --registry (or NOWCAST_REGISTRY) "
+                          "with a production version")
+            raise typer.Exit(2)
+        model = str(checkpoint)
 
     with _progress() as progress:
         task = progress.add_task(f"backfill {product}", total=None)

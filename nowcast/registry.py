@@ -38,11 +38,26 @@ class RegistryLocked(RuntimeError):
 
 @dataclass(frozen=True)
 class PromotionRule:
-    """Compare the mean over leads of ``metric`` (csi, pod, fss or mae; threshold for csi/pod)."""
+    """Compare the mean over leads of ``metric`` (csi, pod, fss or mae; threshold for csi/pod)
+    on the archive's last ``window_hours``."""
 
     metric: str = "csi"
     threshold: float = 1.0
     min_improvement: float = 0.0
+    window_hours: float = 6.0
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> PromotionRule:
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        section = data.get("promotion", data)
+        unknown = set(section) - {"metric", "threshold", "min_improvement", "window_hours"}
+        if unknown:
+            raise ValueError(f"{path}: unknown promotion keys {sorted(unknown)}")
+        rule = cls(**section)
+        rule.score([])  # validates the metric
+        return rule
 
     def score(self, leads: list[dict]) -> float | None:
         if self.metric not in HIGHER_IS_BETTER:
@@ -92,7 +107,8 @@ class ModelRegistry:
 
     def register(self, checkpoint: str | Path) -> str:
         """Copy a checkpoint in as a new version; returns its name."""
-        info = torch.load(checkpoint, map_location="cpu", weights_only=False).get("nowcast")
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        info = state.get("nowcast")
         if info is None:
             raise ValueError(f"{checkpoint} is not a nowcast checkpoint")
         created = datetime.now(timezone.utc)
@@ -101,7 +117,10 @@ class ModelRegistry:
         target.mkdir(parents=True)
         _atomic_copy(Path(checkpoint), target / "model.ckpt")
         self.write_meta(version, {"version": version, "model": info["model"], "created": created.isoformat(),
-                                  "source": str(checkpoint), "training_data": info.get("data"), "scores": None})
+                                  "source": str(checkpoint), "training_data": info.get("data"),
+                                  "config": {"model": state.get("hyper_parameters"),
+                                             "data": state.get("datamodule_hyper_parameters")},
+                                  "scores": None})
         return version
 
     def write_meta(self, version: str, meta: dict[str, Any]) -> None:
@@ -142,7 +161,7 @@ def _atomic_copy(source: Path, target: Path) -> None:
 
 
 def promote(
-    registry: ModelRegistry, checkpoint: str | Path, store: str, product: str, window_hours: float = 6.0,
+    registry: ModelRegistry, checkpoint: str | Path, store: str, product: str,
     rule: PromotionRule | None = None, crop: int | None = None, report_dir: str | Path | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Register ``checkpoint``, verify it against production on the latest window; maybe promote."""
@@ -150,6 +169,7 @@ def promote(
     from pipelines.store import ProductArchive
 
     rule = rule or PromotionRule()
+    window_hours = rule.window_hours
     version = registry.register(checkpoint)
     current = registry.production()
     times = ProductArchive(store, product).times()

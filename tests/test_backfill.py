@@ -108,3 +108,22 @@ def test_backfill_through_a_dask_cluster(fmi: str, tmp_path: Path) -> None:
         init = ds["init_time"].values[5]
         observed = ProductArchive(fmi, "fmi").open()["precip"].sel(time=init).values
         np.testing.assert_allclose(ds["precip"].isel(init_time=5, lead_time=1).values, observed, atol=1e-6)
+
+
+def test_backfill_uses_the_registry_production_model(fmi: str, small_checkpoint: Path, tmp_path: Path) -> None:
+    from nowcast.registry import ModelRegistry
+
+    registry = ModelRegistry(tmp_path / "registry")
+    version = registry.register(small_checkpoint)
+    registry.set_production(version)
+    out = str(tmp_path / "forecasts.zarr")
+    result = nowcast_cli("backfill", "--model", "production", "--registry", str(registry.root), "--store", fmi,
+                         "--product", "fmi", "--start", "2016-09-28T15:30:00Z", "--end", "2016-09-28T15:40:00Z",
+                         "--out", out, "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    with open_forecasts(out) as ds:
+        assert ds.attrs["model"] == "convlstm" and ds.sizes["lead_time"] == 3 and ds["done"].values.all()
+    missing = nowcast_cli("backfill", "--model", "production", "--store", fmi, "--product", "fmi", "--start",
+                          "2016-09-28T15:30:00Z", "--end", "2016-09-28T15:40:00Z", "--out", out,
+                          env={k: v for k, v in __import__("os").environ.items() if k != "NOWCAST_REGISTRY"})
+    assert missing.returncode == 2 and "needs --registry" in flat(missing.stderr)

@@ -36,9 +36,12 @@ def dry_model(checkpoint: Path, out: Path) -> Path:
     return out
 
 
+RULE = REPO / "configs" / "promotion.yaml"
+
+
 def promote(registry: Path, checkpoint: Path, store: str) -> tuple[int, dict]:
     result = nowcast_cli("promote", "--checkpoint", str(checkpoint), "--registry", str(registry), "--store", store,
-                         "--product", "fmi", "--window-hours", "1", "--crop", "256")
+                         "--product", "fmi", "--rule", str(RULE), "--window-hours", "1", "--crop", "256")
     decision = json.loads(result.stdout) if result.stdout.strip() else {}
     return result.returncode, decision
 
@@ -59,7 +62,7 @@ def test_promotion_moves_the_pointer_only_for_a_better_model(fmi: str, small_che
     assert len(registry.list()) == 3
     meta = registry.meta(third["candidate"])
     assert meta["promotion"]["promoted"] is False and meta["scores"][0]["lead_minutes"] == 5.0
-    assert meta["training_data"]["products"] == ["synth"]
+    assert meta["training_data"]["products"] == ["synth"] and meta["config"]["model"]["model"] == "convlstm"
 
 
 def test_training_is_locked_against_a_second_run(tmp_path: Path) -> None:
@@ -87,7 +90,7 @@ def test_train_then_promote_from_the_command_line(tmp_path: Path) -> None:
     exe = str(Path(sys.executable).with_name("nowcast"))
     result = subprocess.run([exe, "train", "--config", str(REPO / "configs" / "convlstm.yaml"), "--config",
                              str(tmp_path / "o.yaml"), "--registry", str(tmp_path / "registry"), "--promote",
-                             "--window-hours", "3"], capture_output=True, text=True, cwd=tmp_path)
+                             "--rule", str(RULE), "--window-hours", "3"], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == PROMOTED, result.stderr[-3000:]
     registry = ModelRegistry(tmp_path / "registry")
     assert registry.production() and registry.production_checkpoint().is_file()
