@@ -38,6 +38,7 @@ class RadarDataModule(pl.LightningDataModule):
         normalization: str = "log",
         augment: bool = True,
         seed: int = 0,
+        holdout_hours: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -48,6 +49,16 @@ class RadarDataModule(pl.LightningDataModule):
         self.normalizer = RainNormalizer(kind=normalization)
         self.datasets: dict[str, Dataset] = {}
 
+    def _until(self, product: str):
+        if not self.hparams.holdout_hours:
+            return None
+        import numpy as np
+
+        from pipelines.store import ProductArchive
+
+        last = ProductArchive(self.hparams.store, product).times()[-1]
+        return last - np.timedelta64(int(self.hparams.holdout_hours * 3600), "s") + np.timedelta64(1, "s")
+
     def _build(self, split: str) -> Dataset:
         parts = [
             SequenceDataset(
@@ -55,7 +66,7 @@ class RadarDataModule(pl.LightningDataModule):
                 splitter=self.splitter, crop=self.hparams.crop,
                 min_rain_fraction=self.hparams.min_rain_fraction if split == "train" else 0.0,
                 augment=self.hparams.augment and split == "train", normalizer=self.normalizer,
-                seed=self.hparams.seed,
+                seed=self.hparams.seed, until=self._until(product),
             )
             for product in self.products
         ]
@@ -82,6 +93,7 @@ class RadarDataModule(pl.LightningDataModule):
             "time_ranges": ranges,
             "step_minutes": first.step_minutes,
             "split": {"block_hours": self.splitter.block_hours, "pattern": list(self.splitter.pattern)},
+            "holdout_hours": self.hparams.holdout_hours,
             "windows": {split: len(ds) for split, ds in self.datasets.items()},
         }
 

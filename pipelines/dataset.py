@@ -64,7 +64,8 @@ class SequenceDataset(Dataset):
     Tensors are normalised (``normalizer``) with nodata filled as no rain; ``*_mask`` say
     which pixels were observed, so losses can ignore the rest. With ``crop`` set, a random
     ``crop`` x ``crop`` window is taken (centred for val/test), retried up to ``crop_tries``
-    times until at least ``min_rain_fraction`` of the last input frame rains.
+    times until at least ``min_rain_fraction`` of the last input frame rains. With ``until``,
+    only windows that end before that time are kept (a held-out tail for promotion).
     """
 
     def __init__(
@@ -84,6 +85,7 @@ class SequenceDataset(Dataset):
         crop_tries: int = 10,
         seed: int = 0,
         storage_options: dict | None = None,
+        until: np.datetime64 | None = None,
     ):
         if t_in < 1 or t_out < 1:
             raise ValueError("t_in and t_out must be at least 1")
@@ -104,6 +106,9 @@ class SequenceDataset(Dataset):
         self.starts = window_starts(
             self.seconds, t_in + t_out, int(round(self.step_minutes * 60)), split, self.splitter
         )
+        if until is not None:  # held-out tail: no window may touch frames at or after ``until``
+            last_frame = self.seconds[self.starts + t_in + t_out - 1]
+            self.starts = self.starts[last_frame < np.datetime64(until, "s").astype(np.int64)]
         self._array: zarr.Array | None = None
         self._epoch = 0
         with archive.open() as ds:

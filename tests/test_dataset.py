@@ -136,3 +136,16 @@ def test_datamodule_feeds_several_products_into_one_training_set(store: str) -> 
     batch = next(iter(dm.train_dataloader()))
     assert batch["inputs"].shape == (4, 3, 1, 32, 32) and batch["targets"].shape == (4, 2, 1, 32, 32)
     assert len(dm.datasets["val"]) == 0
+
+
+def test_holdout_tail_is_kept_out_of_every_split(store: str) -> None:
+    ProductArchive(store, "synth").write(synthetic_frames(n_frames=72, shape=(32, 32)))  # 12:00 .. 17:55
+    dm = RadarDataModule(store, ["synth"], t_in=3, t_out=3, crop=None, min_rain_fraction=0.0, block_hours=1,
+                         split_pattern=["train", "val"], holdout_hours=2)
+    dm.setup("fit")
+    cutoff = np.datetime64("2021-07-01T15:55:00").astype("datetime64[s]").astype(np.int64)  # 17:55 - 2 h
+    for split in ("train", "val", "test"):
+        for part in dm.datasets[split].datasets:
+            last = part.seconds[part.starts + 5]
+            assert (last <= cutoff).all(), split
+    assert len(dm.datasets["train"]) > 0 and dm.describe()["holdout_hours"] == 2
