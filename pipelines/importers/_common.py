@@ -1,10 +1,9 @@
-"""Helpers shared by importers: quiet pysteps import and timestamp parsing."""
+"""Helpers shared by importers: quiet pysteps import, UTC times, HDF5 attributes."""
 
 from __future__ import annotations
 
 import contextlib
 import io
-import re
 from datetime import datetime
 from functools import cache
 from pathlib import Path
@@ -26,14 +25,6 @@ def pysteps_importers() -> ModuleType:
 def utc(dt: datetime) -> np.datetime64:
     """A naive UTC datetime64[s] (the archive's time type)."""
     return np.datetime64(dt.replace(tzinfo=None), "s")
-
-
-def time_from_name(path: Path, pattern: str, fmt: str) -> np.datetime64:
-    """Parse the valid time out of a file name with a regex group and a strptime format."""
-    match = re.search(pattern, path.name)
-    if not match:
-        raise ValueError(f"{path.name}: no timestamp matching {pattern!r} in the file name")
-    return utc(datetime.strptime(match.group(1), fmt))
 
 
 def decode_attr(value: object) -> str:
