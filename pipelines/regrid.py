@@ -103,15 +103,20 @@ class _BinMapping:
     target_index: np.ndarray  # (n,) int64, into the flattened target
 
 
+def _fractional_indices(points: Grid, onto: Grid, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel centres of ``points`` as fractional (row, col) indices of ``onto``'s pixel centres."""
+    x0, dx = _axis(onto.x, f"{name} x")
+    y0, dy = _axis(onto.y, f"{name} y")
+    px, py = _centres(points)
+    ox, oy = _transformer(points, onto).transform(px, py)
+    # dy < 0 for north-to-south grids: the quotient is still the row index
+    return (np.asarray(oy) - y0) / dy, (np.asarray(ox) - x0) / dx
+
+
 def _point_mapping(src: Grid, dst: Grid) -> _PointMapping:
     """Target pixel centres -> fractional source indices (one transform for all times)."""
-    x0, dx = _axis(src.x, "source x")
-    y0, dy = _axis(src.y, "source y")
     ny, nx = src.shape
-    tx, ty = _centres(dst)
-    sx, sy = _transformer(dst, src).transform(tx, ty)
-    col = (np.asarray(sx) - x0) / dx
-    row = (np.asarray(sy) - y0) / dy  # dy < 0 for north-to-south grids: still the row index
+    row, col = _fractional_indices(dst, src, "source")
     with np.errstate(invalid="ignore"):
         inside = (
             np.isfinite(col) & np.isfinite(row)
@@ -125,14 +130,11 @@ def _point_mapping(src: Grid, dst: Grid) -> _PointMapping:
 
 def _bin_mapping(src: Grid, dst: Grid) -> _BinMapping:
     """Source pixel centres -> the target pixel containing them (one transform for all times)."""
-    x0, dx = _axis(dst.x, "target x")
-    y0, dy = _axis(dst.y, "target y")
     ny, nx = dst.shape
-    sx, sy = _centres(src)
-    tx, ty = _transformer(src, dst).transform(sx, sy)
+    row, col = _fractional_indices(src, dst, "target")
     with np.errstate(invalid="ignore"):
-        col = np.floor((np.asarray(tx) - x0) / dx + 0.5)
-        row = np.floor((np.asarray(ty) - y0) / dy + 0.5)
+        col = np.floor(col + 0.5)
+        row = np.floor(row + 0.5)
         inside = (
             np.isfinite(col) & np.isfinite(row)
             & (col >= 0) & (col < nx) & (row >= 0) & (row < ny)

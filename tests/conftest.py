@@ -43,13 +43,11 @@ def store(tmp_path: Path) -> str:
     return str(tmp_path / "archive.zarr")
 
 
-@pytest.fixture(scope="session")
-def small_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small ConvLSTM (4 in, 3 out, patch 2, 5-min steps) trained for one epoch on synthetic storms."""
+def synthetic_training_config(tmp: Path) -> Path:
+    """A synthetic archive and a YAML override that trains a tiny ConvLSTM (4 in, 3 out) on it in seconds."""
     from pipelines.store import ProductArchive
     from pipelines.synthetic import synthetic_frames
 
-    tmp = tmp_path_factory.mktemp("ckpt")
     store = str(tmp / "synth.zarr")
     ProductArchive(store, "synth").write(synthetic_frames(n_frames=36, shape=(64, 64)))
     overrides = {
@@ -62,8 +60,32 @@ def small_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "data": {"store": store, "products": ["synth"], "t_in": 4, "t_out": 3, "crop": 32, "min_rain_fraction": 0.0,
                  "batch_size": 2, "num_workers": 0, "block_hours": 1, "split_pattern": ["train", "val"]},
     }
-    (tmp / "o.yaml").write_text(yaml.safe_dump(overrides))
+    path = tmp / "overrides.yaml"
+    path.write_text(yaml.safe_dump(overrides))
+    return path
+
+
+def train_command(*configs: Path, extra: tuple[str, ...] = ()) -> list[str]:
     exe = str(Path(sys.executable).with_name("nowcast"))
-    subprocess.run([exe, "train", "--config", str(REPO / "configs" / "convlstm.yaml"), "--config", str(tmp / "o.yaml")],
-                   check=True, capture_output=True, cwd=tmp)
+    args = [exe, "train", "--config", str(REPO / "configs" / "convlstm.yaml")]
+    for config in configs:
+        args += ["--config", str(config)]
+    return args + list(extra)
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small ConvLSTM (4 in, 3 out, patch 2, 5-min steps) trained for one epoch on synthetic storms."""
+    tmp = tmp_path_factory.mktemp("ckpt")
+    subprocess.run(train_command(synthetic_training_config(tmp)), check=True, capture_output=True, cwd=tmp)
     return tmp / "ckpt" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def fmi_archive(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """24 real FMI frames (14:45 .. 16:40 UTC, 28 Sep 2016), shared read-only by several modules."""
+    from pipelines.ingest import ingest
+
+    store = str(tmp_path_factory.mktemp("fmi") / "fmi.zarr")
+    ingest(sample_files("fmi", 24), store, "fmi", fmt="fmi_pgm", workers=2)
+    return store

@@ -10,12 +10,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
-from conftest import nowcast_cli, sample_files
+from conftest import nowcast_cli
 
 from nowcast.backfill import backfill, open_forecasts
 from nowcast.forecaster import load_forecaster
-from pipelines.ingest import ingest
 from pipelines.store import ProductArchive
 
 
@@ -24,16 +22,9 @@ def flat(text: str) -> str:
     return " ".join(text.split())
 
 
-@pytest.fixture(scope="module")
-def fmi(tmp_path_factory: pytest.TempPathFactory) -> str:
-    store = str(tmp_path_factory.mktemp("backfill") / "fmi.zarr")
-    ingest(sample_files("fmi", 24), store, "fmi", fmt="fmi_pgm", workers=2)
-    return store
-
-
-def test_backfill_writes_cf_forecasts_and_a_rerun_skips_them(fmi: str, tmp_path: Path) -> None:
+def test_backfill_writes_cf_forecasts_and_a_rerun_skips_them(fmi_archive: str, tmp_path: Path) -> None:
     out = str(tmp_path / "forecasts.zarr")
-    args = ["backfill", "--model", "optical_flow", "--store", fmi, "--product", "fmi", "--start",
+    args = ["backfill", "--model", "optical_flow", "--store", fmi_archive, "--product", "fmi", "--start",
             "2016-09-28T15:00:00Z", "--end", "2016-09-28T15:40:00Z", "--every", "2", "--lead-steps", "3",
             "--out", out, "--workers", "2", "--batch", "2"]
     first = nowcast_cli(*args)
@@ -48,7 +39,7 @@ def test_backfill_writes_cf_forecasts_and_a_rerun_skips_them(fmi: str, tmp_path:
         assert ds["done"].values.tolist() == [1] * 5
         stored = ds["precip"].isel(init_time=2).values
     # the same forecast made directly, from the archive's three frames up to 15:20
-    history = ProductArchive(fmi, "fmi").open()["precip"].sel(
+    history = ProductArchive(fmi_archive, "fmi").open()["precip"].sel(
         time=slice("2016-09-28T15:10", "2016-09-28T15:20")).values
     direct = load_forecaster("optical_flow").predict(history, 3)
     direct = np.where(np.isnan(history[-1]), np.nan, direct)
@@ -60,10 +51,10 @@ def test_backfill_writes_cf_forecasts_and_a_rerun_skips_them(fmi: str, tmp_path:
     assert clash.returncode == 2 and "was laid out for 5 init times" in flat(clash.stderr)
 
 
-def test_killed_backfill_stays_readable_and_a_rerun_completes_it(fmi: str, tmp_path: Path) -> None:
+def test_killed_backfill_stays_readable_and_a_rerun_completes_it(fmi_archive: str, tmp_path: Path) -> None:
     out = str(tmp_path / "forecasts.zarr")
     exe = str(Path(sys.executable).with_name("nowcast"))
-    cmd = [exe, "backfill", "--model", "optical_flow", "--store", fmi, "--product", "fmi", "--start",
+    cmd = [exe, "backfill", "--model", "optical_flow", "--store", fmi_archive, "--product", "fmi", "--start",
            "2016-09-28T15:00:00Z", "--end", "2016-09-28T15:45:00Z", "--lead-steps", "2", "--out", out,
            "--workers", "1", "--batch", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -94,36 +85,36 @@ def test_killed_backfill_stays_readable_and_a_rerun_completes_it(fmi: str, tmp_p
         assert ds["done"].values.all()
 
 
-def test_backfill_through_a_dask_cluster(fmi: str, tmp_path: Path) -> None:
+def test_backfill_through_a_dask_cluster(fmi_archive: str, tmp_path: Path) -> None:
     from distributed import LocalCluster
 
     out = str(tmp_path / "forecasts.zarr")
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        summary = backfill("persistence", fmi, "fmi", "2016-09-28T15:00:00Z", "2016-09-28T15:55:00Z", out,
+        summary = backfill("persistence", fmi_archive, "fmi", "2016-09-28T15:00:00Z", "2016-09-28T15:55:00Z", out,
                            lead_steps=2, scheduler=cluster.scheduler_address, batch=3)
     assert summary["written"] == 12
     with open_forecasts(out) as ds:
         assert ds["done"].values.all()
         # persistence: every lead equals the frame at init time
         init = ds["init_time"].values[5]
-        observed = ProductArchive(fmi, "fmi").open()["precip"].sel(time=init).values
+        observed = ProductArchive(fmi_archive, "fmi").open()["precip"].sel(time=init).values
         np.testing.assert_allclose(ds["precip"].isel(init_time=5, lead_time=1).values, observed, atol=1e-6)
 
 
-def test_backfill_uses_the_registry_production_model(fmi: str, small_checkpoint: Path, tmp_path: Path) -> None:
+def test_backfill_uses_the_registry_production_model(fmi_archive: str, small_checkpoint: Path, tmp_path: Path) -> None:
     from nowcast.registry import ModelRegistry
 
     registry = ModelRegistry(tmp_path / "registry")
     version = registry.register(small_checkpoint)
     registry.set_production(version)
     out = str(tmp_path / "forecasts.zarr")
-    result = nowcast_cli("backfill", "--model", "production", "--registry", str(registry.root), "--store", fmi,
+    result = nowcast_cli("backfill", "--model", "production", "--registry", str(registry.root), "--store", fmi_archive,
                          "--product", "fmi", "--start", "2016-09-28T15:30:00Z", "--end", "2016-09-28T15:40:00Z",
                          "--out", out, "--workers", "1")
     assert result.returncode == 0, result.stderr
     with open_forecasts(out) as ds:
         assert ds.attrs["model"] == "convlstm" and ds.sizes["lead_time"] == 3 and ds["done"].values.all()
-    missing = nowcast_cli("backfill", "--model", "production", "--store", fmi, "--product", "fmi", "--start",
+    missing = nowcast_cli("backfill", "--model", "production", "--store", fmi_archive, "--product", "fmi", "--start",
                           "2016-09-28T15:30:00Z", "--end", "2016-09-28T15:40:00Z", "--out", out,
                           env={k: v for k, v in __import__("os").environ.items() if k != "NOWCAST_REGISTRY"})
     assert missing.returncode == 2 and "needs --registry" in flat(missing.stderr)

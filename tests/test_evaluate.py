@@ -7,25 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import nowcast_cli, sample_files
+from conftest import nowcast_cli
 from PIL import Image
 
-from pipelines.ingest import ingest
 from pipelines.store import ProductArchive
 from pipelines.synthetic import synthetic_frames
 
 
-@pytest.fixture(scope="module")
-def fmi_store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    store = str(tmp_path_factory.mktemp("eval") / "fmi.zarr")
-    ingest(sample_files("fmi", 24), store, "fmi", fmt="fmi_pgm", workers=2)
-    return store
-
-
-def test_evaluate_contract_on_real_radar(fmi_store: str, small_checkpoint: Path, tmp_path: Path) -> None:
+def test_evaluate_contract_on_real_radar(fmi_archive: str, small_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "report.json"
     result = nowcast_cli(
-        "evaluate", "--store", fmi_store, "--product", "fmi", "--model", "persistence", "--model", "optical_flow",
+        "evaluate", "--store", fmi_archive, "--product", "fmi", "--model", "persistence", "--model", "optical_flow",
         "--model", str(small_checkpoint), "--start", "2016-09-28T15:00:00Z", "--end", "2016-09-28T16:00:00Z",
         "--crop", "256", "--stride", "2", "--out", str(out),
     )
@@ -72,19 +64,19 @@ def test_dry_cases_are_skipped(tmp_path: Path) -> None:
     assert all(np.datetime64(c.rstrip("Z")) >= np.datetime64("2021-07-01T12:45") for c in report["cases"])
 
 
-def test_unknown_model_and_product_are_clear_errors(fmi_store: str, tmp_path: Path) -> None:
-    bad_model = nowcast_cli("evaluate", "--store", fmi_store, "--product", "fmi", "--model", "unet",
+def test_unknown_model_and_product_are_clear_errors(fmi_archive: str, tmp_path: Path) -> None:
+    bad_model = nowcast_cli("evaluate", "--store", fmi_archive, "--product", "fmi", "--model", "unet",
                             "--out", str(tmp_path / "r.json"))
     assert bad_model.returncode == 2 and "neither a model name" in bad_model.stderr
-    no_weights = nowcast_cli("evaluate", "--store", fmi_store, "--product", "fmi", "--model", "predrnn",
+    no_weights = nowcast_cli("evaluate", "--store", fmi_archive, "--product", "fmi", "--model", "predrnn",
                              "--out", str(tmp_path / "r.json"))
     assert no_weights.returncode == 2 and "no shipped weights for 'predrnn'" in no_weights.stderr
-    bad_product = nowcast_cli("evaluate", "--store", fmi_store, "--product", "opera", "--model", "persistence",
+    bad_product = nowcast_cli("evaluate", "--store", fmi_archive, "--product", "opera", "--model", "persistence",
                               "--out", str(tmp_path / "r.json"))
     assert bad_product.returncode == 2 and "no product 'opera'" in bad_product.stderr
 
 
-def test_trained_models_are_pysteps_nowcast_methods(small_checkpoint: Path, fmi_store: str) -> None:
+def test_trained_models_are_pysteps_nowcast_methods(small_checkpoint: Path, fmi_archive: str) -> None:
     from importlib.metadata import entry_points
 
     import pysteps.nowcasts
@@ -96,7 +88,7 @@ def test_trained_models_are_pysteps_nowcast_methods(small_checkpoint: Path, fmi_
     assert "nowcast_convlstm" in register()
     method = pysteps.nowcasts.get_method("nowcast_convlstm")
     assert method is declared["nowcast_convlstm"].load()
-    history = ProductArchive(fmi_store, "fmi").open()["precip"].values[:4, :128, :128]
+    history = ProductArchive(fmi_archive, "fmi").open()["precip"].values[:4, :128, :128]
     forecast = method(history, None, 5, checkpoint=str(small_checkpoint))
     assert forecast.shape == (5, 128, 128) and np.isfinite(forecast).all() and forecast.min() >= 0
     with pytest.raises(FileNotFoundError, match="no shipped weights"):

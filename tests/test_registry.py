@@ -5,25 +5,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 import torch
-import yaml
-from conftest import REPO, nowcast_cli, sample_files
+from conftest import REPO, nowcast_cli, synthetic_training_config, train_command
 
 from nowcast.registry import KEPT_PRODUCTION, LOCKED, PROMOTED, ModelRegistry
-from pipelines.ingest import ingest
-from pipelines.store import ProductArchive
-from pipelines.synthetic import synthetic_frames
-
-
-@pytest.fixture(scope="module")
-def fmi(tmp_path_factory: pytest.TempPathFactory) -> str:
-    store = str(tmp_path_factory.mktemp("registry") / "fmi.zarr")
-    ingest(sample_files("fmi", 16), store, "fmi", fmt="fmi_pgm", workers=2)
-    return store
 
 
 def dry_model(checkpoint: Path, out: Path) -> Path:
@@ -46,17 +33,19 @@ def promote(registry: Path, checkpoint: Path, store: str) -> tuple[int, dict]:
     return result.returncode, decision
 
 
-def test_promotion_moves_the_pointer_only_for_a_better_model(fmi: str, small_checkpoint: Path, tmp_path: Path) -> None:
+def test_promotion_moves_the_pointer_only_for_a_better_model(
+    fmi_archive: str, small_checkpoint: Path, tmp_path: Path
+) -> None:
     registry_dir = tmp_path / "registry"
     dry = dry_model(small_checkpoint, tmp_path / "dry.ckpt")
-    code, first = promote(registry_dir, dry, fmi)
+    code, first = promote(registry_dir, dry, fmi_archive)
     assert code == PROMOTED and first["reason"] == "no production model" and first["cases"] > 0
     registry = ModelRegistry(registry_dir)
     assert registry.production() == first["candidate"]
-    code, second = promote(registry_dir, small_checkpoint, fmi)
+    code, second = promote(registry_dir, small_checkpoint, fmi_archive)
     assert code == PROMOTED and second["candidate_score"] > second["production_score"] == 0.0
     assert registry.production() == second["candidate"]
-    code, third = promote(registry_dir, dry, fmi)
+    code, third = promote(registry_dir, dry, fmi_archive)
     assert code == KEPT_PRODUCTION and third["reason"] == "not better than production"
     assert registry.production() == second["candidate"]
     assert len(registry.list()) == 3
@@ -74,30 +63,17 @@ def test_training_is_locked_against_a_second_run(tmp_path: Path) -> None:
 
 
 def test_train_then_promote_from_the_command_line(tmp_path: Path) -> None:
-    store = str(tmp_path / "synth.zarr")
-    ProductArchive(store, "synth").write(synthetic_frames(n_frames=36, shape=(64, 64)))
-    overrides = {
-        "trainer": {"accelerator": "cpu", "max_epochs": 1, "enable_progress_bar": False,
-                    "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
-                               "init_args": {"save_dir": str(tmp_path)}},
-                    "callbacks": [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
-                                   "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}]},
-        "model": {"model_kwargs": {"hidden": [8], "patch": 2}},
-        "data": {"store": store, "products": ["synth"], "t_in": 4, "t_out": 3, "crop": 32, "min_rain_fraction": 0.0,
-                 "batch_size": 2, "num_workers": 0, "block_hours": 1, "split_pattern": ["train", "val"]},
-    }
-    (tmp_path / "o.yaml").write_text(yaml.safe_dump(overrides))
-    exe = str(Path(sys.executable).with_name("nowcast"))
-    result = subprocess.run([exe, "train", "--config", str(REPO / "configs" / "convlstm.yaml"), "--config",
-                             str(tmp_path / "o.yaml"), "--registry", str(tmp_path / "registry"), "--promote",
-                             "--rule", str(RULE), "--window-hours", "3"], capture_output=True, text=True, cwd=tmp_path)
+    overrides = synthetic_training_config(tmp_path)
+    command = train_command(overrides, extra=("--registry", str(tmp_path / "registry"), "--promote", "--rule",
+                                              str(RULE), "--window-hours", "3"))
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == PROMOTED, result.stderr[-3000:]
     registry = ModelRegistry(tmp_path / "registry")
     assert registry.production() and registry.production_checkpoint().is_file()
 
 
 def test_service_follows_the_production_pointer_without_dropping_requests(
-    fmi: str, small_checkpoint: Path, tmp_path: Path
+    fmi_archive: str, small_checkpoint: Path, tmp_path: Path
 ) -> None:
     import os
     import signal
@@ -110,7 +86,7 @@ def test_service_follows_the_production_pointer_without_dropping_requests(
     registry = ModelRegistry(tmp_path / "registry")
     first = registry.register(dry_model(small_checkpoint, tmp_path / "dry.ckpt"))
     registry.set_production(first)
-    server = start_server(tmp_path, {"store": fmi, "models": ["persistence"], "registry": str(registry.root),
+    server = start_server(tmp_path, {"store": fmi_archive, "models": ["persistence"], "registry": str(registry.root),
                                      "reload_interval_s": 0.3})
     url = next(server)
     stop = threading.Event()
