@@ -15,6 +15,8 @@ app = typer.Typer(help="Precipitation nowcasting from radar and satellite archiv
 store_app = typer.Typer(help="Inspect a Zarr archive.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
 console = Console(stderr=True)
+#: the --store option every command shares (NOWCAST_STORE in the environment)
+StoreOption = Annotated[str, typer.Option(help="Zarr store: a local path or an fsspec URL.", envvar="NOWCAST_STORE")]
 
 
 def _progress() -> Progress:
@@ -55,9 +57,7 @@ def print_report(report) -> None:
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files or directories (searched recursively).")],
     format: Annotated[str, typer.Option("--format", "-f", help="Importer name, or 'auto'.")] = "auto",
-    store: Annotated[
-        str, typer.Option(help="Zarr store: a local path or an fsspec URL.", envvar="NOWCAST_STORE")
-    ] = "data/archive.zarr",
+    store: StoreOption = "data/archive.zarr",
     product: Annotated[str, typer.Option(help="Product (group) name in the store.")] = ...,
     workers: Annotated[int, typer.Option(help="Decoding processes.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Frames per commit.")] = 16,
@@ -129,9 +129,7 @@ def print_summary(summary: dict) -> None:
 
 @store_app.command("info")
 def store_info(
-    store: Annotated[
-        str, typer.Option(help="Zarr store: a local path or an fsspec URL.", envvar="NOWCAST_STORE")
-    ] = "data/archive.zarr",
+    store: StoreOption = "data/archive.zarr",
     product: Annotated[str | None, typer.Option(help="Only this product.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
@@ -152,9 +150,7 @@ def store_info(
 @store_app.command("show")
 def store_show(
     product: Annotated[str, typer.Option(help="Product to draw.")],
-    store: Annotated[
-        str, typer.Option(help="Zarr store: a local path or an fsspec URL.", envvar="NOWCAST_STORE")
-    ] = "data/archive.zarr",
+    store: StoreOption = "data/archive.zarr",
     time: Annotated[str | None, typer.Option(help="Valid time (UTC, ISO); default the latest.")] = None,
     out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("frame.png"),
 ) -> None:
@@ -253,9 +249,7 @@ def promote(
     checkpoint: Annotated[Path, typer.Option(help="Candidate checkpoint from nowcast train.")],
     registry: Annotated[Path, typer.Option(help="Model registry directory.")],
     product: Annotated[str, typer.Option(help="Product to verify on.")],
-    store: Annotated[
-        str, typer.Option(help="Zarr store: a local path or an fsspec URL.", envvar="NOWCAST_STORE")
-    ] = "data/archive.zarr",
+    store: StoreOption = "data/archive.zarr",
     rule: Annotated[Path | None, typer.Option(help="Promotion rule YAML (configs/promotion.yaml).")] = None,
     window_hours: Annotated[float | None, typer.Option(help="Override the rule's held-out window (hours).")] = None,
     crop: Annotated[int | None, typer.Option(help="Centred N x N window for verification.")] = None,
@@ -280,9 +274,7 @@ def evaluate(
     product: Annotated[str, typer.Option(help="Product to verify against.")],
     model: Annotated[list[str], typer.Option(help="persistence, optical_flow, a checkpoint, or a shipped model.")],
     out: Annotated[Path, typer.Option(help="JSON report; .md, _csi.png and _case.gif are written beside it.")],
-    store: Annotated[
-        str, typer.Option(help="Zarr store: a local path or an fsspec URL.", envvar="NOWCAST_STORE")
-    ] = "data/archive.zarr",
+    store: StoreOption = "data/archive.zarr",
     start: Annotated[str | None, typer.Option(help="First init time (UTC, ISO).")] = None,
     end: Annotated[str | None, typer.Option(help="Last init time (UTC, ISO).")] = None,
     crop: Annotated[int | None, typer.Option(help="Centred N x N window.")] = None,
@@ -331,9 +323,7 @@ def backfill(
     start: Annotated[str, typer.Option(help="First init time (UTC, ISO).")],
     end: Annotated[str, typer.Option(help="Last init time (UTC, ISO).")],
     out: Annotated[str, typer.Option(help="Zarr forecast store (path or fsspec URL).")],
-    store: Annotated[
-        str, typer.Option(help="Zarr store: a local path or an fsspec URL.", envvar="NOWCAST_STORE")
-    ] = "data/archive.zarr",
+    store: StoreOption = "data/archive.zarr",
     every: Annotated[int, typer.Option(help="Every K-th frame as an init time.")] = 1,
     lead_steps: Annotated[int | None, typer.Option(help="Lead steps (default: the model's output steps).")] = None,
     scheduler: Annotated[str, typer.Option(help="'local' (processes) or a Dask scheduler tcp://HOST:PORT.")] = "local",

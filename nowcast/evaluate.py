@@ -103,7 +103,7 @@ def evaluate(
     ys, xs = crop_box(grid.shape, crop)
     km = pixel_size_km(grid)
     verifiers = {label: LeadTimeVerifier(leads, step, km) for label in forecasters}
-    archive_array = ProductArchive(store, product).open()["precip"]
+    archive_array = archive.open()["precip"]
     used, dry, showcase = [], 0, None
     for case in cases:
         window = archive_array.isel(time=slice(case.start, case.start + history + leads), y=ys, x=xs).values
