@@ -18,8 +18,13 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
+# Retrain every shipped model from ../shared/data (configs/weights/*.yaml) and export them to
+# nowcast/weights/ (see nowcast/weights/MODEL_CARD.md). Resumable: rerun after an interruption.
+weights: venv
+	$(BIN)/python -m nowcast.shipping --data $(or $(NOWCAST_SAMPLE_DATA),../shared/data)
+
 bench: venv
 	$(BIN)/python bench/storage_encoding.py
 	$(BIN)/python bench/dataset_throughput.py
 
-.PHONY: venv demo test bench
+.PHONY: venv demo test bench weights

@@ -59,11 +59,13 @@ class NowcastModule(pl.LightningModule):
             info = datamodule.describe()
             self.step_minutes = info["step_minutes"]
             self.data_info = info
+        if getattr(self.net, "motion", False):  # a hybrid runs optical flow in mm/h at inference
+            self.net.normalization = self.normalizer.to_dict()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nowcast"] = {
             "model": self.hparams.model,
-            "model_kwargs": dict(self.hparams.model_kwargs or {}),
+            "model_kwargs": self._model_kwargs(),
             "t_in": self.hparams.t_in,
             "t_out": self.hparams.t_out,
             "step_minutes": self.step_minutes,
@@ -71,6 +73,12 @@ class NowcastModule(pl.LightningModule):
             "data": self.data_info,
             "version": __version__,
         }
+
+    def _model_kwargs(self) -> dict[str, Any]:
+        kwargs = dict(self.hparams.model_kwargs or {})
+        if getattr(self.net, "motion", False):
+            kwargs["normalization"] = self.normalizer.to_dict()
+        return kwargs
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         info = checkpoint.get("nowcast", {})
@@ -97,6 +105,11 @@ class NowcastModule(pl.LightningModule):
     def forward(self, inputs: Tensor, t_out: int | None = None) -> Tensor:
         return self.net(inputs, t_out or self.hparams.t_out)
 
+    @staticmethod
+    def _conditioning(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The cached extrapolation for hybrids (without it they compute their own, slowly)."""
+        return {"extrapolation": batch["extrapolation"]} if "extrapolation" in batch else {}
+
     def _loss(self, prediction: Tensor, batch: dict[str, Tensor]) -> Tensor:
         weights = None
         if self.hparams.loss == "balanced":
@@ -105,7 +118,8 @@ class NowcastModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         probabilities = self.sampling_probabilities() if self.training else {}
-        prediction = self.net(batch["inputs"], self.hparams.t_out, targets=batch["targets"], **probabilities)
+        prediction = self.net(batch["inputs"], self.hparams.t_out, targets=batch["targets"], **probabilities,
+                              **self._conditioning(batch))
         loss = self._loss(prediction, batch)
         decouple = getattr(self.net, "decouple_loss", None)
         if decouple is not None and self.hparams.decouple_weight > 0:
@@ -120,7 +134,7 @@ class NowcastModule(pl.LightningModule):
         self._counts = torch.zeros(self.hparams.t_out, 2 + 3 * len(VALIDATION_THRESHOLDS), device=self.device)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        prediction = self.net(batch["inputs"], self.hparams.t_out)
+        prediction = self.net(batch["inputs"], self.hparams.t_out, **self._conditioning(batch))
         self.log("val/loss", self._loss(prediction, batch), prog_bar=True, sync_dist=True,
                  batch_size=batch["inputs"].shape[0])
         forecast = self.normalizer.inverse(prediction.float())

@@ -39,6 +39,7 @@ class RadarDataModule(pl.LightningDataModule):
         augment: bool = True,
         seed: int = 0,
         holdout_hours: float = 0.0,
+        motion: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -59,14 +60,21 @@ class RadarDataModule(pl.LightningDataModule):
         last = ProductArchive(self.hparams.store, product).times()[-1]
         return last - np.timedelta64(int(self.hparams.holdout_hours * 3600), "s") + np.timedelta64(1, "s")
 
+    def _extrapolation(self, product: str) -> str | None:
+        if not self.hparams.motion:
+            return None
+        from pipelines.extrapolation import build_cache
+
+        return build_cache(self.hparams.store, product, self.hparams.t_out, workers=max(1, self.hparams.num_workers))
+
     def _build(self, split: str) -> Dataset:
         parts = [
             SequenceDataset(
                 self.hparams.store, product, self.hparams.t_in, self.hparams.t_out, split=split,
                 splitter=self.splitter, crop=self.hparams.crop,
-                min_rain_fraction=self.hparams.min_rain_fraction if split == "train" else 0.0,
+                min_rain_fraction=self.hparams.min_rain_fraction,  # val: rainy crops too, fixed per window
                 augment=self.hparams.augment and split == "train", normalizer=self.normalizer,
-                seed=self.hparams.seed, until=self._until(product),
+                seed=self.hparams.seed, until=self._until(product), extrapolation=self._extrapolation(product),
             )
             for product in self.products
         ]

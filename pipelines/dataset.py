@@ -65,7 +65,9 @@ class SequenceDataset(Dataset):
     which pixels were observed, so losses can ignore the rest. With ``crop`` set, a random
     ``crop`` x ``crop`` window is taken (centred for val/test), retried up to ``crop_tries``
     times until at least ``min_rain_fraction`` of the last input frame rains. With ``until``,
-    only windows that end before that time are kept (a held-out tail for promotion).
+    only windows that end before that time are kept (a held-out tail for promotion). With
+    ``extrapolation`` (a cache path from ``pipelines.extrapolation``), each window also carries
+    the cached optical-flow extrapolation of its init frame, cropped and augmented alike.
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class SequenceDataset(Dataset):
         seed: int = 0,
         storage_options: dict | None = None,
         until: np.datetime64 | None = None,
+        extrapolation: str | None = None,
     ):
         if t_in < 1 or t_out < 1:
             raise ValueError("t_in and t_out must be at least 1")
@@ -110,6 +113,8 @@ class SequenceDataset(Dataset):
             last_frame = self.seconds[self.starts + t_in + t_out - 1]
             self.starts = self.starts[last_frame < np.datetime64(until, "s").astype(np.int64)]
         self._array: zarr.Array | None = None
+        self.extrapolation = extrapolation
+        self._cache = None
         self._epoch = 0
         with archive.open() as ds:
             self.shape = ds[VARIABLE].shape[1:]
@@ -125,6 +130,7 @@ class SequenceDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:  # zarr handles do not cross process boundaries
         state = self.__dict__.copy()
         state["_array"] = None
+        state["_cache"] = None
         return state
 
     def set_epoch(self, epoch: int) -> None:
@@ -137,6 +143,14 @@ class SequenceDataset(Dataset):
             archive = ProductArchive(self.store, self.product, self.storage_options)
             self._array = zarr.open_array(archive._zstore, path=VARIABLE, mode="r", zarr_format=3)
         return self._array
+
+    @property
+    def cache(self):
+        if self._cache is None:
+            from pipelines.extrapolation import ExtrapolationCache
+
+            self._cache = ExtrapolationCache(self.extrapolation, self.product)
+        return self._cache
 
     def _decode(self, raw: np.ndarray) -> np.ndarray:
         """Stored integers -> mm/h float32 with NaN for nodata (the CF decoding, without xarray)."""
@@ -174,6 +188,9 @@ class SequenceDataset(Dataset):
         ny, nx = (self.crop, self.crop) if self.crop else self.shape
         stop = start + self.t_in + self.t_out
         rate = self._decode(self.array[start:stop, y0 : y0 + ny, x0 : x0 + nx])
+        if self.extrapolation:  # rides along as extra frames so crops and augmentation match
+            ext = self.cache.read(start + self.t_in - 1, self.t_out, slice(y0, y0 + ny), slice(x0, x0 + nx))
+            rate = np.concatenate([rate, ext])
         if self.augment:
             rate = np.rot90(rate, k=int(rng.integers(0, 4)), axes=(1, 2))
             if rng.integers(0, 2):
@@ -183,11 +200,15 @@ class SequenceDataset(Dataset):
         z = self.normalizer.forward(np.nan_to_num(rate, nan=0.0)).astype(np.float32)
         z = torch.from_numpy(z[:, None])
         mask = torch.from_numpy(valid[:, None])
-        return {
+        n = self.t_in + self.t_out
+        item = {
             "inputs": z[: self.t_in],
-            "targets": z[self.t_in :],
+            "targets": z[self.t_in : n],
             "input_mask": mask[: self.t_in],
-            "target_mask": mask[self.t_in :],
+            "target_mask": mask[self.t_in : n],
             "init_time": int(self.seconds[start + self.t_in - 1]),
             "offset": torch.tensor([y0, x0]),
         }
+        if self.extrapolation:
+            item["extrapolation"] = z[n:]
+        return item

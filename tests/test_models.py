@@ -7,22 +7,21 @@ import torch
 from conftest import sample_files
 
 from nowcast.losses import balance_weights, mse_mae
-from nowcast.models import MODELS, get_model
+from nowcast.models import MODELS, MOTION_BASELINES, get_model
 from nowcast.models.predrnn import PredRNN
 from pipelines.dataset import SequenceDataset
 from pipelines.ingest import ingest
 
 DEEP = {
-    "convlstm": dict(hidden=(8, 8), kernel=3, patch=2),
-    "predrnn": dict(hidden=(8, 8), kernel=3, patch=2),
-    "sa_convlstm": dict(hidden=(8, 8), kernel=3, patch=2),
+    name: dict(hidden=(8, 8), kernel=3, patch=2)
+    for name in ("convlstm", "predrnn", "sa_convlstm", "convlstm_flow", "predrnn_flow", "sa_convlstm_flow")
 }
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", [m for m in MODELS if m != "sprog"])  # S-PROG: test_motion, real radar
 @pytest.mark.parametrize("t_out", [1, 7])
 def test_any_number_of_output_steps_and_channels(name: str, t_out: int) -> None:
-    channels = 1 if name in ("optical_flow",) else 2
+    channels = 1 if name in MOTION_BASELINES else 2
     kwargs = {**DEEP.get(name, {}), **({"in_channels": channels} if name in DEEP else {})}
     model = get_model(name, **kwargs)
     out = model(torch.rand(3, 4, channels, 16, 24), t_out)

@@ -16,10 +16,17 @@ MODELS: dict[str, str] = {
     "convlstm": "nowcast.models.convlstm:ConvLSTM",
     "predrnn": "nowcast.models.predrnn:PredRNN",
     "sa_convlstm": "nowcast.models.sa_convlstm:SAConvLSTM",
+    "convlstm_flow": "nowcast.models.motion:ConvLSTMFlow",
+    "predrnn_flow": "nowcast.models.motion:PredRNNFlow",
+    "sa_convlstm_flow": "nowcast.models.motion:SAConvLSTMFlow",
     "persistence": "nowcast.models.baselines:Persistence",
     "optical_flow": "nowcast.models.baselines:OpticalFlow",
+    "optical_flow_smooth": "nowcast.models.baselines:OpticalFlowSmooth",
+    "sprog": "nowcast.models.baselines:SProg",
 }
-BASELINES = ("persistence", "optical_flow")
+BASELINES = ("persistence", "optical_flow", "optical_flow_smooth", "sprog")
+#: baselines that run in mm/h and so take the normaliser's dict as ``normalization``
+MOTION_BASELINES = ("optical_flow", "optical_flow_smooth", "sprog")
 
 
 def model_class(name: str) -> type[Forecaster]:

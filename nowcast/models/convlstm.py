@@ -20,13 +20,19 @@ class ConvLSTM(RecurrentForecaster):
         super().__init__(in_channels, hidden, kernel, patch)
         below = [self.frame_channels, *self.hidden[:-1]]
         self.encoder = nn.ModuleList(ConvLSTMCell(b, h, kernel) for b, h in zip(below, self.hidden, strict=True))
+        # a hybrid's forecaster reads the extrapolation of each lead; the plain one reads nothing
+        first = self.frame_channels if self.motion else 0
         self.forecaster = nn.ModuleList(
-            ConvLSTMCell(b, h, kernel) for b, h in zip([0, *self.hidden[:-1]], self.hidden, strict=True)
+            ConvLSTMCell(b, h, kernel) for b, h in zip([first, *self.hidden[:-1]], self.hidden, strict=True)
         )
         self.output = nn.Conv2d(sum(self.hidden), self.frame_channels, 1)
 
-    def forward(self, inputs: Tensor, t_out: int, targets: Tensor | None = None, **_: float) -> Tensor:
+    def forward(
+        self, inputs: Tensor, t_out: int, targets: Tensor | None = None, extrapolation: Tensor | None = None,
+        **_: float,
+    ) -> Tensor:
         x = self.patchify(inputs)
+        ext = self.patchify(self.extrapolation_for(inputs, t_out, extrapolation)) if self.motion else None
         h = [self.zeros(x, n) for n in self.hidden]
         c = [self.zeros(x, n) for n in self.hidden]
         for t in range(x.shape[1]):
@@ -36,10 +42,11 @@ class ConvLSTM(RecurrentForecaster):
                 below = h[layer]
         nothing = self.zeros(x, 0)
         outputs = []
-        for _ in range(t_out):
-            below = nothing
+        for k in range(t_out):
+            below = nothing if ext is None else ext[:, k]
             for layer, cell in enumerate(self.forecaster):
                 h[layer], c[layer] = cell(below, h[layer], c[layer])
                 below = h[layer]
-            outputs.append(self.output(torch.cat(h, dim=1)))
+            frame = self.output(torch.cat(h, dim=1))
+            outputs.append(frame if ext is None else ext[:, k] + frame)
         return self.unpatchify(torch.stack(outputs, dim=1))

@@ -26,7 +26,7 @@ class PredRNN(FrameFeedingForecaster):
         if len(set(self.hidden)) != 1:
             raise ValueError(f"PredRNN passes M between layers, so all layers need one width; got {hidden}")
         width = self.hidden[0]
-        below = [self.frame_channels, *self.hidden[:-1]]
+        below = [self.step_channels, *self.hidden[:-1]]
         self.cells = nn.ModuleList(STLSTMCell(b, width, kernel, forget_bias) for b in below)
         self.output = nn.Conv2d(width, self.frame_channels, 1, bias=False)
         self.decouple_beta = decouple_beta

@@ -19,7 +19,7 @@ class SAConvLSTM(FrameFeedingForecaster):
         forget_bias: float = 1.0,
     ):
         super().__init__(in_channels, hidden, kernel, patch)
-        below = [self.frame_channels, *self.hidden[:-1]]
+        below = [self.step_channels, *self.hidden[:-1]]
         self.cells = nn.ModuleList(
             SAConvLSTMCell(b, h, kernel, forget_bias) for b, h in zip(below, self.hidden, strict=True)
         )

@@ -1,0 +1,142 @@
+"""The optical-flow extrapolation of every init time, computed once and cached in Zarr.
+
+Motion-conditioned networks train on (frames, extrapolation, target) windows. Running pysteps'
+Lucas-Kanade + semi-Lagrangian advection for every window in every epoch would cost more than
+the network itself on CPU, so each init time's extrapolation is computed once, on the full grid,
+and stored beside the archive: ``<archive>.extrapolation.zarr/<product>/`` holds
+
+- ``rain`` [n_frames, t_out, y, x]: uint16 hundredths of mm/h, 65535 = nodata, indexed by the
+  archive index of the init (last observed) frame; chunks (1, t_out, 256, 256) so a training
+  crop reads a few chunks;
+- ``done`` [n_frames]: 1 once that init's extrapolation is written (after it, so an interrupted
+  build resumes where it stopped and never trusts a half-written entry);
+- ``time`` [n_frames]: the archive's frame times; a cache whose times differ is rebuilt.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from pipelines.dataset import TimeBlockSplit, window_starts
+from pipelines.info import time_step_minutes
+from pipelines.store import FILL, SCALE, VARIABLE, ProductArchive
+
+CHUNK = 256
+HISTORY = 3
+
+
+def cache_path(store: str) -> str:
+    """``data/archive.zarr`` -> ``data/archive.extrapolation.zarr`` (a store of its own)."""
+    base = store.rstrip("/")
+    return (base.removesuffix(".zarr") if base.endswith(".zarr") else base) + ".extrapolation.zarr"
+
+
+def encode(rain: np.ndarray) -> np.ndarray:
+    out = np.clip(np.round(np.nan_to_num(rain, nan=0.0) / SCALE), 0, int(FILL) - 1).astype(np.uint16)
+    out[np.isnan(rain)] = FILL
+    return out
+
+
+def decode(raw: np.ndarray) -> np.ndarray:
+    out = raw.astype(np.float32) * np.float32(SCALE)
+    out[raw == FILL] = np.nan
+    return out
+
+
+def init_indices(times: np.ndarray, t_out: int, history: int = HISTORY) -> np.ndarray:
+    """Archive indices of the init frames that have ``history`` frames before and ``t_out`` after."""
+    seconds = times.astype("datetime64[s]").astype(np.int64)
+    step = time_step_minutes(times)
+    if step is None:
+        return np.zeros(0, dtype=np.int64)
+    starts = window_starts(seconds, history + t_out, int(round(step * 60)), None, TimeBlockSplit())
+    return starts + history - 1
+
+
+@dataclass
+class ExtrapolationCache:
+    """Read side: the cached extrapolation of one product."""
+
+    path: str
+    product: str
+
+    def __post_init__(self) -> None:
+        self.group = zarr.open_group(f"{self.path}/{self.product}", mode="r", zarr_format=3)
+        self.rain = self.group["rain"]
+        self.done = self.group["done"][:].astype(bool)
+        self.t_out = int(self.group.attrs["t_out"])
+
+    def read(self, init_index: int, t_out: int, ys: slice, xs: slice) -> np.ndarray:
+        """[t_out, y, x] mm/h with NaN = nodata."""
+        if not self.done[init_index]:
+            raise KeyError(f"no cached extrapolation for frame {init_index} of {self.product!r}; rebuild the cache")
+        if t_out > self.t_out:
+            raise ValueError(f"the cache holds {self.t_out} leads, {t_out} requested")
+        return decode(self.rain[init_index, :t_out, ys, xs])
+
+
+def _open_for_writing(path: str, product: str, times: np.ndarray, shape: tuple[int, int], t_out: int) -> zarr.Group:
+    root = zarr.open_group(path, mode="a", zarr_format=3)
+    seconds = times.astype("datetime64[s]").astype(np.int64)
+    if product in root:
+        group = root[product]
+        same = (
+            int(group.attrs.get("t_out", -1)) >= t_out
+            and group["time"].shape == seconds.shape
+            and np.array_equal(group["time"][:], seconds)
+            and tuple(group["rain"].shape[2:]) == tuple(shape)
+        )
+        if same:
+            return group
+        del root[product]  # the archive grew or the window changed: stale, rebuild
+    group = root.create_group(product)
+    group.attrs.update({"t_out": t_out, "history": HISTORY, "units": "mm h-1",
+                        "method": "pysteps Lucas-Kanade (dBR) + semi-Lagrangian extrapolation of the init frame"})
+    group.create_array("rain", shape=(len(times), t_out, *shape), chunks=(1, t_out, CHUNK, CHUNK), dtype="uint16",
+                       fill_value=int(FILL), compressors=(BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),))
+    group.create_array("done", shape=(len(times),), chunks=(len(times),), dtype="uint8", fill_value=0)
+    group.create_array("time", shape=(len(times),), chunks=(len(times),), dtype="int64")[:] = seconds
+    return group
+
+
+def _compute_one(store: str, product: str, path: str, index: int, t_out: int) -> int:
+    from pipelines.motion import extrapolate
+
+    archive = ProductArchive(store, product)
+    source = zarr.open_array(archive._zstore, path=VARIABLE, mode="r", zarr_format=3)
+    frames = decode(source[index - HISTORY + 1 : index + 1])
+    group = zarr.open_group(f"{path}/{product}", mode="r+", zarr_format=3)
+    group["rain"][index] = encode(extrapolate(frames, t_out, HISTORY))
+    return index
+
+
+def build_cache(
+    store: str, product: str, t_out: int, workers: int = 2, path: str | None = None, progress: bool = True,
+) -> str:
+    """Compute what is missing of ``product``'s cache (resumable); returns the cache path."""
+    path = path or cache_path(store)
+    archive = ProductArchive(store, product)
+    times = archive.times()
+    with archive.open() as ds:
+        shape = tuple(ds[VARIABLE].shape[1:])
+    group = _open_for_writing(path, product, times, shape, t_out)
+    t_out = int(group.attrs["t_out"])
+    done = group["done"][:].astype(bool)
+    todo = [int(i) for i in init_indices(times, t_out) if not done[i]]
+    if not todo:
+        return path
+    from rich.progress import Progress
+
+    bar = Progress(disable=not progress, transient=False)
+    with bar, ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+        task = bar.add_task(f"extrapolating {product}", total=len(todo))
+        futures = [pool.submit(_compute_one, store, product, path, i, t_out) for i in todo]
+        for future in futures:
+            group["done"][future.result()] = 1  # after the data: a flag never claims a frame that is not there
+            bar.advance(task)
+    return path
