@@ -43,6 +43,7 @@ class Task:
     lead_steps: int
     indices: tuple[int, ...]
     history_starts: tuple[int, ...]
+    step_minutes: float | None = None  # the product's; resampled in time when the model's differs
 
 
 @cache
@@ -106,12 +107,12 @@ def create_forecast_store(
 def run_task(task: Task) -> list[int]:
     """Forecast a batch of init times in one forward pass and write them; returns the indices."""
     forecaster = _forecaster(task.model)
-    history = forecaster.input_steps
+    history = forecaster.frames_needed(task.step_minutes)
     with ProductArchive(task.store, task.product).open() as source:
         window = np.stack([
             source["precip"].isel(time=slice(s, s + history)).values for s in task.history_starts
         ])
-    forecasts = forecaster.predict(window, task.lead_steps)  # [B, lead, H, W]
+    forecasts = forecaster.predict(window, task.lead_steps, task.step_minutes)  # [B, lead, H, W]
     # outside the radar's coverage (nodata in the last observed frame) the forecast is nodata too
     forecasts = np.where(np.isnan(window[:, -1:]), np.nan, forecasts)
     out = open_zarr_store(task.out)
@@ -139,12 +140,11 @@ def backfill(
     step = time_step_minutes(times)
     if step is None:
         raise ValueError(f"product {product!r} has fewer than two frames")
-    if forecaster.step_minutes is not None and abs(forecaster.step_minutes - step) > 1e-6:
-        raise ValueError(f"{model} works at {forecaster.step_minutes:g}-minute steps, {product!r} has {step:g}")
     leads = lead_steps or (forecaster.max_lead_steps if forecaster.trainable else 12)
-    inits, history_starts = plan_init_times(times, forecaster.input_steps, start, end, every, step)
+    history = forecaster.frames_needed(step)  # a model trained at another step gets resampled frames
+    inits, history_starts = plan_init_times(times, history, start, end, every, step)
     if not len(inits):
-        raise ValueError(f"no init time in {start} .. {end} has {forecaster.input_steps} frames of history")
+        raise ValueError(f"no init time in {start} .. {end} has {history} frames of history")
     existing = _existing(out)
     if existing is None:
         create_forecast_store(out, inits, leads, step, archive.grid(), forecaster, product, model)
@@ -154,7 +154,7 @@ def backfill(
     todo = [i for i in range(len(inits)) if not done[i]]
     tasks = [
         Task(store, product, model, out, leads, tuple(todo[i : i + batch]),
-             tuple(int(history_starts[j]) for j in todo[i : i + batch]))
+             tuple(int(history_starts[j]) for j in todo[i : i + batch]), step)
         for i in range(0, len(todo), max(1, batch))
     ]
     finished = len(inits) - len(todo)

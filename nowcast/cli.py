@@ -371,8 +371,10 @@ def demo(
     report: Annotated[Path, typer.Option(help="Where the demo forecast report goes.")] = Path("data/demo_report.json"),
 ) -> None:
     """The main job on the embedded default: ingest sample radar into a local store, summarise it,
-    then nowcast it with the baselines and verify (table, CSI plot, GIF of a forecast)."""
+    then nowcast it with the baselines and the best shipped network and verify (table, CSI plot,
+    GIF of a forecast with each model beside the observation)."""
     from nowcast.evaluate import evaluate as run_evaluation
+    from nowcast.forecaster import shipped_models
     from pipelines.info import store_summary
     from pipelines.sample_data import demo_source
 
@@ -392,7 +394,8 @@ def demo(
     with _progress() as progress:
         task = progress.add_task("nowcast + verify", total=None)
         result = run_evaluation(
-            store, source.product, ["persistence", "optical_flow"], report, crop=crop, stride=3, lead_steps=6,
+            store, source.product, ["persistence", "optical_flow", *shipped_models()[:1]], report, crop=crop,
+            stride=3, lead_steps=6,
             on_case=lambda: progress.advance(task), total=lambda n: progress.update(task, total=n),
         )
     Console().print(Path(result["files"]["markdown"]).read_text())

@@ -91,12 +91,9 @@ def evaluate(
     step = time_step_minutes(times)
     if step is None:
         raise ValueError(f"product {product!r} has fewer than two frames")
-    for label, f in forecasters.items():
-        if f.step_minutes is not None and abs(f.step_minutes - step) > 1e-6:
-            raise ValueError(f"{label} was trained at {f.step_minutes:g}-min steps, {product!r} has {step:g}-min steps")
     trained = [f.max_lead_steps for f in forecasters.values() if f.trainable]
     leads = lead_steps or (min(trained) if trained else DEFAULT_MAX_LEAD_STEPS // 2)
-    history = max(f.input_steps for f in forecasters.values())
+    history = max(f.frames_needed(step) for f in forecasters.values())  # other steps: resampled in time
     cases = select_cases(times, history, leads, step, start, end, stride)
     if total:
         total(len(cases))
@@ -115,7 +112,7 @@ def evaluate(
             if on_case:
                 on_case()
             continue
-        forecasts = {label: f.predict(past, leads) for label, f in forecasters.items()}
+        forecasts = {label: f.predict(past, leads, step) for label, f in forecasters.items()}
         for label, forecast in forecasts.items():
             verifiers[label].accumulate(forecast, future)
         wetness = float(np.nanmean(future >= 1.0))

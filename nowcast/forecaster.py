@@ -12,6 +12,7 @@ are accepted: a network whose patching needs a multiple of ``p`` pixels gets the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,30 @@ from pipelines.normalization import RainNormalizer
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: lead steps a baseline offers when nothing else fixes it (2 h at 5 min)
 DEFAULT_MAX_LEAD_STEPS = 24
+
+
+def interpolate_in_time(frames: np.ndarray, step: float, times: np.ndarray, origin: int | None = None) -> np.ndarray:
+    """Linear interpolation of [B, T, H, W] frames, ``step`` minutes apart, at ``times`` (minutes).
+
+    Frame ``origin`` (default: the last) is at time 0. NaN on either side of a pair stays NaN.
+    """
+    origin = frames.shape[1] - 1 if origin is None else origin
+    out = []
+    for t in np.asarray(times, dtype=np.float64):
+        position = origin + t / step
+        if position < -1e-6 or position > frames.shape[1] - 1 + 1e-6:
+            raise ValueError(f"time {t:g} min lies outside the {frames.shape[1]} frames given")
+        i = min(int(np.floor(position + 1e-9)), frames.shape[1] - 1)
+        w = position - i
+        out.append(frames[:, i] if w < 1e-6 else (1 - w) * frames[:, i] + w * frames[:, i + 1])
+    return np.stack(out, axis=1).astype(np.float32)
+
+
+def shipped_models() -> list[str]:
+    """Registered networks whose trained weights ship in the package, best first by the model card's order."""
+    order = ("convlstm_flow", "sa_convlstm_flow", "predrnn_flow", "convlstm", "sa_convlstm", "predrnn")
+    names = [n for n in order if (WEIGHTS_DIR / f"{n}.ckpt").is_file()]
+    return names + sorted(n for n in MODELS if n not in order and (WEIGHTS_DIR / f"{n}.ckpt").is_file())
 
 
 @dataclass
@@ -49,17 +74,49 @@ class LoadedForecaster:
         """Frame sizes the network takes: multiples of its patch size."""
         return int(getattr(self.model, "patch", 1))
 
+    def resamples(self, step_minutes: float | None) -> bool:
+        """True when frames at ``step_minutes`` must be resampled to the model's step."""
+        return not (self.step_minutes is None or step_minutes is None or abs(step_minutes - self.step_minutes) < 1e-6)
+
+    def frames_needed(self, step_minutes: float | None = None) -> int:
+        """Input frames at the data's step that cover the model's history."""
+        if not self.resamples(step_minutes):
+            return self.input_steps
+        return math.ceil((self.input_steps - 1) * self.step_minutes / step_minutes - 1e-9) + 1
+
     @torch.no_grad()
-    def predict(self, frames_mm_h: np.ndarray, lead_steps: int) -> np.ndarray:
-        """[..., T, H, W] mm/h (NaN = nodata) -> [..., lead_steps, H, W] mm/h, NaN where the last frame is."""
+    def predict(self, frames_mm_h: np.ndarray, lead_steps: int, step_minutes: float | None = None) -> np.ndarray:
+        """[..., T, H, W] mm/h (NaN = nodata) -> [..., lead_steps, H, W] mm/h, NaN where the last frame is.
+
+        ``step_minutes``: the frames' time step, when it differs from the one the network was trained
+        at (a 2-, 6- or 10-minute product for a 5-minute model). The history is then interpolated
+        linearly in time to the model's step, the network forecasts at its own step, and its leads
+        are interpolated back to the product's (docs/skill.md measures what that costs).
+        """
         if lead_steps < 1:
             raise ValueError("lead_steps must be at least 1")
         frames = np.asarray(frames_mm_h, dtype=np.float32)
         single = frames.ndim == 3
         batch = frames[None] if single else frames
-        if batch.shape[1] < self.input_steps:
-            raise ValueError(f"{self.name} needs {self.input_steps} input frames, got {batch.shape[1]}")
-        batch = batch[:, -self.input_steps :]
+        needed = self.frames_needed(step_minutes)
+        if batch.shape[1] < needed:
+            raise ValueError(f"{self.name} needs {needed} input frames, got {batch.shape[1]}")
+        batch = batch[:, -needed:]
+        if self.resamples(step_minutes):
+            model_step = float(self.step_minutes)
+            history = interpolate_in_time(batch, step_minutes, -model_step * np.arange(self.input_steps)[::-1])
+            model_leads = math.ceil(lead_steps * step_minutes / model_step - 1e-9)
+            out = self._predict(history, model_leads)
+            sequence = np.concatenate([history[:, -1:], out], axis=1)  # time 0 is the last observation
+            rain = interpolate_in_time(sequence, model_step, step_minutes * np.arange(1, lead_steps + 1),
+                                       origin=0)
+            rain = np.where(np.isnan(batch[:, -1])[:, None], np.float32(np.nan), rain).astype(np.float32)
+        else:
+            rain = self._predict(batch, lead_steps)
+        return rain[0] if single else rain
+
+    def _predict(self, batch: np.ndarray, lead_steps: int) -> np.ndarray:
+        """[B, input_steps, H, W] mm/h at the model's step -> [B, lead_steps, H, W]."""
         nodata = np.isnan(batch[:, -1])
         ny, nx = batch.shape[-2:]
         z = self.normalizer.forward(torch.from_numpy(np.nan_to_num(batch, nan=0.0)))[:, :, None]
@@ -70,8 +127,7 @@ class LoadedForecaster:
         device = next(self.model.parameters(), torch.empty(0)).device
         out = self.model(z.to(device), lead_steps)[:, :, 0, :ny, :nx]
         rain = self.normalizer.inverse(out.float()).cpu().numpy()
-        rain = np.where(nodata[:, None], np.float32(np.nan), rain)
-        return rain[0] if single else rain
+        return np.where(nodata[:, None], np.float32(np.nan), rain)
 
 
 def load_forecaster(spec: str, map_location: str | torch.device = "cpu") -> LoadedForecaster:

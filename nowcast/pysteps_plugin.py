@@ -49,7 +49,12 @@ def _method(default_model: str) -> Callable[..., np.ndarray]:
 convlstm = _method("convlstm")
 predrnn = _method("predrnn")
 sa_convlstm = _method("sa_convlstm")
-METHODS = {f"{PREFIX}{f.__name__.removeprefix(PREFIX)}": f for f in (convlstm, predrnn, sa_convlstm)}
+convlstm_flow = _method("convlstm_flow")
+predrnn_flow = _method("predrnn_flow")
+sa_convlstm_flow = _method("sa_convlstm_flow")
+METHODS = {
+    f.__name__: f for f in (convlstm, predrnn, sa_convlstm, convlstm_flow, predrnn_flow, sa_convlstm_flow)
+}
 
 
 def register() -> list[str]:

@@ -23,7 +23,6 @@ class ServedModel:
 
     def describe(self, settings: ServiceSettings, default_step: float | None) -> dict[str, Any]:
         f = self.forecaster
-        patch = getattr(f.model, "patch", 1)
         skill = None
         report = Path(f.source).with_suffix(".report.json") if f.trainable else None
         if report is not None and report.is_file():
@@ -39,7 +38,7 @@ class ServedModel:
             "trained_output_steps": f.max_lead_steps if f.trainable else None,
             "step_minutes": f.step_minutes if f.step_minutes is not None else default_step,
             "fixed_step": f.step_minutes is not None,
-            "grid": {"multiple_of": patch, "max_pixels": settings.max_grid_pixels},
+            "grid": {"multiple_of": 1, "max_pixels": settings.max_grid_pixels},  # predict pads
             "parameters": sum(p.numel() for p in f.model.parameters()),
             "source": f.source,
             "version": self.version,

@@ -8,12 +8,18 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 
+def _shipped() -> list[str]:
+    from nowcast.forecaster import shipped_models
+
+    return shipped_models()
+
+
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NOWCAST_", extra="forbid")
 
     store: str = Field("data/demo.zarr", description="Zarr archive for product requests (path or fsspec URL)")
     models: list[str] = Field(
-        default_factory=lambda: ["persistence", "optical_flow"],
+        default_factory=lambda: ["persistence", "optical_flow", *_shipped()],
         description="Served models: baseline names, checkpoint paths or shipped names; 'label=spec' renames",
     )
     api_keys: list[str] = Field(default_factory=list, description="When set, model and forecast routes need one")

@@ -17,37 +17,6 @@ class Forecaster(nn.Module):
         raise NotImplementedError
 
 
-class MotionConditioning:
-    """What a motion-conditioned ("hybrid") network adds to its plain version.
-
-    Besides the observed frames it receives ``extrapolation`` [B, T_out, C, H, W]: the optical-flow
-    extrapolation of the last frame for each lead (normalised). The network predicts a correction
-    to it, and the output layer starts at zero, so an untrained hybrid *is* optical flow: training
-    can only teach it growth, decay, the loss of predictability with lead time and motion errors.
-    Without ``extrapolation`` (inference) it is computed here with the ``optical_flow`` baseline;
-    training passes the cached one (``pipelines.extrapolation``).
-    """
-
-    motion = True
-    normalization: dict | None = None
-
-    def extrapolation_for(self, inputs: Tensor, t_out: int, extrapolation: Tensor | None) -> Tensor:
-        if extrapolation is not None:
-            if extrapolation.shape[1] < t_out:
-                raise ValueError(f"extrapolation has {extrapolation.shape[1]} leads, {t_out} requested")
-            return extrapolation[:, :t_out].to(inputs)
-        from nowcast.models.baselines import OpticalFlow
-
-        with torch.no_grad():
-            return OpticalFlow(self.normalization)(inputs, t_out)
-
-    @staticmethod
-    def zero_init(layer: nn.Module) -> None:
-        """Start the correction at zero: the untrained network forecasts the extrapolation."""
-        for parameter in layer.parameters():
-            nn.init.zeros_(parameter)
-
-
 class RecurrentForecaster(Forecaster):
     """Space-to-depth patching and zero states, shared by the ConvLSTM-family models.
 
@@ -55,7 +24,7 @@ class RecurrentForecaster(Forecaster):
     large frame costs p^2 less recurrent-state memory; H and W must be multiples of p.
     """
 
-    motion = False  # MotionConditioning sets it
+    motion = False  # hybrids (nowcast.models.motion.MotionConditioning) set it
 
     def __init__(self, in_channels: int = 1, hidden: tuple[int, ...] = (64, 64), kernel: int = 3, patch: int = 1):
         super().__init__()
@@ -128,10 +97,10 @@ class FrameFeedingForecaster(RecurrentForecaster):
         t_in = x.shape[1]
         # hybrid: step t also reads its best estimate of frame t + 1 and corrects it; that is the
         # observed frame while inputs last and the extrapolation for each lead afterwards
-        estimates = None
+        estimates = stacks = None
         if self.motion:
-            ext = self.patchify(self.extrapolation_for(inputs, t_out, extrapolation))
-            estimates = torch.cat([x[:, 1:], ext], dim=1)
+            ext = self.extrapolation_for(inputs, t_out, extrapolation)
+            estimates, stacks = self.motion_estimates(torch.cat([inputs[:, 1:], ext], dim=1))
         state = self.initial_state(x)
         prediction: Tensor | None = None
         outputs = []
@@ -145,8 +114,8 @@ class FrameFeedingForecaster(RecurrentForecaster):
             if estimates is None:
                 prediction, state = self.step(frame, state)
             else:
-                correction, state = self.step(torch.cat([frame, estimates[:, t]], dim=1), state)
-                prediction = estimates[:, t] + correction
+                head, state = self.step(torch.cat([frame, estimates[:, t]], dim=1), state)
+                prediction = self.combine(stacks[:, t], head, max(0, t - t_in + 1))
             if t >= t_in - 1:
                 outputs.append(prediction)
         return self.unpatchify(torch.stack(outputs, dim=1))

@@ -32,7 +32,9 @@ class ConvLSTM(RecurrentForecaster):
         **_: float,
     ) -> Tensor:
         x = self.patchify(inputs)
-        ext = self.patchify(self.extrapolation_for(inputs, t_out, extrapolation)) if self.motion else None
+        ext = stacks = None
+        if self.motion:
+            ext, stacks = self.motion_estimates(self.extrapolation_for(inputs, t_out, extrapolation))
         h = [self.zeros(x, n) for n in self.hidden]
         c = [self.zeros(x, n) for n in self.hidden]
         for t in range(x.shape[1]):
@@ -47,6 +49,6 @@ class ConvLSTM(RecurrentForecaster):
             for layer, cell in enumerate(self.forecaster):
                 h[layer], c[layer] = cell(below, h[layer], c[layer])
                 below = h[layer]
-            frame = self.output(torch.cat(h, dim=1))
-            outputs.append(frame if ext is None else ext[:, k] + frame)
+            head = self.output(torch.cat(h, dim=1))
+            outputs.append(head if ext is None else self.combine(stacks[:, k], head, k))
         return self.unpatchify(torch.stack(outputs, dim=1))

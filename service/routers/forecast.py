@@ -63,9 +63,6 @@ def check_frames(frames: np.ndarray, model: ServedModel, settings: ServiceSettin
     needed = model.forecaster.input_steps
     if t < needed:
         raise ApiError(422, "too_few_frames", f"model {model.name!r} needs {needed} input frames, got {t}")
-    patch = getattr(model.forecaster.model, "patch", 1)
-    if h % patch or w % patch:
-        raise ApiError(422, "grid_not_multiple", f"grid {h}x{w} must be a multiple of {patch} for {model.name!r}")
     if not np.isfinite(frames).all():
         raise ApiError(422, "not_finite", "frames contain NaN or infinite values; send nodata as 0 or crop it")
     if (frames < 0).any():

@@ -1,0 +1,87 @@
+"""The weights that ship in the package: every one loads by name and forecasts radar it never saw.
+
+The MeteoSwiss event of 11 July 2016 is a test event: no shipped model trained or validated on
+it (nowcast/weights/MODEL_CARD.md).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import pytest
+from conftest import sample_files
+
+from nowcast.forecaster import load_forecaster, shipped_models
+from nowcast.shipping import SHIPPED
+from nowcast.verification import LeadTimeVerifier
+
+
+@cache
+def unseen_radar() -> np.ndarray:
+    """MeteoSwiss 2016-07-11 (a test event) in mm/h, [T, 640, 710], NaN outside the composite."""
+    from pipelines.ingest import decode
+
+    return np.stack([decode(path, "mch_gif").rain_rate for path in sample_files("mch", 20)]).astype(np.float32)
+
+
+def test_every_model_the_card_lists_ships() -> None:
+    assert set(shipped_models()) == set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_loads_by_name_and_forecasts_an_odd_sized_unseen_grid(name: str) -> None:
+    radar = unseen_radar()
+    frames = radar[4:8, 200:403, 300:481].copy()  # 203 x 181: no multiple of the patch size
+    frames[:, :, :15] = np.nan  # a strip outside the coverage
+    forecaster = load_forecaster(name)
+    assert forecaster.source.endswith(f"weights/{name}.ckpt") and forecaster.step_minutes == 5
+    forecast = forecaster.predict(frames, 12)
+    covered = np.isfinite(frames[-1])
+    assert forecast.shape == (12, 203, 181)
+    assert np.isnan(forecast[:, ~covered]).all(), "outside the last frame's coverage the forecast is nodata"
+    assert np.isfinite(forecast[:, covered]).all() and (forecast[:, covered] >= 0).all()
+    assert forecast[:, covered].max() < 300  # no runaway intensities
+
+
+def test_best_shipped_model_beats_persistence_on_an_unseen_event() -> None:
+    radar = unseen_radar()
+    best = load_forecaster(shipped_models()[0])
+    persistence = load_forecaster("persistence")
+    scores = {}
+    for label, forecaster in (("best", best), ("persistence", persistence)):
+        verifier = LeadTimeVerifier(6, 5.0, 1.0, thresholds=(1.0,))
+        for init in (5, 9, 13):
+            verifier.accumulate(forecaster.predict(radar[init - 3 : init + 1], 6), radar[init + 1 : init + 7])
+        result = verifier.result()
+        scores[label] = np.mean([lead["csi"]["1.0"] for lead in result])
+    assert scores["best"] > scores["persistence"] + 0.02, scores
+
+
+def test_interpolation_in_time_is_exact_on_linear_rain() -> None:
+    from nowcast.forecaster import interpolate_in_time
+
+    frames = np.arange(4, dtype=np.float32)[None, :, None, None] * np.ones((1, 4, 2, 2), np.float32) * 10
+    # frames at -30, -20, -10, 0 min holding 0, 10, 20, 30 mm/h
+    at = interpolate_in_time(frames, 10.0, np.array([-15.0, -5.0, 0.0]))
+    np.testing.assert_allclose(at[0, :, 0, 0], [15.0, 25.0, 30.0])
+    with pytest.raises(ValueError, match="outside"):
+        interpolate_in_time(frames, 10.0, np.array([-45.0]))
+
+
+def test_a_ten_minute_product_is_resampled_in_time_not_refused() -> None:
+    radar = unseen_radar()
+    ten_minutes = radar[1::2]  # the same event as a 10-minute product
+    forecaster = load_forecaster(shipped_models()[0])
+    assert forecaster.frames_needed(10.0) == 3 and forecaster.frames_needed(2.0) == 9
+    verifiers = {}
+    for label in ("network", "persistence"):
+        verifiers[label] = LeadTimeVerifier(3, 10.0, 1.0, thresholds=(1.0,))
+        model = forecaster if label == "network" else load_forecaster("persistence")
+        for init in (3, 5):
+            forecast = model.predict(ten_minutes[init - 2 : init + 1], 3, step_minutes=10.0)
+            assert forecast.shape == (3, *radar.shape[1:])
+            assert np.isnan(forecast[:, np.isnan(ten_minutes[init])]).all()
+            verifiers[label].accumulate(forecast, ten_minutes[init + 1 : init + 4])
+    csi = {k: np.mean([r["csi"]["1.0"] for r in v.result()]) for k, v in verifiers.items()}
+    assert csi["network"] > csi["persistence"] + 0.02, csi
