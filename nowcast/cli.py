@@ -212,6 +212,7 @@ def train(
     from nowcast.registry import LOCKED, ModelRegistry, RegistryLocked
     from nowcast.registry import promote as run_promotion
     from nowcast.train_cli import run_training
+    from nowcast.training import CheckpointMismatch
 
     if promote and registry is None:
         raise typer.BadParameter("--promote needs --registry")
@@ -242,6 +243,11 @@ def train(
     except RegistryLocked as exc:
         console.print(f"[yellow]locked:[/] {exc}; not starting a second run")
         raise typer.Exit(LOCKED) from exc
+    except CheckpointMismatch as exc:
+        console.print(f"[red]error:[/] will not resume from the last checkpoint, it is another run's ({exc}). "
+                      "Start over with --no-resume, or give this run its own checkpoint directory "
+                      "(trainer.callbacks ModelCheckpoint dirpath).")
+        raise typer.Exit(2) from exc
 
 
 @app.command()

@@ -50,9 +50,36 @@ def ingest_events(data_root: Path) -> None:
                         str(STORE_DIR / f"{store}.zarr"), "--product", product, *paths], check=True)
 
 
-def train(name: str) -> None:
+def train(name: str, run_dir: Path = Path("runs/weights")) -> None:
+    """Train (or resume) one model; its wall time, summed over resumed runs, goes to wall_time.json."""
+    import json
+    import time
+
     config = Path("configs/weights") / f"{name}.yaml"
+    started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "nowcast.cli", "train", "--config", str(config)], check=True)
+    ledger = run_dir / name / "wall_time.json"
+    spent = json.loads(ledger.read_text())["seconds"] if ledger.is_file() else 0.0
+    ledger.write_text(json.dumps({"seconds": spent + time.perf_counter() - started}))
+
+
+def _logged_seconds(run: Path) -> float | None:
+    """Wall time from the run's own files: first hparams.yaml written to last metrics.csv written."""
+    starts = [p.stat().st_mtime for p in run.glob("logs/*/hparams.yaml")]
+    ends = [p.stat().st_mtime for p in run.glob("logs/*/metrics.csv")]
+    return max(ends) - min(starts) if starts and ends else None
+
+
+def _logged_steps(run: Path) -> tuple[int, int]:
+    """(epochs, optimizer steps) as the CSV logs saw them (the last checkpoint may lag the stop)."""
+    import csv
+
+    epochs = steps = 0
+    for log in run.glob("logs/*/metrics.csv"):
+        with log.open() as f:
+            for row in csv.DictReader(f):
+                epochs, steps = max(epochs, int(row["epoch"]) + 1), max(steps, int(row["step"]) + 1)
+    return epochs, steps
 
 
 def device_name() -> str:
@@ -69,14 +96,18 @@ def export(name: str, run_dir: Path = Path("runs/weights")) -> dict[str, Any]:
         source = checkpoints / "last.ckpt"
     last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
     best = torch.load(source, map_location="cpu", weights_only=False)
-    timer = last.get("callbacks", {}).get("Timer", {}).get("time_elapsed", {})
+    import json
+
+    ledger = run_dir / name / "wall_time.json"
+    wall = json.loads(ledger.read_text())["seconds"] if ledger.is_file() else _logged_seconds(run_dir / name)
+    epochs, steps = _logged_steps(run_dir / name)
     monitor = next((v for k, v in best.get("callbacks", {}).items() if k.startswith("ModelCheckpoint")), {})
     score = monitor.get("best_model_score")
     record = {
         "trained_on": device_name(),
-        "wall_time_s": round(float(timer.get("train", 0.0)) + float(timer.get("validate", 0.0)), 1),
-        "epochs": int(last["epoch"]) + 1,
-        "steps": int(last["global_step"]),
+        "wall_time_s": None if wall is None else round(wall, 1),  # the whole `nowcast train`, set-up included
+        "epochs": max(epochs, int(last["epoch"]) + 1),
+        "steps": max(steps, int(last["global_step"])),
         "best_epoch": int(best["epoch"]),
         "val_csi_1mm_30min": None if score is None else round(float(score), 4),
         "exported": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

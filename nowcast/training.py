@@ -23,6 +23,10 @@ from pipelines.normalization import RainNormalizer
 VALIDATION_THRESHOLDS = (1.0, 5.0)
 
 
+class CheckpointMismatch(ValueError):
+    """Resuming would train a different model or data from the checkpoint's: refuse, say why."""
+
+
 class NowcastModule(pl.LightningModule):
     def __init__(
         self,
@@ -74,6 +78,23 @@ class NowcastModule(pl.LightningModule):
             "version": __version__,
         }
 
+    def _difference_from(self, info: dict[str, Any]) -> str | None:
+        """What differs between this run's config and a checkpoint it is asked to resume from."""
+        if not info:
+            return None
+        saved_kwargs = {k: v for k, v in (info.get("model_kwargs") or {}).items() if k != "normalization"}
+        mine = {k: v for k, v in dict(self.hparams.model_kwargs or {}).items() if k != "normalization"}
+        norm = lambda d: {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}  # noqa: E731
+        pairs = [("model", info.get("model"), self.hparams.model),
+                 ("model_kwargs", norm(saved_kwargs), norm(mine)),
+                 ("t_in", info.get("t_in"), self.hparams.t_in), ("t_out", info.get("t_out"), self.hparams.t_out)]
+        if self.data_info and info.get("data"):
+            pairs.append(("data.products", info["data"].get("products"), self.data_info.get("products")))
+        for key, saved, wanted in pairs:
+            if saved != wanted:
+                return f"{key}: the checkpoint has {saved!r}, the config asks for {wanted!r}"
+        return None
+
     def _model_kwargs(self) -> dict[str, Any]:
         kwargs = dict(self.hparams.model_kwargs or {})
         if getattr(self.net, "motion", False):
@@ -82,6 +103,9 @@ class NowcastModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         info = checkpoint.get("nowcast", {})
+        difference = self._difference_from(info)
+        if difference:
+            raise CheckpointMismatch(difference)
         if "normalization" in info:
             self.normalizer = RainNormalizer.from_dict(info["normalization"])
         self.step_minutes = info.get("step_minutes")

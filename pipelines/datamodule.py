@@ -81,9 +81,32 @@ class RadarDataModule(pl.LightningDataModule):
         return _EpochAwareConcat(parts)
 
     def setup(self, stage: str | None = None) -> None:
+        fresh = not self.datasets
         for split in ("train", "val", "test"):
             if split not in self.datasets:
                 self.datasets[split] = self._build(split)
+        if fresh:
+            self._check_splits()
+
+    def _check_splits(self) -> None:
+        """Say how many windows each split got; an empty training split is a config error, named."""
+        from pytorch_lightning.utilities import rank_zero_info
+
+        counts = {split: len(ds) for split, ds in self.datasets.items()}
+        h = self.hparams
+        rank_zero_info(f"windows per split: train {counts['train']}, val {counts['val']}, test {counts['test']} "
+                       f"({h.t_in}+{h.t_out} frames each, blocks of {h.block_hours:g} h, pattern "
+                       f"{list(self.splitter.pattern)}, products {self.products})")
+        if counts["train"] == 0:
+            raise ValueError(
+                f"no training windows: a window ({h.t_in}+{h.t_out} frames) must lie inside one {h.block_hours:g}-hour "
+                f"block assigned to 'train' by split_pattern {list(self.splitter.pattern)}; raise data.block_hours, "
+                "lower data.t_in/data.t_out, or put more 'train' in data.split_pattern")
+        if counts["val"] == 0:
+            rank_zero_info("no validation windows: nothing will be validated (add 'val' to data.split_pattern)")
+        elif counts["val"] > counts["train"]:
+            rank_zero_info(f"more validation ({counts['val']}) than training ({counts['train']}) windows: "
+                           "check data.block_hours and data.split_pattern")
 
     def describe(self) -> dict:
         """What a checkpoint should remember about its training data."""

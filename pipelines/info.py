@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,5 +72,8 @@ def product_summary(store: str, product: str, storage_options: dict | None = Non
 
 
 def store_summary(store: str, product: str | None = None, storage_options: dict | None = None) -> dict[str, Any]:
+    """Every product's summary; a store that does not exist is an error, not an empty store."""
+    if "://" not in store and not Path(store).exists():
+        raise KeyError(f"no store at {store}: nothing has been ingested there (nowcast ingest --store {store} ...)")
     products = [product] if product else list_products(store, storage_options)
     return {"store": store, "products": [product_summary(store, p, storage_options) for p in products]}

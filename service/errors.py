@@ -7,6 +7,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+#: validation problems listed in an error body; the rest are counted
+MAX_LISTED_PROBLEMS = 5
+
 
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str):
@@ -25,12 +28,18 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # a 4 x 700 x 700 request of bad values has two million problems: name a few, count the rest
+        errors = exc.errors()
+        shown = errors[:MAX_LISTED_PROBLEMS]
         problems = [
             f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg', 'invalid')}"
-            for e in exc.errors()
+            for e in shown
         ]
-        fields = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))} for e in exc.errors()]
-        return JSONResponse(error_body("invalid_request", "; ".join(problems)[:2000], fields=fields), status_code=422)
+        if len(errors) > len(shown):
+            problems.append(f"and {len(errors) - len(shown)} more problem(s)")
+        fields = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))[:200]} for e in shown]
+        return JSONResponse(error_body("invalid_request", "; ".join(problems)[:2000], fields=fields,
+                                       n_problems=len(errors)), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -19,7 +19,8 @@ class ForecastRequest(BaseModel):
 
     model: str = Field(description="A name from GET /v1/models")
     lead_steps: int = Field(ge=1, description="How many steps ahead (at most the model's max_lead_steps)")
-    frames: list[list[list[float]]] | None = Field(None, description="T x H x W rain rate, mm/h, oldest first")
+    frames: list[list[list[float | None]]] | None = Field(
+        None, description="T x H x W rain rate, mm/h, oldest first; null = nodata (outside the radar's coverage)")
     step_minutes: float | None = Field(None, gt=0, le=1440, description="Spacing of the inline frames")
     end_time: datetime | None = Field(None, description="Valid time (UTC) of the last inline frame")
     times: list[datetime] | None = Field(None, description="Optional valid time of every inline frame")
@@ -56,7 +57,7 @@ class ForecastResponse(BaseModel):
     step_minutes: float
     lead_minutes: list[float]
     times: list[str]
-    frames: list[list[list[float]]]
+    frames: list[list[list[float | None]]]  # null where the forecast is nodata (outside the last frame's coverage)
     grid: GridInfo
 
 

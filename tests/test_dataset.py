@@ -149,3 +149,16 @@ def test_holdout_tail_is_kept_out_of_every_split(store: str) -> None:
             last = part.seconds[part.starts + 5]
             assert (last <= cutoff).all(), split
     assert len(dm.datasets["train"]) > 0 and dm.describe()["holdout_hours"] == 2
+
+
+def test_an_empty_training_split_names_the_settings_to_change(tmp_path) -> None:
+    from pipelines.datamodule import RadarDataModule
+    from pipelines.store import ProductArchive
+    from pipelines.synthetic import synthetic_frames
+
+    store = str(tmp_path / "s.zarr")
+    ProductArchive(store, "synth").write(synthetic_frames(n_frames=20, shape=(32, 32)))
+    module = RadarDataModule(store, ["synth"], t_in=6, t_out=12, crop=None, block_hours=1,
+                             split_pattern=["train", "val"])
+    with pytest.raises(ValueError, match="no training windows.*data.block_hours.*data.split_pattern"):
+        module.setup("fit")

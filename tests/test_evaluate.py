@@ -84,12 +84,15 @@ def test_trained_models_are_pysteps_nowcast_methods(small_checkpoint: Path, fmi_
     from nowcast.pysteps_plugin import register
 
     declared = {e.name: e for e in entry_points(group="pysteps.plugins.nowcasts")}
-    assert {"nowcast_convlstm", "nowcast_predrnn", "nowcast_sa_convlstm"} <= set(declared)
+    assert {"nowcast_convlstm", "nowcast_predrnn", "nowcast_sa_convlstm", "nowcast_convlstm_flow",
+            "nowcast_predrnn_flow", "nowcast_sa_convlstm_flow"} <= set(declared)
     assert "nowcast_convlstm" in register()
     method = pysteps.nowcasts.get_method("nowcast_convlstm")
     assert method is declared["nowcast_convlstm"].load()
-    history = ProductArchive(fmi_archive, "fmi").open()["precip"].values[:4, :128, :128]
+    history = ProductArchive(fmi_archive, "fmi").open()["precip"].values[:4, 500:628, 200:328]
+    covered = np.isfinite(history[-1])
     forecast = method(history, None, 5, checkpoint=str(small_checkpoint))
-    assert forecast.shape == (5, 128, 128) and np.isfinite(forecast).all() and forecast.min() >= 0
-    with pytest.raises(FileNotFoundError, match="no shipped weights"):
-        method(history, None, 2)
+    assert forecast.shape == (5, 128, 128) and np.isfinite(forecast[:, covered]).all()
+    assert np.isnan(forecast[:, ~covered]).all() and np.nanmin(forecast) >= 0
+    shipped = pysteps.nowcasts.get_method("nowcast_convlstm_flow")(history, None, 2)  # the shipped weights
+    assert shipped.shape == (2, 128, 128) and np.isfinite(shipped[:, covered]).all()

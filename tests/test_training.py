@@ -74,6 +74,21 @@ def test_train_writes_a_checkpoint_that_alone_can_forecast(tmp_path: Path, synth
     assert "val/csi_1mm/lead_005min" in metrics and "val/mae_mm_h/lead_010min" in metrics
 
 
+def test_resuming_another_runs_checkpoint_is_refused_in_one_line(tmp_path: Path, synthetic_store: str) -> None:
+    overrides = write_overrides(tmp_path, synthetic_store, epochs=1)
+    first = subprocess.run(train_command(overrides), capture_output=True, text=True, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    wider_model = ("--model.model_kwargs", '{"hidden": [16], "kernel": 3, "patch": 2}')
+    wider = subprocess.run(train_command(overrides, *wider_model), capture_output=True, text=True, cwd=tmp_path)
+    output = wider.stdout + wider.stderr
+    assert wider.returncode == 2, output[-3000:]
+    assert "model_kwargs: the checkpoint has" in output and "--no-resume" in output
+    assert "size mismatch" not in output and "Traceback" not in output
+    fresh = subprocess.run(train_command(overrides, "--no-resume", *wider_model), capture_output=True, text=True,
+                           cwd=tmp_path)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+
+
 def test_training_resumes_from_the_last_checkpoint_after_a_kill(tmp_path: Path, synthetic_store: str) -> None:
     overrides = write_overrides(tmp_path, synthetic_store, epochs=200)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"

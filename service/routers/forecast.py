@@ -63,8 +63,10 @@ def check_frames(frames: np.ndarray, model: ServedModel, settings: ServiceSettin
     needed = model.forecaster.input_steps
     if t < needed:
         raise ApiError(422, "too_few_frames", f"model {model.name!r} needs {needed} input frames, got {t}")
-    if not np.isfinite(frames).all():
-        raise ApiError(422, "not_finite", "frames contain NaN or infinite values; send nodata as 0 or crop it")
+    if np.isinf(frames).any():
+        raise ApiError(422, "not_finite", "frames contain infinite values; send nodata as null (JSON) or NaN")
+    if np.isnan(frames[-1]).all():
+        raise ApiError(422, "all_nodata", "the last frame is nodata everywhere: there is nothing to forecast from")
     if (frames < 0).any():
         raise ApiError(422, "negative_rain", "frames contain negative rain rates; values are mm/h >= 0")
     return frames[-needed:].astype(np.float32)
