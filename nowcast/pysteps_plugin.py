@@ -39,6 +39,9 @@ def _method(default_model: str) -> Callable[..., np.ndarray]:
                 raise ValueError("only whole, consecutive time steps are supported (pass an int)")
             timesteps = len(timesteps)
         forecaster = _load(checkpoint or default_model)
+        if forecaster.name != default_model:
+            raise ValueError(f"{checkpoint} holds a {forecaster.name!r} network, not {default_model!r}: "
+                             f"use pysteps.nowcasts.get_method('{PREFIX}{forecaster.name}') for it")
         return forecaster.predict(np.asarray(precip, dtype=np.float32), timesteps)
 
     forecast.__name__ = f"{PREFIX}{default_model}"

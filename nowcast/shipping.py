@@ -56,10 +56,10 @@ def train(name: str, run_dir: Path = Path("runs/weights")) -> None:
     import time
 
     config = Path("configs/weights") / f"{name}.yaml"
+    ledger = run_dir / name / "wall_time.json"
+    spent = json.loads(ledger.read_text())["seconds"] if ledger.is_file() else (_logged_seconds(run_dir / name) or 0.0)
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "nowcast.cli", "train", "--config", str(config)], check=True)
-    ledger = run_dir / name / "wall_time.json"
-    spent = json.loads(ledger.read_text())["seconds"] if ledger.is_file() else 0.0
     ledger.write_text(json.dumps({"seconds": spent + time.perf_counter() - started}))
 
 

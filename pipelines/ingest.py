@@ -77,11 +77,26 @@ def decode(path: Path, fmt: str, max_rain_rate: float = MAX_RAIN_RATE) -> Frame:
     return to_rain_rate(read_file(path, fmt), str(path), max_rain_rate=max_rain_rate)
 
 
+def _wrong_format_hint(path: Path, fmt: str) -> str:
+    """When a named importer fails, what the file looks like instead (``--format auto``'s answer)."""
+    if fmt == "auto":
+        return ""
+    from pipelines.importers import detect_format
+
+    try:
+        detected = detect_format(path)
+    except Exception:
+        return f" (the file does not look like {fmt}, and --format auto recognises no format in it)"
+    if detected != fmt:
+        return f" (the file does not look like {fmt}: --format auto detects it as {detected})"
+    return ""
+
+
 def _safe_decode(path: Path, fmt: str, max_rain_rate: float) -> Frame | tuple[str, str]:
     try:
         return decode(path, fmt, max_rain_rate)
     except Exception as exc:  # report the file, keep going
-        return (str(path), f"{type(exc).__name__}: {exc}")
+        return (str(path), f"{type(exc).__name__}: {exc}{_wrong_format_hint(path, fmt)}")
 
 
 def _decoded(

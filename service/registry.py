@@ -21,7 +21,7 @@ class ServedModel:
     batcher: MicroBatcher
     version: str | None = None  # the registry version, for the production model
 
-    def describe(self, settings: ServiceSettings, default_step: float | None) -> dict[str, Any]:
+    def describe(self, settings: ServiceSettings) -> dict[str, Any]:
         f = self.forecaster
         skill = None
         report = Path(f.source).with_suffix(".report.json") if f.trainable else None
@@ -36,7 +36,7 @@ class ServedModel:
             "input_steps": f.input_steps,
             "max_lead_steps": settings.max_lead_steps,
             "trained_output_steps": f.max_lead_steps if f.trainable else None,
-            "step_minutes": f.step_minutes if f.step_minutes is not None else default_step,
+            "step_minutes": f.step_minutes,  # None: a baseline works at whatever step its frames have
             "fixed_step": f.step_minutes is not None,
             "grid": {"multiple_of": 1, "max_pixels": settings.max_grid_pixels},  # predict pads
             "parameters": sum(p.numel() for p in f.model.parameters()),

@@ -31,6 +31,7 @@ def test_demo_ingests_real_radar_and_prints_the_summary(tmp_path: Path) -> None:
     assert "2016-09-28T14:45:00Z .. 2016-09-28T18:00:00Z" in result.stdout
     # ... and the main job ends in a forecast: baselines verified, with a GIF to look at
     assert "| optical_flow | 30 |" in result.stdout
+    assert "| convlstm_flow | 30 |" in result.stdout  # the best shipped network, beside the baselines
     assert (tmp_path / "data" / "demo_report_case.gif").is_file()
     info = json.loads(nowcast_cli("store", "info", "--store", store, "--json", check=True).stdout)
     assert info["products"][0]["frames"] == 40
@@ -80,3 +81,10 @@ def test_store_show_draws_a_frame_and_refuses_unknown_times(store: str, tmp_path
     missing = nowcast_cli("store", "show", "--store", store, "--product", "fmi", "--time", "2016-09-28T12:00:00Z",
                           "--out", str(tmp_path / "x.png"))
     assert missing.returncode == 2 and "is not a frame of 'fmi'" in missing.stderr
+
+
+def test_store_info_on_a_missing_store_is_an_error_that_names_it(tmp_path: Path) -> None:
+    missing = tmp_path / "nothing-here.zarr"
+    result = nowcast_cli("store", "info", "--store", str(missing), env={**os.environ, "COLUMNS": "400"})
+    assert result.returncode == 2
+    assert f"no store at {missing}" in result.stdout + result.stderr

@@ -94,5 +94,7 @@ def test_trained_models_are_pysteps_nowcast_methods(small_checkpoint: Path, fmi_
     forecast = method(history, None, 5, checkpoint=str(small_checkpoint))
     assert forecast.shape == (5, 128, 128) and np.isfinite(forecast[:, covered]).all()
     assert np.isnan(forecast[:, ~covered]).all() and np.nanmin(forecast) >= 0
+    with pytest.raises(ValueError, match="holds a 'convlstm' network, not 'predrnn'"):
+        pysteps.nowcasts.get_method("nowcast_predrnn")(history, None, 2, checkpoint=str(small_checkpoint))
     shipped = pysteps.nowcasts.get_method("nowcast_convlstm_flow")(history, None, 2)  # the shipped weights
     assert shipped.shape == (2, 128, 128) and np.isfinite(shipped[:, covered]).all()

@@ -177,3 +177,11 @@ def test_fsspec_url_store_goes_through_the_same_path() -> None:
     summary = store_summary(url)["products"][0]
     assert summary["frames"] == 3 and summary["size_on_disk_bytes"] > 0
     assert summary["start"] == "2016-09-28T14:45:00Z"
+
+
+def test_a_file_of_another_format_says_what_it_looks_like(store: str) -> None:
+    from pipelines.ingest import ingest
+
+    report = ingest(sample_files("opera", 1), store, "knmi", fmt="knmi_hdf5", workers=1)
+    ((path, message),) = report.failed
+    assert "does not look like knmi_hdf5" in message and "detects it as odim_hdf5" in message

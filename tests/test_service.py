@@ -124,6 +124,7 @@ def test_models_route_lists_every_model_with_its_constraints(server: str) -> Non
         assert m["max_lead_steps"] == 12
     assert models["convlstm"]["input_steps"] == 4 and models["convlstm"]["grid"]["multiple_of"] == 1
     assert models["convlstm"]["step_minutes"] == 5.0 and models["convlstm"]["training_data"]["products"] == ["synth"]
+    assert models["persistence"]["step_minutes"] is None  # a baseline has no step of its own
     assert models["optical_flow"]["input_steps"] == 3 and models["persistence"]["kind"] == "baseline"
 
 
