@@ -24,10 +24,11 @@ class _Job:
     frames: np.ndarray  # [T, H, W] mm/h
     lead_steps: int
     future: asyncio.Future
+    step_minutes: float | None = None  # the frames' step; the forecaster resamples to its own
 
     @property
-    def key(self) -> tuple[int, ...]:
-        return (*self.frames.shape, self.lead_steps)
+    def key(self) -> tuple:
+        return (*self.frames.shape, self.lead_steps, self.step_minutes)
 
 
 class MicroBatcher:
@@ -62,11 +63,11 @@ class MicroBatcher:
             await asyncio.sleep(0.05)
         await self.stop()
 
-    async def submit(self, frames: np.ndarray, lead_steps: int) -> np.ndarray:
+    async def submit(self, frames: np.ndarray, lead_steps: int, step_minutes: float | None = None) -> np.ndarray:
         assert self._queue is not None, "batcher not started"
         future = asyncio.get_running_loop().create_future()
         self._last_submit = time.monotonic()
-        await self._queue.put(_Job(frames, lead_steps, future))
+        await self._queue.put(_Job(frames, lead_steps, future, step_minutes))
         return await future
 
     async def _collect(self) -> list[_Job]:
@@ -102,7 +103,8 @@ class MicroBatcher:
         stacked = np.stack([job.frames for job in group])
         started = time.perf_counter()
         try:
-            result = await loop.run_in_executor(self._executor, self.forecaster.predict, stacked, group[0].lead_steps)
+            result = await loop.run_in_executor(self._executor, self.forecaster.predict, stacked, group[0].lead_steps,
+                                                group[0].step_minutes)
         except Exception as exc:  # hand the failure to every waiting request
             for job in group:
                 if not job.future.done():

@@ -23,6 +23,7 @@ from conftest import sample_files
 from PIL import Image
 
 from pipelines.ingest import ingest
+from pipelines.store import ProductArchive
 
 NOWCAST = str(Path(sys.executable).with_name("nowcast"))
 
@@ -193,7 +194,7 @@ BAD_REQUESTS = {
     "lead over the maximum": ({"lead_steps": 13}, 422, "over the maximum 12"),
     "grid over the maximum": ({"h": 301, "w": 301}, 422, "over the maximum 90000"),
     "too few frames": ({"model": "optical_flow", "t": 2}, 422, "needs 3 input frames"),
-    "wrong step for a trained model": ({"model": "convlstm", "step_minutes": 10}, 422, "works at 5-minute steps"),
+    "step too far to resample": ({"model": "convlstm", "step_minutes": 30}, 422, "works at 5-minute steps"),
     "neither frames nor product": ({"drop": "frames"}, 422, "either 'frames'"),
     "uneven times": ({"times": ["2021-07-01T11:45:00Z", "2021-07-01T11:50:00Z", "2021-07-01T11:55:00Z",
                                 "2021-07-01T12:01:00Z"]}, 422, "not evenly spaced"),
@@ -229,6 +230,33 @@ def test_nodata_goes_in_as_null_and_comes_out_as_null_never_as_dry(server: str) 
     response = httpx.post(f"{server}/v1/forecast", content=json.dumps(inf),
                           headers={"content-type": "application/json"})
     assert response.status_code == 422 and "infinite" in response.json()["error"]["message"]
+
+
+def test_product_forecasts_are_nodata_outside_the_radars_coverage_in_every_format(server: str, archive: str) -> None:
+    bbox = [150_000, 876_500, 349_999, 1_075_500]  # the composite's western edge: part radar, part nothing
+    with ProductArchive(archive, "fmi").open() as ds:
+        last = ds["precip"].isel(time=-1).sel(x=slice(bbox[0], bbox[2]), y=slice(bbox[3], bbox[1])).values
+    outside = np.isnan(last)
+    assert 0.05 < outside.mean() < 0.95
+    for model in ("persistence", "convlstm"):
+        body = {"model": model, "lead_steps": 2, "product": "fmi", "bbox": bbox}
+        frames = httpx.post(f"{server}/v1/forecast", json=body).json()["frames"]
+        nulls = np.array([[[v is None for v in row] for row in frame] for frame in frames])
+        assert (nulls == outside[None]).all(), model
+        response = httpx.post(f"{server}/v1/forecast", json=body, headers={"Accept": "application/x-netcdf"})
+        with tempfile.NamedTemporaryFile(suffix=".nc") as f:
+            f.write(response.content)
+            f.flush()
+            with xr.open_dataset(f.name) as ds:
+                assert (np.isnan(ds["precip"].values) == outside[None]).all(), model
+
+
+def test_a_ten_minute_product_is_resampled_for_a_five_minute_network(server: str) -> None:
+    body = inline(model="convlstm", t=3, step_minutes=10)  # 20 min of history covers the 15 it needs
+    response = httpx.post(f"{server}/v1/forecast", json=body)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["lead_minutes"] == [10, 20, 30] and np.asarray(result["frames"]).shape == (3, 8, 10)
 
 
 def test_a_huge_bad_request_gets_a_short_error(server: str) -> None:

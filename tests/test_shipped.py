@@ -85,3 +85,10 @@ def test_a_ten_minute_product_is_resampled_in_time_not_refused() -> None:
             verifiers[label].accumulate(forecast, ten_minutes[init + 1 : init + 4])
     csi = {k: np.mean([r["csi"]["1.0"] for r in v.result()]) for k, v in verifiers.items()}
     assert csi["network"] > csi["persistence"] + 0.02, csi
+
+
+def test_the_service_serves_every_shipped_model_by_default() -> None:
+    from service.settings import ServiceSettings
+
+    assert set(SHIPPED) <= set(ServiceSettings().models)
+    assert {"persistence", "optical_flow"} <= set(ServiceSettings().models)

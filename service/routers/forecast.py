@@ -51,7 +51,8 @@ def pick_model(models: dict[str, ServedModel], name: str) -> ServedModel:
     return models[name]
 
 
-def check_frames(frames: np.ndarray, model: ServedModel, settings: ServiceSettings) -> np.ndarray:
+def check_frames(frames: np.ndarray, model: ServedModel, settings: ServiceSettings, step: float | None = None
+                 ) -> np.ndarray:
     if frames.ndim != 3:
         raise ApiError(422, "bad_shape", f"frames must be T x H x W, got {frames.ndim} dimension(s)")
     t, h, w = frames.shape
@@ -60,7 +61,7 @@ def check_frames(frames: np.ndarray, model: ServedModel, settings: ServiceSettin
     if h * w > settings.max_grid_pixels:
         raise ApiError(422, "grid_too_large", f"grid {h}x{w} has {h * w} pixels, over the maximum "
                                               f"{settings.max_grid_pixels}")
-    needed = model.forecaster.input_steps
+    needed = model.forecaster.frames_needed(step)
     if t < needed:
         raise ApiError(422, "too_few_frames", f"model {model.name!r} needs {needed} input frames, got {t}")
     if np.isinf(frames).any():
@@ -77,11 +78,17 @@ def check_lead(lead_steps: int, settings: ServiceSettings) -> None:
         raise ApiError(422, "lead_too_long", f"lead_steps {lead_steps} is over the maximum {settings.max_lead_steps}")
 
 
+#: how far a product's step may be from a network's before resampling in time stops making sense
+MAX_STEP_RATIO = 4.0
+
+
 def check_step(step: float, model: ServedModel) -> None:
+    """Other steps are resampled in time (LoadedForecaster.predict); only far-off ones are refused."""
     trained = model.forecaster.step_minutes
-    if trained is not None and abs(trained - step) > 1e-6:
-        raise ApiError(422, "wrong_step", f"model {model.name!r} works at {trained:g}-minute steps, "
-                                          f"frames are {step:g} minutes apart")
+    if trained is not None and not (trained / MAX_STEP_RATIO <= step <= trained * MAX_STEP_RATIO):
+        raise ApiError(422, "wrong_step", f"model {model.name!r} works at {trained:g}-minute steps and resamples "
+                                          f"products between {trained / MAX_STEP_RATIO:g} and "
+                                          f"{trained * MAX_STEP_RATIO:g} minutes; frames are {step:g} minutes apart")
 
 
 def inline_frames(body: ForecastRequest, model: ServedModel, settings: ServiceSettings):
@@ -117,8 +124,8 @@ def archive_frames(request: Request, body: ForecastRequest, model: ServedModel):
                 raise ApiError(422, "time_not_in_archive", f"{wanted}Z is not a frame of {body.product!r} "
                                                            f"({times[0]}Z .. {times[-1]}Z)")
             end = int(matches[0])
-        needed = model.forecaster.input_steps
         step = float(np.median(np.diff(times.astype(np.int64)))) / 60 if len(times) > 1 else None
+        needed = model.forecaster.frames_needed(step)
         if step is None or end + 1 < needed:
             raise ApiError(422, "too_few_frames", f"{body.product!r} has fewer than {needed} frames up to that time")
         start = end - needed + 1
@@ -136,7 +143,7 @@ def archive_frames(request: Request, body: ForecastRequest, model: ServedModel):
             ys, xs = slice(row[0], row[-1] + 1), slice(col[0], col[-1] + 1)
             grid = Grid(crs_proj=grid.crs_proj, x=grid.x[xs], y=grid.y[ys])
         frames = ds["precip"].isel(time=slice(start, end + 1), y=ys, x=xs).values
-    return np.nan_to_num(frames, nan=0.0), step, times[end], grid
+    return frames, step, times[end], grid  # nodata stays NaN: nobody looked there
 
 
 async def run_forecast(
@@ -149,9 +156,9 @@ async def run_forecast(
                                               "image/gif or image/png")
     check_lead(lead_steps, settings)
     check_step(step, model)
-    frames = check_frames(frames, model, settings)
+    frames = check_frames(frames, model, settings, step)
     try:
-        result = await asyncio.wait_for(model.batcher.submit(frames, lead_steps), settings.inference_timeout_s)
+        result = await asyncio.wait_for(model.batcher.submit(frames, lead_steps, step), settings.inference_timeout_s)
     except TimeoutError as exc:
         raise ApiError(504, "inference_timeout", f"no forecast within {settings.inference_timeout_s:g} s") from exc
     forecast = Forecast(model.name, result, init, step, grid)
