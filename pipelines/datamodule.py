@@ -92,6 +92,11 @@ class RadarDataModule(pl.LightningDataModule):
         """Say how many windows each split got; an empty training split is a config error, named."""
         from pytorch_lightning.utilities import rank_zero_info
 
+        steps = {ds.product: ds.step_minutes for ds in self.datasets["train"].datasets}
+        if len(set(steps.values())) > 1:
+            listed = ", ".join(f"{p} every {m:g} min" for p, m in steps.items())
+            raise ValueError(f"products at different time steps cannot share one training set ({listed}); "
+                             "train on products of one step")
         counts = {split: len(ds) for split, ds in self.datasets.items()}
         h = self.hparams
         rank_zero_info(f"windows per split: train {counts['train']}, val {counts['val']}, test {counts['test']} "

@@ -162,3 +162,20 @@ def test_an_empty_training_split_names_the_settings_to_change(tmp_path) -> None:
                              split_pattern=["train", "val"])
     with pytest.raises(ValueError, match="no training windows.*data.block_hours.*data.split_pattern"):
         module.setup("fit")
+
+
+def test_products_at_different_steps_are_refused_by_name(tmp_path) -> None:
+    from pipelines.datamodule import RadarDataModule
+    from pipelines.store import ProductArchive
+    from pipelines.synthetic import synthetic_frames
+
+    store = str(tmp_path / "s.zarr")
+    ProductArchive(store, "five").write(synthetic_frames(n_frames=30, shape=(32, 32)))
+    ten = synthetic_frames(n_frames=30, shape=(32, 32))
+    for k, frame in enumerate(ten):
+        frame.time = ten[0].time + np.timedelta64(600 * k, "s")
+    ProductArchive(store, "ten").write(ten)
+    module = RadarDataModule(store, ["five", "ten"], t_in=2, t_out=2, crop=None, block_hours=24,
+                             split_pattern=["train"])
+    with pytest.raises(ValueError, match="five every 5 min, ten every 10 min"):
+        module.setup("fit")
