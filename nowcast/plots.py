@@ -13,8 +13,13 @@ from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
 
 #: mm/h class boundaries and colours, in the style of operational radar displays
 RAIN_LEVELS = [0.1, 0.5, 1, 2, 5, 10, 20, 30, 50, 100]
+#: the top of the scale: ingest masks rates above it as clutter, so nothing stored is higher
+MAX_RAIN_MM_H = 300
 RAIN_COLOURS = ["#c6dbef", "#6baed6", "#2171b5", "#41ab5d", "#addd8e", "#fee391",
                 "#fe9929", "#ec7014", "#cb181d", "#7a0177"]
+
+
+TICKS = [*RAIN_LEVELS, MAX_RAIN_MM_H]
 
 
 def rain_colormap() -> tuple[ListedColormap, BoundaryNorm]:
@@ -22,7 +27,7 @@ def rain_colormap() -> tuple[ListedColormap, BoundaryNorm]:
     cmap.set_under("white")
     cmap.set_over("#3f007d")
     cmap.set_bad("#d9d9d9")  # nodata
-    return cmap, BoundaryNorm(RAIN_LEVELS + [1000], cmap.N)
+    return cmap, BoundaryNorm(RAIN_LEVELS + [MAX_RAIN_MM_H], cmap.N)
 
 
 def plot_frame(
@@ -38,7 +43,7 @@ def plot_frame(
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(f"x ({units})")
     ax.set_ylabel(f"y ({units})")
-    fig.colorbar(image, ax=ax, label="rain rate (mm/h)", extend="max", shrink=0.8)
+    fig.colorbar(image, ax=ax, label="rain rate (mm/h); grey: no data", extend="max", shrink=0.8, ticks=TICKS)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -91,16 +96,24 @@ def animate_panels(
     """GIF with one panel per sequence and a rain-rate colour bar; ``out`` is a path or a binary file."""
     cmap, norm = rain_colormap()
     images = []
+    cols = min(len(panels), 4)
+    rows = (len(panels) + cols - 1) // cols
     for k, minutes in enumerate(lead_minutes):
-        fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels) + 0.8, 3.4), dpi=80, squeeze=False)
+        size = (max(3.4 * cols + 1.2, 5.6), 3.4 * rows + 1.0)
+        fig, axes = plt.subplots(rows, cols, figsize=size, dpi=90, squeeze=False, layout="constrained")
         image = None
-        for ax, (name, field) in zip(axes[0], panels.items(), strict=True):
-            image = ax.imshow(np.ma.masked_invalid(field[k]), cmap=cmap, norm=norm, interpolation="nearest")
-            ax.set_title(name, fontsize=9)
+        for index, ax in enumerate(axes.flat):
             ax.set_xticks([])
             ax.set_yticks([])
-        fig.colorbar(image, ax=list(axes[0]), label="mm/h", shrink=0.8, extend="max")
-        fig.suptitle(f"{title}  +{minutes:g} min", fontsize=10)
+            if index >= len(panels):
+                ax.axis("off")
+                continue
+            name, field = list(panels.items())[index]
+            image = ax.imshow(np.ma.masked_invalid(field[k]), cmap=cmap, norm=norm, interpolation="nearest")
+            ax.set_title(name, fontsize=11)
+        fig.colorbar(image, ax=list(axes.flat), label="rain rate (mm/h); grey: no data", shrink=0.8, extend="max",
+                     ticks=TICKS)
+        fig.suptitle(f"{title}\nlead +{minutes:g} min", fontsize=12)
         images.append(_figure_image(fig))
     images[0].save(out, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
 
@@ -121,6 +134,7 @@ def montage(frames: np.ndarray, titles: list[str], title: str, out) -> None:
             ax.set_title(titles[k], fontsize=9)
         else:
             ax.axis("off")
-    fig.colorbar(image, ax=list(axes.flat), label="mm/h", shrink=0.8, extend="max")
+    fig.colorbar(image, ax=list(axes.flat), label="rain rate (mm/h); grey: no data", shrink=0.8, extend="max",
+                 ticks=TICKS)
     fig.suptitle(title, fontsize=10)
     _figure_image(fig).save(out, format="PNG")

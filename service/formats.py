@@ -100,12 +100,17 @@ def to_netcdf(forecast: Forecast) -> bytes:
         return path.read_bytes()
 
 
+def _init(forecast: Forecast) -> str:
+    """The init time (last observation) in UTC, as pictures label it."""
+    return str(forecast.init_time.astype("datetime64[m]")).replace("T", " ") + " UTC"
+
+
 def to_gif(forecast: Forecast) -> bytes:
     from nowcast.plots import animate_panels
 
     buffer = io.BytesIO()
     minutes = [forecast.step_minutes * (k + 1) for k in range(len(forecast.frames))]
-    animate_panels({forecast.model: forecast.frames}, minutes, f"init {forecast.iso_times()[0][:-1]}", buffer)
+    animate_panels({forecast.model: forecast.frames}, minutes, f"{forecast.model} init {_init(forecast)}", buffer)
     return buffer.getvalue()
 
 
@@ -114,5 +119,6 @@ def to_png(forecast: Forecast) -> bytes:
 
     buffer = io.BytesIO()
     minutes = [forecast.step_minutes * (k + 1) for k in range(len(forecast.frames))]
-    montage(forecast.frames, [f"+{m:g} min" for m in minutes], f"{forecast.model} nowcast", buffer)
+    montage(forecast.frames, [f"+{m:g} min" for m in minutes], f"{forecast.model} nowcast, init {_init(forecast)}",
+            buffer)
     return buffer.getvalue()
