@@ -185,3 +185,12 @@ def test_a_file_of_another_format_says_what_it_looks_like(store: str) -> None:
     report = ingest(sample_files("opera", 1), store, "knmi", fmt="knmi_hdf5", workers=1)
     ((path, message),) = report.failed
     assert "does not look like knmi_hdf5" in message and "detects it as odim_hdf5" in message
+
+
+def test_odim_provider_is_the_originating_centre_of_what_source() -> None:
+    from pipelines.importers.odim_hdf5 import originating_centre, read
+
+    assert read(sample_files("opera", 1)[0]).attrs["provider"] == "EUMETNET OPERA"  # ORG:247
+    assert originating_centre("WMO:0-20000-0-06260,ORG:99,CTY:545") == "KNMI - Royal Netherlands Meteorological Institute"
+    assert originating_centre("NOD:fikor,PLC:Korpo") == "ODIM node fikor"
+    assert originating_centre("ORG:12") == "WMO originating centre 12"

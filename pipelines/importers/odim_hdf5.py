@@ -40,6 +40,27 @@ def _quantities(f: h5py.File) -> set[str]:
     return found
 
 
+#: WMO originating centres (Manual on Codes, common code table C-11) of common ODIM producers
+ORIGINATING_CENTRES = {
+    "74": "UK Met Office", "78": "Deutscher Wetterdienst", "82": "SMHI", "86": "Finnish Meteorological Institute",
+    "88": "Norwegian Meteorological Institute", "94": "Danish Meteorological Institute",
+    "99": "KNMI - Royal Netherlands Meteorological Institute", "215": "MeteoSwiss", "247": "EUMETNET OPERA",
+}
+
+
+def originating_centre(source: str) -> str | None:
+    """The producer named by ODIM's ``what/source`` (``ORG:`` a WMO centre number, else ``NOD:``/``CTY:``)."""
+    fields = dict(part.split(":", 1) for part in source.split(",") if ":" in part)
+    org = fields.get("ORG", "").strip()
+    if org:
+        return ORIGINATING_CENTRES.get(org, f"WMO originating centre {org}")
+    if fields.get("NOD"):
+        return f"ODIM node {fields['NOD'].strip()}"
+    if fields.get("CTY"):
+        return f"WMO country {fields['CTY'].strip()}"
+    return None
+
+
 def read(path: Path) -> RawFrame:
     with h5py.File(path, "r") as f:
         what = f["what"].attrs
@@ -65,7 +86,7 @@ def read(path: Path) -> RawFrame:
         zr_b=zr_b,
         threshold=float(meta["threshold"]) if unit == "dBZ" and meta.get("threshold") is not None else None,
         attrs={
-            "provider": meta.get("institution", "ODIM"),
+            "provider": originating_centre(source) or meta.get("institution", "ODIM"),
             "source_product": f"ODIM {qty} {source}".strip(),
             "nominal_step_minutes": float(meta["accutime"]) if meta.get("accutime") else None,
         },
