@@ -191,6 +191,6 @@ def test_odim_provider_is_the_originating_centre_of_what_source() -> None:
     from pipelines.importers.odim_hdf5 import originating_centre, read
 
     assert read(sample_files("opera", 1)[0]).attrs["provider"] == "EUMETNET OPERA"  # ORG:247
-    assert originating_centre("WMO:0-20000-0-06260,ORG:99,CTY:545") == "KNMI - Royal Netherlands Meteorological Institute"
+    assert originating_centre("WMO:0-20000-0-06260,ORG:99,CTY:545").startswith("KNMI")
     assert originating_centre("NOD:fikor,PLC:Korpo") == "ODIM node fikor"
     assert originating_centre("ORG:12") == "WMO originating centre 12"
