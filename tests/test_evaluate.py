@@ -68,9 +68,6 @@ def test_unknown_model_and_product_are_clear_errors(fmi_archive: str, tmp_path: 
     bad_model = nowcast_cli("evaluate", "--store", fmi_archive, "--product", "fmi", "--model", "unet",
                             "--out", str(tmp_path / "r.json"))
     assert bad_model.returncode == 2 and "neither a model name" in bad_model.stderr
-    no_weights = nowcast_cli("evaluate", "--store", fmi_archive, "--product", "fmi", "--model", "predrnn",
-                             "--out", str(tmp_path / "r.json"))
-    assert no_weights.returncode == 2 and "no shipped weights for 'predrnn'" in no_weights.stderr
     bad_product = nowcast_cli("evaluate", "--store", fmi_archive, "--product", "opera", "--model", "persistence",
                               "--out", str(tmp_path / "r.json"))
     assert bad_product.returncode == 2 and "no product 'opera'" in bad_product.stderr

@@ -92,3 +92,11 @@ def test_the_service_serves_every_shipped_model_by_default() -> None:
 
     assert set(SHIPPED) <= set(ServiceSettings().models)
     assert {"persistence", "optical_flow"} <= set(ServiceSettings().models)
+
+
+def test_a_registered_network_without_weights_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import nowcast.forecaster
+
+    monkeypatch.setattr(nowcast.forecaster, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match="no shipped weights for 'predrnn'"):
+        load_forecaster("predrnn")
