@@ -47,6 +47,25 @@ def interpolate_in_time(frames: np.ndarray, step: float, times: np.ndarray, orig
     return np.stack(out, axis=1).astype(np.float32)
 
 
+#: overlap of neighbouring tiles (pixels) where their forecasts are blended
+TILE_OVERLAP = 32
+
+
+def tile_starts(size: int, tile: int) -> list[int]:
+    """Tile origins covering ``size`` with tiles of ``tile`` overlapping by at least TILE_OVERLAP."""
+    if size <= tile:
+        return [0]
+    stride = tile - TILE_OVERLAP
+    starts = list(range(0, size - tile, stride))
+    return [*starts, size - tile]
+
+
+def tent(n: int) -> torch.Tensor:
+    """Blending weights: rising over TILE_OVERLAP pixels from each edge, 1 inside."""
+    ramp = torch.minimum(torch.arange(1, n + 1), torch.arange(n, 0, -1)).float()
+    return torch.clamp(ramp / TILE_OVERLAP, max=1.0)
+
+
 def shipped_models() -> list[str]:
     """Registered networks whose trained weights ship in the package, best first by the model card's order."""
     order = ("convlstm_flow", "sa_convlstm_flow", "predrnn_flow", "convlstm", "sa_convlstm", "predrnn")
@@ -115,6 +134,26 @@ class LoadedForecaster:
             rain = self._predict(batch, lead_steps)
         return rain[0] if single else rain
 
+    def _forward(self, z: torch.Tensor, lead_steps: int) -> torch.Tensor:
+        """The network on [B, T, C, H, W]; in overlapping tiles for models whose cost is quadratic in the
+        grid (``attention_tile``: self-attention over every position), blended with tent weights.
+        A hybrid's extrapolation is computed on the whole grid first, so motion sees everything."""
+        tile = getattr(self.model, "attention_tile", None)
+        ny, nx = z.shape[-2:]
+        if tile is None or (ny <= tile and nx <= tile):
+            return self.model(z, lead_steps)
+        ext = self.model.extrapolation_for(z, lead_steps, None) if getattr(self.model, "motion", False) else None
+        out = z.new_zeros(z.shape[0], lead_steps, z.shape[2], ny, nx)
+        total = z.new_zeros(ny, nx)
+        for y0 in tile_starts(ny, tile):
+            for x0 in tile_starts(nx, tile):
+                ys, xs = slice(y0, y0 + min(tile, ny)), slice(x0, x0 + min(tile, nx))
+                kwargs = {"extrapolation": ext[..., ys, xs]} if ext is not None else {}
+                weight = torch.outer(tent(min(tile, ny)), tent(min(tile, nx))).to(z)
+                out[..., ys, xs] += self.model(z[..., ys, xs], lead_steps, **kwargs) * weight
+                total[ys, xs] += weight
+        return out / total
+
     def _predict(self, batch: np.ndarray, lead_steps: int) -> np.ndarray:
         """[B, input_steps, H, W] mm/h at the model's step -> [B, lead_steps, H, W]."""
         nodata = np.isnan(batch[:, -1])
@@ -125,7 +164,7 @@ class LoadedForecaster:
         if pad_y or pad_x:
             z = F.pad(z, (0, pad_x, 0, pad_y))  # zeros: dry, and cropped away again below
         device = next(self.model.parameters(), torch.empty(0)).device
-        out = self.model(z.to(device), lead_steps)[:, :, 0, :ny, :nx]
+        out = self._forward(z.to(device), lead_steps)[:, :, 0, :ny, :nx]
         rain = self.normalizer.inverse(out.float()).cpu().numpy()
         return np.where(nodata[:, None], np.float32(np.nan), rain)
 

@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.report:
         from nowcast.forecaster import shipped_models
 
-        write_reports(shipped_models())
+        write_reports([m for m in shipped_models() if m in args.only])
 
 
 if __name__ == "__main__":

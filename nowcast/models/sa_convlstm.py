@@ -14,6 +14,10 @@ from nowcast.models.cells import SAConvLSTMCell
 
 
 class SAConvLSTM(FrameFeedingForecaster):
+    #: attention is quadratic in the positions: forecasts on larger grids run in overlapping tiles of
+    #: this many pixels (nowcast.forecaster); training crops are smaller anyway
+    attention_tile = 128
+
     def __init__(
         self, in_channels: int = 1, hidden: tuple[int, ...] = (64, 64, 64, 64), kernel: int = 3, patch: int = 4,
         forget_bias: float = 1.0,
