@@ -203,11 +203,23 @@ def model_card(reports: dict[str, dict]) -> str:
               "  start from optical flow (their correction is zero-initialised) and learn a little on top; the plain",
               "  networks have not learned motion well enough to match optical flow. `make weights` on a GPU with",
               "  longer `max_time` and wider `hidden` is the way to better weights.",
-              "- 5-minute radar only; other steps are refused by evaluate (resampling is not built yet).",
+              "- Trained at 5-minute steps; products at other steps are resampled in time (linear), which costs skill",
+              "  (docs/skill.md).",
+              "- SA-ConvLSTM's self-attention is quadratic in the grid: on grids over 128 x 128 pixels it runs in",
+              "  overlapping 128-pixel tiles (its training crop size), and a full 1 km national grid takes minutes",
+              "  per forecast on a 2-core CPU, so `sa_convlstm*` are not in the full-grid test table.",
               "- Single-channel radar in mm/h; satellite channels do not reach these models.",
               "- Nodata in the inputs is read as dry by the networks; the forecast is nodata wherever the last",
               "  observed frame is.", ""]
     return "\n".join(lines)
+
+
+def load_reports() -> dict[str, dict]:
+    """The reports the last ``--report`` wrote (to rebuild the model card without re-verifying)."""
+    import json
+
+    return {p: json.loads((SKILL_DIR / f"{p}.json").read_text()) for p in TEST_EVENTS
+            if (SKILL_DIR / f"{p}.json").is_file()}
 
 
 def write_reports(models: list[str]) -> None:
