@@ -22,27 +22,13 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.dataset_throughput import windows_per_second  # noqa: E402  (one epoch at most: --windows <= len)
 from nowcast.losses import mse_mae  # noqa: E402
 from nowcast.models import get_model  # noqa: E402
 from pipelines.dataset import SequenceDataset  # noqa: E402
 from pipelines.extrapolation import HISTORY, cache_path  # noqa: E402
 from pipelines.motion import extrapolate  # noqa: E402
 from pipelines.store import VARIABLE, ProductArchive  # noqa: E402
-
-
-def loader_rate(dataset: SequenceDataset, workers: int, batch_size: int, windows: int) -> float:
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                        generator=torch.Generator().manual_seed(0))
-    seen, started = 0, None
-    while seen < windows:
-        for batch in loader:
-            if started is None:
-                started = time.perf_counter()
-                continue
-            seen += batch["inputs"].shape[0]
-            if seen >= windows:
-                break
-    return seen / (time.perf_counter() - started)
 
 
 def main() -> None:
@@ -59,7 +45,7 @@ def main() -> None:
                               min_rain_fraction=data["min_rain_fraction"], augment=True,
                               extrapolation=cache_path(args.store))
     batch_size = data["batch_size"]
-    rates = {f"loader_windows_per_s_{w}_workers": round(loader_rate(dataset, w, batch_size, args.windows), 2)
+    rates = {f"loader_windows_per_s_{w}_workers": round(windows_per_second(dataset, w, args.windows, batch_size), 2)
              for w in (0, 1)}
     net = get_model(model_cfg["model"], **model_cfg["model_kwargs"])
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)

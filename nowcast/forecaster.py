@@ -134,15 +134,14 @@ class LoadedForecaster:
             rain = self._predict(batch, lead_steps)
         return rain[0] if single else rain
 
-    def _forward(self, z: torch.Tensor, lead_steps: int) -> torch.Tensor:
+    def _forward(self, z: torch.Tensor, lead_steps: int, ext: torch.Tensor | None = None) -> torch.Tensor:
         """The network on [B, T, C, H, W]; in overlapping tiles for models whose cost is quadratic in the
         grid (``attention_tile``: self-attention over every position), blended with tent weights.
-        A hybrid's extrapolation is computed on the whole grid first, so motion sees everything."""
+        A hybrid's extrapolation (``ext``) covers the whole grid, so motion sees everything."""
         tile = getattr(self.model, "attention_tile", None)
         ny, nx = z.shape[-2:]
         if tile is None or (ny <= tile and nx <= tile):
-            return self.model(z, lead_steps)
-        ext = self.model.extrapolation_for(z, lead_steps, None) if getattr(self.model, "motion", False) else None
+            return self.model(z, lead_steps, **({} if ext is None else {"extrapolation": ext}))
         out = z.new_zeros(z.shape[0], lead_steps, z.shape[2], ny, nx)
         total = z.new_zeros(ny, nx)
         for y0 in tile_starts(ny, tile):
@@ -159,12 +158,16 @@ class LoadedForecaster:
         nodata = np.isnan(batch[:, -1])
         ny, nx = batch.shape[-2:]
         z = self.normalizer.forward(torch.from_numpy(np.nan_to_num(batch, nan=0.0)))[:, :, None]
+        # a hybrid's extrapolation comes from the frames as given, before padding: the motion field
+        # never sees the dry pad, and it is the very extrapolation the optical_flow baseline memoised
+        ext = self.model.extrapolation_for(z, lead_steps, None) if getattr(self.model, "motion", False) else None
         m = self.size_multiple
         pad_y, pad_x = -ny % m, -nx % m
         if pad_y or pad_x:
             z = F.pad(z, (0, pad_x, 0, pad_y))  # zeros: dry, and cropped away again below
+            ext = None if ext is None else F.pad(ext, (0, pad_x, 0, pad_y))
         device = next(self.model.parameters(), torch.empty(0)).device
-        out = self._forward(z.to(device), lead_steps)[:, :, 0, :ny, :nx]
+        out = self._forward(z.to(device), lead_steps, None if ext is None else ext.to(device))[:, :, 0, :ny, :nx]
         rain = self.normalizer.inverse(out.float()).cpu().numpy()
         return np.where(nodata[:, None], np.float32(np.nan), rain)
 
