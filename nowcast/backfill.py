@@ -196,10 +196,11 @@ def _execute(tasks: list[Task], scheduler: str, workers: int):
             for task in tasks:
                 yield run_task(task)
             return
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import as_completed
 
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        from pipelines.processes import worker_pool
+
+        with worker_pool(workers) as pool:
             for future in as_completed([pool.submit(run_task, t) for t in tasks]):
                 yield future.result()
         return

@@ -26,16 +26,26 @@ def _progress() -> Progress:
     )
 
 
-def run_ingest(paths: list[Path], fmt: str, store: str, product: str, workers: int, batch_size: int):
+#: sysexits' EX_TEMPFAIL: another process holds the lock; try again later
+EXIT_BUSY = 75
+
+
+def run_ingest(paths: list[Path], fmt: str, store: str, product: str, workers: int, batch_size: int,
+               lock_timeout: float = 60.0):
     from pipelines.ingest import discover, ingest
+    from pipelines.locking import WriterBusy
 
     files = discover(paths)
-    with _progress() as progress:
-        task = progress.add_task(f"ingest {product}", total=len(files))
-        report = ingest(
-            paths, store, product, fmt=fmt, workers=workers, batch_size=batch_size,
-            on_file=lambda _p: progress.advance(task), files=files,
-        )
+    try:
+        with _progress() as progress:
+            task = progress.add_task(f"ingest {product}", total=len(files))
+            report = ingest(
+                paths, store, product, fmt=fmt, workers=workers, batch_size=batch_size,
+                on_file=lambda _p: progress.advance(task), files=files, lock_timeout=lock_timeout,
+            )
+    except WriterBusy as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_BUSY) from None
     return report
 
 
@@ -65,6 +75,8 @@ def ingest(
     watch: Annotated[bool, typer.Option("--watch", help="Keep watching PATHS (directories) for new files.")] = False,
     interval: Annotated[float, typer.Option(help="Seconds between polls with --watch.")] = 10.0,
     settle: Annotated[float, typer.Option(help="With --watch, take files unchanged for this many seconds.")] = 2.0,
+    lock_timeout: Annotated[float, typer.Option(
+        help="One writer per product: wait this many seconds for another writer, then exit 75.")] = 60.0,
 ) -> None:
     """Decode radar/satellite files to mm/h and append them to a product in a Zarr store."""
     from pipelines.importers import formats
@@ -84,7 +96,7 @@ def ingest(
         except NotADirectoryError as exc:
             raise typer.BadParameter(str(exc)) from exc
         return
-    report = run_ingest(paths, format, store, product, workers, batch_size)
+    report = run_ingest(paths, format, store, product, workers, batch_size, lock_timeout)
     if json_out:
         typer.echo(json.dumps(report.as_dict(), indent=2))
     else:

@@ -24,3 +24,22 @@ def mse_mae(prediction: Tensor, target: Tensor, mask: Tensor, weights: Tensor | 
     w = mask.to(prediction.dtype) if weights is None else weights * mask.to(prediction.dtype)
     total = w.sum().clamp(min=1.0)
     return ((w * error.square()).sum() + (w * error.abs()).sum()) / total
+
+
+def soft_csi(prediction: Tensor, target: Tensor, mask: Tensor, threshold: float, temperature: float) -> Tensor:
+    """1 - CSI per lead with a sigmoid instead of a hard threshold, counts pooled over the batch.
+
+    Why: at 1 mm/h CSI rewards the right rain *area*, which a pixel-wise loss only reaches by
+    accident; pooling over the batch (not per sample) matches how the verification pools
+    contingency counts. ``threshold`` and ``temperature`` are in the normalised space.
+    Tensors are [B, T, C, H, W]; returns the mean over leads of 1 - CSI.
+    """
+    m = mask.to(prediction.dtype)
+    forecast = torch.sigmoid((prediction - threshold) / temperature) * m
+    observed = (target >= threshold).to(prediction.dtype) * m
+    dims = (0, 2, 3, 4)
+    hits = (forecast * observed).sum(dims)
+    misses = ((m - forecast) * observed).sum(dims)
+    false_alarms = (forecast * (m - observed)).sum(dims)
+    csi = hits / (hits + misses + false_alarms).clamp(min=1.0)
+    return (1.0 - csi).mean()

@@ -30,6 +30,7 @@ from nowcast.forecaster import WEIGHTS_DIR
 
 SHIPPED = ("convlstm_flow", "sa_convlstm_flow", "predrnn_flow", "convlstm", "sa_convlstm", "predrnn")
 STORE_DIR = Path("data/weights")
+CONFIG_DIR = Path("configs/weights")
 #: (store, product, format, folders under the data root): which event went where
 EVENTS = (
     ("train", "fmi", "fmi_pgm", ("radar/fmi/pgm/20170509",)),
@@ -50,12 +51,25 @@ def ingest_events(data_root: Path) -> None:
                         str(STORE_DIR / f"{store}.zarr"), "--product", product, *paths], check=True)
 
 
+def stages(name: str) -> list[str]:
+    """A model's training stages, in order: ``<name>.yaml``, then ``<name>.tune.yaml`` when there
+    is one (fine-tuning from the first stage's best checkpoint). Each stage runs in its own
+    ``runs/weights/<stage>`` directory; the last one is what ships."""
+    tune = CONFIG_DIR / f"{name}.tune.yaml"
+    return [name, f"{name}.tune"] if tune.is_file() else [name]
+
+
 def train(name: str, run_dir: Path = Path("runs/weights")) -> None:
-    """Train (or resume) one model; its wall time, summed over resumed runs, goes to wall_time.json."""
+    for stage in stages(name):
+        train_stage(stage, run_dir)
+
+
+def train_stage(name: str, run_dir: Path = Path("runs/weights")) -> None:
+    """Train (or resume) one stage; its wall time, summed over resumed runs, goes to wall_time.json."""
     import json
     import time
 
-    config = Path("configs/weights") / f"{name}.yaml"
+    config = CONFIG_DIR / f"{name}.yaml"
     ledger = run_dir / name / "wall_time.json"
     spent = json.loads(ledger.read_text())["seconds"] if ledger.is_file() else (_logged_seconds(run_dir / name) or 0.0)
     started = time.perf_counter()
@@ -88,31 +102,44 @@ def device_name() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def _stage_record(stage: str, run_dir: Path) -> dict[str, Any]:
+    import json
+
+    checkpoints = run_dir / stage / "checkpoints"
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
+    ledger = run_dir / stage / "wall_time.json"
+    wall = json.loads(ledger.read_text())["seconds"] if ledger.is_file() else _logged_seconds(run_dir / stage)
+    epochs, steps = _logged_steps(run_dir / stage)
+    return {"config": f"{CONFIG_DIR}/{stage}.yaml", "wall_time_s": None if wall is None else round(wall, 1),
+            "epochs": max(epochs, int(last["epoch"]) + 1), "steps": max(steps, int(last["global_step"]))}
+
+
 def export(name: str, run_dir: Path = Path("runs/weights")) -> dict[str, Any]:
-    """Best checkpoint of ``name``'s run -> ``nowcast/weights/<name>.ckpt`` (weights + nowcast section)."""
-    checkpoints = run_dir / name / "checkpoints"
+    """Best checkpoint of ``name``'s last stage -> ``nowcast/weights/<name>.ckpt`` (weights + nowcast
+    section), with what every stage cost."""
+    runs = stages(name)
+    checkpoints = run_dir / runs[-1] / "checkpoints"
     source = checkpoints / "best.ckpt"
     if not source.is_file():
         source = checkpoints / "last.ckpt"
-    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
     best = torch.load(source, map_location="cpu", weights_only=False)
-    import json
-
-    ledger = run_dir / name / "wall_time.json"
-    wall = json.loads(ledger.read_text())["seconds"] if ledger.is_file() else _logged_seconds(run_dir / name)
-    epochs, steps = _logged_steps(run_dir / name)
+    records = [_stage_record(stage, run_dir) for stage in runs]
+    walls = [r["wall_time_s"] for r in records]
     monitor = next((v for k, v in best.get("callbacks", {}).items() if k.startswith("ModelCheckpoint")), {})
     score = monitor.get("best_model_score")
     record = {
         "trained_on": device_name(),
-        "wall_time_s": None if wall is None else round(wall, 1),  # the whole `nowcast train`, set-up included
-        "epochs": max(epochs, int(last["epoch"]) + 1),
-        "steps": max(steps, int(last["global_step"])),
+        # the whole `nowcast train` of every stage, set-up included
+        "wall_time_s": None if None in walls else round(sum(walls), 1),
+        "epochs": sum(r["epochs"] for r in records),
+        "steps": sum(r["steps"] for r in records),
         "best_epoch": int(best["epoch"]),
         "val_csi_1mm_30min": None if score is None else round(float(score), 4),
         "exported": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "config": f"configs/weights/{name}.yaml",
+        "config": records[-1]["config"],
     }
+    if len(records) > 1:
+        record["stages"] = records
     info = dict(best["nowcast"], training=record)
     state = {k: v for k, v in best["state_dict"].items() if k.startswith("net.")}
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from nowcast import __version__
-from nowcast.losses import balance_weights, mse_mae
+from nowcast.losses import balance_weights, mse_mae, soft_csi
 from nowcast.models import BASELINES, get_model
 from pipelines.normalization import RainNormalizer
 
@@ -40,7 +40,15 @@ class NowcastModule(pl.LightningModule):
         reverse_sampling_alpha: float = 2000.0,
         decouple_weight: float = 0.0,
         lr: float = 1e-3,
+        csi_weight: float = 0.0,
+        csi_thresholds: tuple[float, ...] = VALIDATION_THRESHOLDS,
+        csi_temperature: float = 0.02,
+        init_weights: str | None = None,
     ):
+        """``csi_weight`` adds a soft-CSI term (``nowcast.losses.soft_csi``) at ``csi_thresholds``
+        (mm/h; ``csi_temperature`` in normalised units) to the pixel loss, so training aims at the
+        score forecasters read. ``init_weights`` starts the network from another checkpoint's
+        weights (a shipped ``.ckpt`` or a run's): fine-tuning, not resuming."""
         super().__init__()
         if model in BASELINES:
             raise ValueError(f"{model!r} is a baseline: nothing to train")
@@ -50,10 +58,20 @@ class NowcastModule(pl.LightningModule):
             raise ValueError(f"sampling must be 'scheduled', 'reverse' or 'none', got {sampling!r}")
         self.save_hyperparameters()
         self.net = get_model(model, **(model_kwargs or {}))
+        if init_weights:
+            self._load_net_weights(init_weights)
         self.normalizer = RainNormalizer()
         self.step_minutes: float | None = None
         self.data_info: dict[str, Any] = {}
         self._counts: Tensor | None = None
+
+    def _load_net_weights(self, path: str) -> None:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        source = checkpoint.get("nowcast", {}).get("model")
+        if source != self.hparams.model:
+            raise CheckpointMismatch(f"init_weights {path} holds {source!r}, this run trains {self.hparams.model!r}")
+        state = {k[len("net."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+        self.net.load_state_dict(state)
 
     # -- data-derived settings, saved in the checkpoint ---------------------------------------
     def setup(self, stage: str) -> None:
@@ -138,7 +156,13 @@ class NowcastModule(pl.LightningModule):
         weights = None
         if self.hparams.loss == "balanced":
             weights = balance_weights(self.normalizer.inverse(batch["targets"]))
-        return mse_mae(prediction, batch["targets"], batch["target_mask"], weights)
+        loss = mse_mae(prediction, batch["targets"], batch["target_mask"], weights)
+        if self.hparams.csi_weight > 0:
+            for threshold in self.hparams.csi_thresholds:
+                z = float(self.normalizer.forward(torch.tensor(float(threshold))))
+                loss = loss + self.hparams.csi_weight * soft_csi(
+                    prediction, batch["targets"], batch["target_mask"], z, self.hparams.csi_temperature)
+        return loss
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         probabilities = self.sampling_probabilities() if self.training else {}

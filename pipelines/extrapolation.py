@@ -15,7 +15,6 @@ and stored beside the archive: ``<archive>.extrapolation.zarr/<product>/`` holds
 
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +23,8 @@ from zarr.codecs import BloscCodec
 
 from pipelines.dataset import TimeBlockSplit, window_starts
 from pipelines.info import time_step_minutes
-from pipelines.store import FILL, SCALE, VARIABLE, ProductArchive
+from pipelines.processes import worker_pool
+from pipelines.store import FILL, VARIABLE, ProductArchive, decode_precip, encode_precip
 
 CHUNK = 256
 HISTORY = 3
@@ -34,18 +34,6 @@ def cache_path(store: str) -> str:
     """``data/archive.zarr`` -> ``data/archive.extrapolation.zarr`` (a store of its own)."""
     base = store.rstrip("/")
     return (base.removesuffix(".zarr") if base.endswith(".zarr") else base) + ".extrapolation.zarr"
-
-
-def encode(rain: np.ndarray) -> np.ndarray:
-    out = np.clip(np.round(np.nan_to_num(rain, nan=0.0) / SCALE), 0, int(FILL) - 1).astype(np.uint16)
-    out[np.isnan(rain)] = FILL
-    return out
-
-
-def decode(raw: np.ndarray) -> np.ndarray:
-    out = raw.astype(np.float32) * np.float32(SCALE)
-    out[raw == FILL] = np.nan
-    return out
 
 
 def init_indices(times: np.ndarray, t_out: int, history: int = HISTORY) -> np.ndarray:
@@ -77,7 +65,7 @@ class ExtrapolationCache:
             raise KeyError(f"no cached extrapolation for frame {init_index} of {self.product!r}; rebuild the cache")
         if t_out > self.t_out:
             raise ValueError(f"the cache holds {self.t_out} leads, {t_out} requested")
-        return decode(self.rain[init_index, :t_out, ys, xs])
+        return decode_precip(self.rain[init_index, :t_out, ys, xs])
 
 
 def _open_for_writing(path: str, product: str, times: np.ndarray, shape: tuple[int, int], t_out: int) -> zarr.Group:
@@ -109,9 +97,9 @@ def _compute_one(store: str, product: str, path: str, index: int, t_out: int) ->
 
     archive = ProductArchive(store, product)
     source = zarr.open_array(archive._zstore, path=VARIABLE, mode="r", zarr_format=3)
-    frames = decode(source[index - HISTORY + 1 : index + 1])
+    frames = decode_precip(source[index - HISTORY + 1 : index + 1])
     group = zarr.open_group(f"{path}/{product}", mode="r+", zarr_format=3)
-    group["rain"][index] = encode(extrapolate(frames, t_out, HISTORY))
+    group["rain"][index] = encode_precip(extrapolate(frames, t_out, HISTORY))
     return index
 
 
@@ -133,7 +121,7 @@ def build_cache(
     from rich.progress import Progress
 
     bar = Progress(disable=not progress, transient=False)
-    with bar, ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+    with bar, worker_pool(workers) as pool:
         task = bar.add_task(f"extrapolating {product}", total=len(todo))
         futures = [pool.submit(_compute_one, store, product, path, i, t_out) for i in todo]
         for future in futures:

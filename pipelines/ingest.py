@@ -9,10 +9,9 @@ reported and skipped; every good frame is kept.
 
 from __future__ import annotations
 
-import multiprocessing
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from pipelines.convert import MAX_RAIN_RATE, to_rain_rate
 from pipelines.frame import Frame
 from pipelines.grid import Grid
 from pipelines.importers import AUTO, get_importer, read_file
+from pipelines.processes import worker_pool
 from pipelines.store import GridMismatchError, ProductArchive
 
 
@@ -107,9 +107,7 @@ def _decoded(
         for path in files:
             yield _safe_decode(path, fmt, max_rain_rate)
         return
-    # spawn, not fork: the parent holds zarr's I/O threads, which fork does not copy safely
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with worker_pool(workers) as pool:
         pending: deque[Future] = deque()
         queue = iter(files)
         for path in queue:
@@ -135,12 +133,24 @@ def ingest(
     storage_options: dict | None = None,
     on_file: Callable[[Path], None] | None = None,
     files: list[Path] | None = None,
+    lock_timeout: float = 60.0,
 ) -> IngestReport:
-    """Ingest files into ``store``/``product``; see the module docstring for the guarantees."""
+    """Ingest files into ``store``/``product``; see the module docstring for the guarantees.
+
+    Holds the product's writer lock for the whole run (``pipelines.locking``): a second writer
+    waits up to ``lock_timeout`` seconds, then gets ``WriterBusy``."""
     if fmt != AUTO:
         get_importer(fmt)  # unknown format: fail before touching anything
-    archive = ProductArchive(store, product, storage_options)
-    report = IngestReport(product=product, store=store)
+    archive = ProductArchive(store, product, storage_options, lock_timeout=lock_timeout)
+    with archive.writer_lock():
+        return _ingest_locked(archive, paths, fmt, workers, batch_size, max_rain_rate, on_file, files)
+
+
+def _ingest_locked(
+    archive: ProductArchive, paths: Iterable[str | Path], fmt: str, workers: int, batch_size: int,
+    max_rain_rate: float, on_file: Callable[[Path], None] | None, files: list[Path] | None,
+) -> IngestReport:
+    report = IngestReport(product=archive.product, store=archive.store)
     report.recovered = archive.recover()
     files = discover(paths) if files is None else files
     report.files = len(files)

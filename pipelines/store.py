@@ -36,6 +36,24 @@ FILL = np.uint16(65535)
 TILE = 512
 
 
+def encode_precip(rain_rate: np.ndarray) -> np.ndarray:
+    """mm/h -> the stored uint16 (hundredths, rounded in float64; NaN -> FILL; clipped to range).
+
+    The one encoder: every path that stores rain (append, merge, cache) must round alike, or a
+    frame merged into place would differ from the same frame appended."""
+    rain = np.asarray(rain_rate, dtype=np.float64)
+    out = np.clip(np.round(np.nan_to_num(rain, nan=0.0) / float(SCALE)), 0, int(FILL) - 1).astype(np.uint16)
+    out[np.isnan(rain)] = FILL
+    return out
+
+
+def decode_precip(raw: np.ndarray) -> np.ndarray:
+    """Stored uint16 -> mm/h as float32, FILL -> NaN (what xarray's CF decoding gives)."""
+    out = raw.astype(np.float32) * np.float32(SCALE)
+    out[raw == FILL] = np.nan
+    return out
+
+
 class GridMismatchError(ValueError):
     """A frame's grid or CRS is not the product's."""
 
@@ -81,7 +99,8 @@ def frames_to_dataset(frames: Sequence[Frame], product: str) -> xr.Dataset:
     """Stack frames (one grid) into the archive's CF layout."""
     grid = frames[0].grid
     first = frames[0].attrs
-    precip = np.stack([f.rain_rate for f in frames]).astype(np.float32)
+    # quantised to the stored precision here, so the CF encoder has nothing left to round
+    precip = decode_precip(encode_precip(np.stack([f.rain_rate for f in frames])))
     times = np.array([f.time for f in frames], dtype="datetime64[ns]")
     ds = xr.Dataset(
         {
@@ -140,7 +159,8 @@ def _open_consolidated(zstore: Any) -> xr.Dataset:
 class ProductArchive:
     """The Zarr group of one product inside a store (local path or fsspec URL)."""
 
-    def __init__(self, store: str, product: str, storage_options: dict | None = None):
+    def __init__(self, store: str, product: str, storage_options: dict | None = None,
+                 lock_timeout: float = 60.0):
         if not product or "/" in product or product.startswith("_"):
             raise ValueError(f"invalid product name {product!r}: use a plain name such as 'fmi'")
         self.store = str(store)
@@ -152,6 +172,8 @@ class ProductArchive:
         self._zstore = open_zarr_store(_join(self.store, product), storage_options)
         self._staging_store = open_zarr_store(_join(self.store, STAGING_GROUP, product), storage_options)
         self._staging = f"{STAGING_GROUP}/{product}"
+        #: how long a write waits for another process's writer lock before WriterBusy
+        self.lock_timeout = lock_timeout
 
     # -- reading -----------------------------------------------------------------------
     def exists(self) -> bool:
@@ -167,8 +189,34 @@ class ProductArchive:
             raise
 
     def open(self) -> xr.Dataset:
-        """The committed product as an xarray Dataset (lazy, decoded to mm/h)."""
-        return _open_consolidated(self._zstore)
+        """The committed product as an xarray Dataset (lazy, decoded to mm/h).
+
+        While a complete merge journal exists (a merge under way, or one a killed writer left
+        for the next write to finish), the product's tail is being rewritten in place; readers
+        then get the journal's frames for that tail, so no time is ever paired with another
+        time's data."""
+        journal = self._complete_journal()
+        if journal is None:
+            return _open_consolidated(self._zstore)
+        start = int(journal.attrs["insert_at"])
+        main = xr.open_zarr(self._zstore, consolidated=True, zarr_format=3, chunks={})
+        staged = xr.open_zarr(self._staging_store, consolidated=True, zarr_format=3, chunks={})
+        view = xr.concat([main.isel(time=slice(0, start)), staged[[VARIABLE]]], dim="time",
+                         data_vars="minimal", coords="minimal", compat="override", join="override")
+        view.attrs = main.attrs
+        return view
+
+    def _committed_length(self) -> int:
+        """Frames in the product's own commit (what writers build on; readers may see a journal)."""
+        with _open_consolidated(self._zstore) as ds:
+            return ds.sizes["time"]
+
+    def _complete_journal(self) -> zarr.Group | None:
+        try:
+            staging = zarr.open_group(self._staging_store, mode="r", zarr_format=3, use_consolidated=False)
+        except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
+            return None
+        return staging if staging.attrs.get("complete") is True else None
 
     def times(self) -> np.ndarray:
         with self.open() as ds:
@@ -206,24 +254,39 @@ class ProductArchive:
         i.e. the very key that holds the consolidated metadata, and a kill at that moment
         would leave a committed product without its commit record.
         """
-        start = len(self.times())
+        start = self._committed_length()
         for name in (VARIABLE, "time"):
             array = zarr.open_array(self._zstore, path=name, mode="r+", zarr_format=3)
             array.resize((start + ds.sizes["time"], *array.shape[1:]))
         self._overwrite_region(ds, start)
 
     def _overwrite_region(self, ds: xr.Dataset, start: int) -> None:
+        """Data first, then the time index, then the commit: the time index never names a slot
+        whose data is not there yet (a merge's readers see the journal meanwhile, see ``open``)."""
         region = {"time": slice(start, start + ds.sizes["time"])}
+        ds[[VARIABLE]].drop_vars(["x", "y"]).to_zarr(self._zstore, mode="r+", region=region,
+                                                     consolidated=False, zarr_format=3)
         # xarray's region mode leaves index coordinates alone, so the times go in through zarr
         # (same CF encoding: int64 seconds since the epoch) before the commit.
         seconds = ds["time"].values.astype("datetime64[s]").astype(np.int64)
         zarr.open_array(self._zstore, path="time", mode="r+", zarr_format=3)[region["time"]] = seconds
-        self._to_zarr(ds[[VARIABLE]].drop_vars(["x", "y"]), self._zstore, mode="r+", region=region)
+        zarr.consolidate_metadata(self._zstore, zarr_format=3)
+
+    def writer_lock(self, timeout: float | None = None) -> Any:
+        """This product's writer lock (``pipelines.locking``); re-entrant within a process."""
+        from pipelines.locking import writer_lock
+
+        return writer_lock(self.store, self.product, self.lock_timeout if timeout is None else timeout,
+                           self.storage_options)
 
     def write(self, frames: Sequence[Frame]) -> WriteResult:
         """Add frames; times already stored are skipped, late frames are merged in order."""
+        with self.writer_lock():
+            return self._write(frames)
+
+    def _write(self, frames: Sequence[Frame]) -> WriteResult:
         result = WriteResult()
-        self.recover()
+        self._recover()
         by_time: dict[np.datetime64, Frame] = {}
         for frame in sorted(frames, key=lambda f: f.time):
             if frame.time in by_time:
@@ -272,15 +335,26 @@ class ProductArchive:
     def _apply_staging(self) -> None:
         staged = _open_consolidated(self._staging_store).load()
         start = int(staged.attrs["insert_at"])
-        committed = len(self.times())
+        committed = self._committed_length()
         end = start + staged.sizes["time"]
         if committed < end:
             self._append(staged.isel(time=slice(committed - start, None)))
         self._overwrite_region(staged, start)
-        del self._root()[self._staging]
+        self._discard_staging()
+
+    def _discard_staging(self) -> None:
+        """Unmark the journal (one atomic key) before deleting it key by key: a journal that is
+        half deleted must never be replayed."""
+        root = self._root()
+        root[self._staging].attrs.update({"complete": False})
+        del root[self._staging]
 
     def recover(self) -> str | None:
         """Finish or discard an interrupted insert; drop a creation that never committed."""
+        with self.writer_lock():
+            return self._recover()
+
+    def _recover(self) -> str | None:
         root = self._root()
         note = None
         if STAGING_GROUP in root and self.product in root[STAGING_GROUP]:
@@ -289,7 +363,7 @@ class ProductArchive:
                 self._apply_staging()
                 note = "completed an interrupted out-of-order insert"
             else:
-                del root[self._staging]
+                self._discard_staging()
                 note = "discarded an incomplete staging journal"
         if self.product in root and not self.exists():
             del root[self.product]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import fsspec
 
 from pipelines.ingest import IngestReport, discover, ingest
+from pipelines.locking import WriterBusy
 
 
 class Ledger:
@@ -82,7 +84,12 @@ def watch(
                 if not ledger.seen(path) and now - path.stat().st_mtime >= settle_seconds
             ]
             if fresh:
-                report = ingest(fresh, store, product, fmt=fmt, workers=workers, batch_size=batch_size, files=fresh)
+                try:
+                    report = ingest(fresh, store, product, fmt=fmt, workers=workers, batch_size=batch_size,
+                                    files=fresh, lock_timeout=interval)
+                except WriterBusy as exc:  # another writer (cron, a manual run): try at the next poll
+                    print(f"waiting: {exc}", file=sys.stderr, flush=True)
+                    continue
                 ledger.add(fresh)  # rejected files too: they are reported once, retried only if they change
                 ledger.save()
                 if on_report:

@@ -1,0 +1,165 @@
+"""No frame lost under kills and concurrent writers (issue 9): real processes, real ``kill -9``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from conftest import nowcast_cli, sample_files
+
+from pipelines.ingest import ingest
+from pipelines.locking import WriterBusy, writer_lock
+from pipelines.store import ProductArchive
+from pipelines.synthetic import synthetic_frames
+
+HELPER = Path(__file__).with_name("kill_during_write.py")
+STORED = [0, 1, 2, 4, 6, 8, 10, 11]
+LATE = [3, 5, 7, 9, 12, 13]  # older than the newest stored frame: merged through the journal
+SIZE = 48
+
+
+def _helper(store: str, kill_at: int, indices: list[int]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(HELPER), store, "p", str(kill_at), ",".join(map(str, indices)),
+                           str(SIZE)], capture_output=True, text=True)
+
+
+def _assert_consistent(store: str, reference: dict[np.datetime64, np.ndarray], must_have: list) -> None:
+    """Readable; sorted; every visible time holds that time's data; nothing stored is missing."""
+    with ProductArchive(store, "p").open() as ds:
+        times = ds["time"].values.astype("datetime64[s]")
+        assert np.all(np.diff(times) > np.timedelta64(0)), times
+        assert set(must_have) <= set(times.tolist())
+        precip = ds["precip"].values
+    for t, frame in zip(times.tolist(), precip, strict=True):
+        np.testing.assert_array_equal(frame, reference[t], err_msg=f"data filed under {t} is not {t}'s")
+
+
+def test_merge_survives_kill_9_at_every_stage(tmp_path: Path) -> None:
+    """kill -9 at many durable changes of an out-of-order merge (every one in the journal's
+    deletion), sometimes again during the next run's recovery; then a clean rerun must give
+    exactly the store a kill-free ingest gives."""
+    frames = synthetic_frames(n_frames=max(LATE) + 1, shape=(SIZE, SIZE))
+    reference_store = str(tmp_path / "reference.zarr")
+    ProductArchive(reference_store, "p").write(frames)
+    with ProductArchive(reference_store, "p").open() as ds:
+        reference = dict(zip(ds["time"].values.astype("datetime64[s]").tolist(), ds["precip"].values, strict=True))
+    template = str(tmp_path / "template.zarr")
+    ProductArchive(template, "p").write([frames[i] for i in STORED])
+    before = [frames[i].time.astype("datetime64[s]").item() for i in STORED]
+
+    probe = str(tmp_path / "probe.zarr")
+    shutil.copytree(template, probe)
+    total = int(_helper(probe, 0, LATE).stdout)
+    assert total > 40
+    # the journal's deletion is the write's last changes: take every one there, every 3rd before
+    points = sorted({*range(1, total - 20, 4), *range(max(1, total - 20), total + 1)})
+
+    def kill_at(point: int) -> str | None:
+        store = str(tmp_path / f"kill{point}.zarr")
+        shutil.copytree(template, store)
+        killed = _helper(store, point, LATE)
+        if killed.returncode != -signal.SIGKILL:
+            return f"point {point}: not killed ({killed.returncode}): {killed.stderr[-500:]}"
+        _assert_consistent(store, reference, before)
+        if point % 3 == 0:  # and killed again, early in the rerun that recovers
+            _helper(store, 3, LATE)
+            _assert_consistent(store, reference, before)
+        ProductArchive(store, "p").write([frames[i] for i in LATE])  # the rerun
+        _assert_consistent(store, reference, list(reference))
+        shutil.rmtree(store)
+        return None
+
+    with ThreadPoolExecutor(2) as pool:
+        failures = [f for f in pool.map(kill_at, points) if f]
+    assert not failures, failures
+
+
+def test_merged_frame_is_stored_exactly_as_an_appended_one(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    frames = synthetic_frames(n_frames=6, shape=(64, 64))
+    for frame in frames:  # values on the rounding edge of the stored hundredths, e.g. 13.545
+        frame.rain_rate[:] = np.round(rng.random((64, 64)) * 2000) / 100 + 0.005
+    appended, merged = ProductArchive(str(tmp_path / "a.zarr"), "p"), ProductArchive(str(tmp_path / "m.zarr"), "p")
+    appended.write(frames)
+    merged.write(frames[3:])
+    assert merged.write(frames[:3]).inserted_out_of_order == 3
+    np.testing.assert_array_equal(appended.open()["precip"].values, merged.open()["precip"].values)
+
+
+def _ingest_cmd(store: str, folder: str, *extra: str) -> list[str]:
+    exe = str(Path(sys.executable).with_name("nowcast"))
+    return [exe, "ingest", "--format", "fmi_pgm", "--store", store, "--product", "fmi", *extra, folder]
+
+
+def test_two_concurrent_ingests_serialise(tmp_path: Path) -> None:
+    """Two `nowcast ingest` runs into one product at once, on disjoint halves interleaved in
+    time (so the second merges into the first's frames): the store ends as one clean ingest's."""
+    files = sample_files("fmi", 12)
+    halves = [tmp_path / "even", tmp_path / "odd"]
+    for i, path in enumerate(files):
+        target = halves[i % 2] / path.name
+        target.parent.mkdir(exist_ok=True)
+        target.symlink_to(path)
+    store = str(tmp_path / "archive.zarr")
+    procs = [subprocess.Popen(_ingest_cmd(store, str(h), "--batch-size", "2"), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for h in halves]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    reference = str(tmp_path / "reference.zarr")
+    ingest(files, reference, "fmi", fmt="fmi_pgm")
+    got, want = ProductArchive(store, "fmi").open().load(), ProductArchive(reference, "fmi").open().load()
+    np.testing.assert_array_equal(got["time"].values, want["time"].values)
+    np.testing.assert_array_equal(got["precip"].values, want["precip"].values)
+
+
+def test_second_writer_gets_a_clear_message_and_a_killed_holder_frees_the_lock(tmp_path: Path) -> None:
+    store = str(tmp_path / "archive.zarr")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom pipelines.locking import writer_lock\n"
+        f"with writer_lock({store!r}, 'fmi'):\n    print('held', flush=True)\n    time.sleep(600)\n")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        files = sample_files("fmi", 2)
+        busy = nowcast_cli(*_ingest_cmd(store, str(files[0]), "--lock-timeout", "0")[1:])
+        assert busy.returncode == 75, busy.stdout + busy.stderr
+        message = " ".join((busy.stdout + busy.stderr).split())
+        assert f"pid {holder.pid}" in message and "one writer per product" in message
+        assert len(message) < 400
+        with pytest.raises(WriterBusy), writer_lock(store, "fmi", timeout=0.3):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    # the kernel dropped the dead holder's lock: the next writer goes straight in
+    with writer_lock(store, "fmi", timeout=0):
+        pass
+    done = nowcast_cli(*_ingest_cmd(store, str(sample_files("fmi", 2)[0]), "--lock-timeout", "0")[1:])
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_workers_die_with_a_killed_ingest(tmp_path: Path) -> None:
+    folder = str(sample_files("fmi")[0].parent)
+    proc = subprocess.Popen(_ingest_cmd(str(tmp_path / "a.zarr"), folder, "--workers", "2"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 120
+    workers: list[psutil.Process] = []
+    while len(workers) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "no workers started"
+        workers = [c for c in parent.children(recursive=True) if "resource_tracker" not in " ".join(c.cmdline())]
+        time.sleep(0.1)
+    time.sleep(1.0)  # past the pool initialiser that arms the death signal
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, [w.pid for w in alive]
