@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nowcast import __version__
+from service.auth import key_problem, offered_key
 from service.errors import error_body, install_error_handlers
 from service.metrics import Metrics
 from service.registry import load_models
@@ -19,44 +20,59 @@ from service.routers import forecast, health, models
 from service.settings import ServiceSettings, load_settings
 
 
-class BodyLimit:
-    """413 before the handler reads a body over ``max_bytes`` (declared or streamed)."""
+class RequestGate:
+    """Cheap refusals before any body is read: 401 without a valid API key on /v1 routes, 413
+    for a body over ``max_bytes`` whether declared or streamed (chunked). A body under the limit
+    is read here, then handed on, so a refusal is always a clean 413, never a parse error."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, api_keys: list[str]):
+        self.app, self.max_bytes, self.api_keys = app, max_bytes, api_keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        if self.api_keys and scope["path"].startswith("/v1/"):
+            problem = key_problem(offered_key(headers), self.api_keys)
+            if problem:
+                return await _refuse(send, 401, "unauthorized", problem)
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._reject(send)
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+            return await self._too_large(send)
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        chunks, seen = [], 0
+        while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                return
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise _TooLarge
-            return message
+                return await self._too_large(send)
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body, replayed = b"".join(chunks), False
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._reject(send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
 
-    async def _reject(self, send: Send) -> None:
-        import json
+        await self.app(scope, replay, send)
 
-        body = json.dumps(error_body("body_too_large", f"request body over the limit of {self.max_bytes} bytes"))
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": body.encode()})
+    async def _too_large(self, send: Send) -> None:
+        await _refuse(send, 413, "body_too_large", f"request body over the limit of {self.max_bytes} bytes")
 
 
-class _TooLarge(Exception):
-    pass
+async def _refuse(send: Send, status: int, code: str, message: str) -> None:
+    import json
+
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": json.dumps(error_body(code, message)).encode()})
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -98,5 +114,5 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         metrics.latency.labels(path).observe(time.perf_counter() - started)
         return response
 
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestGate, max_bytes=settings.max_body_bytes, api_keys=settings.api_keys)
     return app

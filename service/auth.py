@@ -21,12 +21,27 @@ def require_api_key(
     keys: list[str] = request.app.state.settings.api_keys
     if not keys:
         return
-    offered = header_key or (bearer.credentials if bearer else None)
+    problem = key_problem(header_key or (bearer.credentials if bearer else None), keys)
+    if problem:
+        raise ApiError(401, "unauthorized", problem)
+
+
+def key_problem(offered: str | None, keys: list[str]) -> str | None:
+    """Why ``offered`` does not open the API (None when it does, or when no keys are set)."""
+    if not keys:
+        return None
     if not offered:
-        raise ApiError(401, "unauthorized", "an API key is required (X-API-Key header or Authorization: Bearer)")
+        return "an API key is required (X-API-Key header or Authorization: Bearer)"
     # compare against every key, without stopping early, so timing says nothing about which matched
     matched = False
     for key in keys:
         matched |= hmac.compare_digest(offered.encode(), key.encode())
-    if not matched:
-        raise ApiError(401, "unauthorized", "invalid API key")
+    return None if matched else "invalid API key"
+
+
+def offered_key(headers: dict[bytes, bytes]) -> str | None:
+    """The key in raw ASGI headers: X-API-Key, else Authorization: Bearer."""
+    if b"x-api-key" in headers:
+        return headers[b"x-api-key"].decode("latin-1")
+    scheme, _, credentials = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+    return credentials.strip() or None if scheme.lower() == "bearer" else None

@@ -25,15 +25,26 @@ class _Job:
     lead_steps: int
     future: asyncio.Future
     step_minutes: float | None = None  # the frames' step; the forecaster resamples to its own
+    deadline: float = float("inf")  # time.monotonic() after which nobody waits for the answer
+
+    @property
+    def abandoned(self) -> bool:
+        return self.future.done() or time.monotonic() >= self.deadline
 
     @property
     def key(self) -> tuple:
         return (*self.frames.shape, self.lead_steps, self.step_minutes)
 
 
+class Overloaded(RuntimeError):
+    """The model's queue is full: shed the request (503 + Retry-After) instead of queueing it."""
+
+
 class MicroBatcher:
-    def __init__(self, name: str, forecaster: LoadedForecaster, metrics: Metrics, max_batch: int, wait_ms: float):
+    def __init__(self, name: str, forecaster: LoadedForecaster, metrics: Metrics, max_batch: int, wait_ms: float,
+                 max_queue: int = 64):
         self.name, self.forecaster, self.metrics = name, forecaster, metrics
+        self.max_queue = max(1, max_queue)
         self.max_batch, self.wait_s = max(1, max_batch), max(0.0, wait_ms) / 1000.0
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task | None = None
@@ -63,12 +74,26 @@ class MicroBatcher:
             await asyncio.sleep(0.05)
         await self.stop()
 
-    async def submit(self, frames: np.ndarray, lead_steps: int, step_minutes: float | None = None) -> np.ndarray:
+    @property
+    def queued(self) -> int:
+        return 0 if self._queue is None else self._queue.qsize()
+
+    async def submit(self, frames: np.ndarray, lead_steps: int, step_minutes: float | None = None,
+                     timeout_s: float | None = None) -> np.ndarray:
+        """The forecast; ``Overloaded`` when ``max_queue`` requests already wait. A request whose
+        ``timeout_s`` has passed is dropped from the queue, never computed for nobody."""
         assert self._queue is not None, "batcher not started"
+        if self._queue.qsize() >= self.max_queue:
+            raise Overloaded(f"model {self.name!r} has {self.max_queue} requests queued")
         future = asyncio.get_running_loop().create_future()
         self._last_submit = time.monotonic()
-        await self._queue.put(_Job(frames, lead_steps, future, step_minutes))
-        return await future
+        deadline = float("inf") if timeout_s is None else time.monotonic() + timeout_s
+        self._queue.put_nowait(_Job(frames, lead_steps, future, step_minutes, deadline))
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        finally:
+            if not future.done():
+                future.cancel()
 
     async def _collect(self) -> list[_Job]:
         assert self._queue is not None
@@ -90,8 +115,7 @@ class MicroBatcher:
             jobs = await self._collect()
             groups: dict[tuple[int, ...], list[_Job]] = defaultdict(list)
             for job in jobs:
-                if not job.future.cancelled():
-                    groups[job.key].append(job)
+                groups[job.key].append(job)
             self._busy = True
             try:
                 for group in groups.values():
@@ -100,6 +124,14 @@ class MicroBatcher:
                 self._busy = False
 
     async def _forward(self, loop: asyncio.AbstractEventLoop, group: list[_Job]) -> None:
+        # checked just before computing: earlier groups may have taken long enough for these
+        # clients to have been answered 504 already
+        dropped = [job for job in group if job.abandoned]
+        if dropped:
+            self.metrics.dropped.labels(self.name).inc(len(dropped))
+        group = [job for job in group if not job.abandoned]
+        if not group:
+            return
         stacked = np.stack([job.frames for job in group])
         started = time.perf_counter()
         try:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import Request
 
 from pipelines.store import ProductArchive
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.registry import ServedModel
+from service.schemas import PRODUCT_PATTERN
 from service.settings import ServiceSettings
 
 
@@ -26,6 +29,9 @@ def get_metrics(request: Request) -> Metrics:
 def get_archive(request: Request, product: str) -> ProductArchive:
     """An archive handle per product, opened once; unknown products are a 404."""
     cache: dict[str, ProductArchive] = request.app.state.archives
+    if not re.fullmatch(PRODUCT_PATTERN, product):
+        raise ApiError(404, "unknown_product", f"no product {product[:80]!r} in the archive (names are letters, "
+                                               "digits, '_', '.', '-', at most 64)")
     if product not in cache:
         try:
             archive = ProductArchive(request.app.state.settings.store, product)

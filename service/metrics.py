@@ -21,6 +21,11 @@ class Metrics:
                                    registry=self.registry,
                                    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 
+        self.dropped = Counter("nowcast_dropped_requests_total",
+                               "Queued forecasts dropped because their client had stopped waiting", ["model"],
+                               registry=self.registry)
+        self.shed = Counter("nowcast_shed_requests_total", "Requests refused (503) with the model's queue full",
+                            ["model"], registry=self.registry)
         self.reloads = Counter("nowcast_model_reloads_total", "Production model reloads", registry=self.registry)
 
     def observe_forward(self, model: str, batch: int, seconds: float) -> None:

@@ -59,7 +59,8 @@ def serve_model(name: str, spec: str, settings: ServiceSettings, metrics: Metric
     forecaster.model.to(pick_device(settings.device))
     batch = settings.max_batch_size if settings.micro_batching else 1
     wait = settings.batch_wait_ms if settings.micro_batching else 0.0
-    return ServedModel(name, forecaster, MicroBatcher(name, forecaster, metrics, batch, wait), version)
+    batcher = MicroBatcher(name, forecaster, metrics, batch, wait, settings.max_queue)
+    return ServedModel(name, forecaster, batcher, version)
 
 
 def load_models(settings: ServiceSettings, metrics: Metrics) -> dict[str, ServedModel]:

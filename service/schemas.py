@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator, model_validator
+
+#: a JSON number: "3" and true are refused, not coerced (a client sending them has a bug to see)
+Number = StrictFloat | StrictInt
+#: product names are folder names in the store: short and plain
+PRODUCT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+#: valid times outside these years are a client's bug, not radar
+YEARS = (1900, 2200)
 
 
 class ForecastRequest(BaseModel):
@@ -17,19 +24,33 @@ class ForecastRequest(BaseModel):
         {"model": "optical_flow", "lead_steps": 6, "product": "fmi"},
     ]})
 
-    model: str = Field(description="A name from GET /v1/models")
-    lead_steps: int = Field(ge=1, description="How many steps ahead (at most the model's max_lead_steps)")
-    frames: list[list[list[float | None]]] | None = Field(
+    model: str = Field(max_length=200, description="A name from GET /v1/models")
+    lead_steps: StrictInt = Field(ge=1, description="How many steps ahead (at most the model's max_lead_steps)")
+    frames: list[list[list[Number | None]]] | None = Field(
         None, description="T x H x W rain rate, mm/h, oldest first; null = nodata (outside the radar's coverage)")
-    step_minutes: float | None = Field(None, gt=0, le=1440, description="Spacing of the inline frames")
+    step_minutes: Number | None = Field(None, gt=0, le=1440, description="Spacing of the inline frames")
     end_time: datetime | None = Field(None, description="Valid time (UTC) of the last inline frame")
     times: list[datetime] | None = Field(None, description="Optional valid time of every inline frame")
-    product: str | None = Field(None, description="Product in the service's archive")
+    product: str | None = Field(None, pattern=PRODUCT_PATTERN, description="Product in the service's archive")
     time: datetime | None = Field(None, description="Last frame to use (default: the latest in the archive)")
-    bbox: list[float] | None = Field(
+    bbox: list[Number] | None = Field(
         None, min_length=4, max_length=4,
         description="Crop [x_min, y_min, x_max, y_max] in the product's CRS (product requests)",
     )
+
+    @field_validator("end_time", "time")
+    @classmethod
+    def plausible_time(cls, value: datetime | None) -> datetime | None:
+        if value is not None and not YEARS[0] <= value.year <= YEARS[1]:
+            raise ValueError(f"year {value.year} is outside {YEARS[0]}-{YEARS[1]}")
+        return value
+
+    @field_validator("times")
+    @classmethod
+    def plausible_times(cls, values: list[datetime] | None) -> list[datetime] | None:
+        for value in values or []:
+            cls.plausible_time(value)
+        return values
 
     @model_validator(mode="after")
     def one_source(self) -> ForecastRequest:

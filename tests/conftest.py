@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -88,4 +90,21 @@ def fmi_archive(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     store = str(tmp_path_factory.mktemp("fmi") / "fmi.zarr")
     ingest(sample_files("fmi", 24), store, "fmi", fmt="fmi_pgm", workers=2)
+    return store
+
+
+@pytest.fixture(scope="module")
+def workdir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="nowcast-service-") as tmp:
+        yield Path(tmp)
+
+
+@pytest.fixture(scope="module")
+def archive(workdir: Path) -> str:
+    store = str(workdir / "archive.zarr")
+    from pipelines.ingest import ingest
+
+    ingest(sample_files("fmi", 10), store, "fmi", fmt="fmi_pgm")
+    files = sample_files("fmi", 16)
+    ingest(files[12:], store, "fmi", fmt="fmi_pgm")  # a gap: 15:25 .. 15:40 missing
     return store

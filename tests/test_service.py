@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
-from conftest import sample_files
 from PIL import Image
 
-from pipelines.ingest import ingest
 from pipelines.store import ProductArchive
 
 NOWCAST = str(Path(sys.executable).with_name("nowcast"))
+#: the server process behind each url started here (for memory figures)
+SERVER_PIDS: dict[str, int] = {}
 
 
 def free_port() -> int:
@@ -53,27 +53,13 @@ def start_server(tmp: Path, settings: dict) -> Iterator[str]:
             proc.kill()
             pytest.fail(f"server did not start: {(tmp / f'{config.stem}.log').read_text()[-3000:]}")
         time.sleep(0.2)
+    SERVER_PIDS[url] = proc.pid
     try:
         yield url
     finally:
         proc.terminate()
         proc.wait(timeout=20)
         log.close()
-
-
-@pytest.fixture(scope="module")
-def workdir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="nowcast-service-") as tmp:
-        yield Path(tmp)
-
-
-@pytest.fixture(scope="module")
-def archive(workdir: Path) -> str:
-    store = str(workdir / "archive.zarr")
-    ingest(sample_files("fmi", 10), store, "fmi", fmt="fmi_pgm")
-    files = sample_files("fmi", 16)
-    ingest(files[12:], store, "fmi", fmt="fmi_pgm")  # a gap: 15:25 .. 15:40 missing
-    return store
 
 
 @pytest.fixture(scope="module")

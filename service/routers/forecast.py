@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 from datetime import datetime, timezone
 from typing import Annotated
@@ -15,11 +14,12 @@ from fastapi.responses import Response
 from pipelines.dataset import TimeBlockSplit, window_starts
 from pipelines.grid import Grid
 from service.auth import require_api_key
+from service.batching import Overloaded
 from service.dependencies import get_archive, get_models, get_settings
 from service.errors import ApiError
 from service.formats import Forecast, NumpyJSONResponse, negotiate, to_gif, to_json, to_netcdf, to_png
 from service.registry import ServedModel
-from service.schemas import ErrorResponse, ForecastRequest, ForecastResponse
+from service.schemas import YEARS, ErrorResponse, ForecastRequest, ForecastResponse
 from service.settings import ServiceSettings
 
 router = APIRouter(prefix="/v1", tags=["forecast"], dependencies=[Depends(require_api_key)])
@@ -29,6 +29,7 @@ ERRORS = {
     404: {"model": ErrorResponse, "description": "unknown model or product"},
     406: {"model": ErrorResponse, "description": "Accept asks for a format the service cannot give"},
     413: {"model": ErrorResponse, "description": "body over the size limit"},
+    503: {"model": ErrorResponse, "description": "the model's queue is full; retry after Retry-After seconds"},
     422: {"model": ErrorResponse, "description": "invalid frames, lead, grid, times or parameters"},
     504: {"model": ErrorResponse, "description": "inference took longer than the timeout"},
 }
@@ -77,6 +78,9 @@ def check_lead(lead_steps: int, settings: ServiceSettings) -> None:
     if lead_steps > settings.max_lead_steps:
         raise ApiError(422, "lead_too_long", f"lead_steps {lead_steps} is over the maximum {settings.max_lead_steps}")
 
+
+#: seconds a shed client is asked to wait (the Retry-After header)
+RETRY_AFTER_S = 2
 
 #: how far a product's step may be from a network's before resampling in time stops making sense
 MAX_STEP_RATIO = 4.0
@@ -158,9 +162,13 @@ async def run_forecast(
     check_step(step, model)
     frames = check_frames(frames, model, settings, step)
     try:
-        result = await asyncio.wait_for(model.batcher.submit(frames, lead_steps, step), settings.inference_timeout_s)
+        result = await model.batcher.submit(frames, lead_steps, step, timeout_s=settings.inference_timeout_s)
     except TimeoutError as exc:
         raise ApiError(504, "inference_timeout", f"no forecast within {settings.inference_timeout_s:g} s") from exc
+    except Overloaded as exc:
+        request.app.state.metrics.shed.labels(model.name).inc()
+        raise ApiError(503, "overloaded", f"{exc}; retry in a few seconds",
+                       headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
     forecast = Forecast(model.name, result, init, step, grid)
     if media == "application/json":
         return NumpyJSONResponse(to_json(forecast))
@@ -184,29 +192,80 @@ async def forecast(
     return await run_forecast(request, model, frames, body.lead_steps, step, init, grid, accept, settings)
 
 
-def read_upload(data: bytes, filename: str) -> tuple[np.ndarray, Grid | None]:
-    """A .npy array (T x H x W, mm/h) or a NetCDF with ``precip`` (time, y, x)."""
-    if data[:6] == b"\x93NUMPY":
-        try:
-            return np.load(io.BytesIO(data), allow_pickle=False).astype(np.float64), None
-        except ValueError as exc:
-            raise ApiError(422, "bad_file", f"{filename}: not a readable .npy array ({exc})") from exc
-    if data[:4] in (b"CDF\x01", b"CDF\x02", b"\x89HDF"):
-        import tempfile
-        from pathlib import Path
+#: dtypes an uploaded array may have: real numbers (bool, complex, dates, records, objects are not rain)
+UPLOAD_KINDS = "fiu"
 
-        import xarray as xr
 
+def _check_declared(shape: tuple[int, ...], dtype: np.dtype, filename: str, settings: ServiceSettings) -> None:
+    """Refuse on the header alone: nothing is decoded for a shape the service would refuse."""
+    if dtype.kind not in UPLOAD_KINDS or dtype.fields is not None:
+        raise ApiError(422, "bad_dtype", f"{filename}: values must be real numbers (mm/h), got dtype {dtype}")
+    if len(shape) != 3:
+        raise ApiError(422, "bad_shape", f"{filename}: frames must be T x H x W, got shape {tuple(shape)}")
+    t, h, w = (int(n) for n in shape)
+    if h * w > settings.max_grid_pixels:
+        raise ApiError(422, "grid_too_large", f"{filename}: grid {h}x{w} is over the maximum of "
+                                              f"{settings.max_grid_pixels} pixels")
+    if t > settings.max_input_frames:
+        raise ApiError(422, "too_many_frames", f"{filename}: {t} frames, over the maximum of "
+                                               f"{settings.max_input_frames}")
+
+
+def _read_npy(data: bytes, filename: str, settings: ServiceSettings, keep_last: int) -> np.ndarray:
+    from numpy.lib import format as npy
+
+    stream = io.BytesIO(data)
+    try:
+        version = npy.read_magic(stream)
+        read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, fortran, dtype = read_header(stream, max_header_size=10_000)
+    except (ValueError, SyntaxError, TypeError) as exc:
+        raise ApiError(422, "bad_file", f"{filename}: not a readable .npy header ({str(exc)[:200]})") from exc
+    _check_declared(shape, dtype, filename, settings)
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(data) - stream.tell() != expected:
+        raise ApiError(422, "bad_file", f"{filename}: the header declares {tuple(shape)} {dtype} "
+                                        f"({expected} bytes) but {len(data) - stream.tell()} bytes follow")
+    array = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=stream.tell())
+    return array.reshape(shape, order="F" if fortran else "C")[-keep_last:].astype(np.float64)
+
+
+def _read_netcdf(data: bytes, filename: str, settings: ServiceSettings, keep_last: int
+                 ) -> tuple[np.ndarray, Grid | None]:
+    import tempfile
+    from pathlib import Path
+
+    import xarray as xr
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "upload.nc"
+        path.write_bytes(data)
         try:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "upload.nc"
-                path.write_bytes(data)
-                with xr.open_dataset(path, engine="netcdf4") as ds:
-                    frames = ds["precip"].transpose("time", "y", "x").values.astype(np.float64)
-                    grid = Grid.from_dataset(ds) if "crs" in ds and "proj4" in ds["crs"].attrs else None
-            return frames, grid
+            ds = xr.open_dataset(path, engine="netcdf4", decode_times=False, mask_and_scale=True)
         except Exception as exc:
-            raise ApiError(422, "bad_file", f"{filename}: not a NetCDF with precip(time, y, x) ({exc})") from exc
+            raise ApiError(422, "bad_file", f"{filename}: not a readable NetCDF ({str(exc)[:200]})") from exc
+        with ds:
+            if "precip" not in ds or set(ds["precip"].dims) != {"time", "y", "x"}:
+                raise ApiError(422, "bad_file", f"{filename}: needs a variable precip(time, y, x)")
+            precip = ds["precip"].transpose("time", "y", "x")
+            # the declared shape, before decompressing: a small file can hold gigabytes of zeros
+            _check_declared(precip.shape, ds["precip"].encoding.get("dtype", precip.dtype), filename, settings)
+            try:
+                frames = precip.isel(time=slice(-keep_last, None)).values.astype(np.float64)
+                grid = Grid.from_dataset(ds) if "crs" in ds and "proj4" in ds["crs"].attrs else None
+            except Exception as exc:
+                raise ApiError(422, "bad_file", f"{filename}: unreadable precip ({str(exc)[:200]})") from exc
+    return frames, grid
+
+
+def read_upload(data: bytes, filename: str, settings: ServiceSettings, keep_last: int
+                ) -> tuple[np.ndarray, Grid | None]:
+    """A .npy array (T x H x W, mm/h) or a NetCDF with ``precip`` (time, y, x); only the last
+    ``keep_last`` frames (what the model reads) are decoded. Runs off the event loop."""
+    if data[:6] == b"\x93NUMPY":
+        return _read_npy(data, filename, settings, keep_last), None
+    if data[:4] in (b"CDF\x01", b"CDF\x02", b"\x89HDF"):
+        return _read_netcdf(data, filename, settings, keep_last)
     raise ApiError(422, "bad_file", f"{filename}: upload a .npy array or a NetCDF file")
 
 
@@ -223,8 +282,14 @@ async def forecast_upload(
 ) -> Response:
     """Forecast from frames uploaded as a file, for grids too large for JSON."""
     served = pick_model(models, model)
-    frames, grid = read_upload(await file.read(), file.filename or "upload")
+    if not YEARS[0] <= end_time.year <= YEARS[1]:
+        raise ApiError(422, "bad_times", f"end_time year {end_time.year} is outside {YEARS[0]}-{YEARS[1]}")
+    name = (file.filename or "upload")[:100]
     step = step_minutes or served.forecaster.step_minutes
+    if step is not None:
+        check_step(step, served)
+    needed = served.forecaster.frames_needed(step)
+    frames, grid = await run_in_threadpool(read_upload, await file.read(), name, settings, needed)
     if step is None:
         raise ApiError(422, "missing_step", "step_minutes is required with this model")
     if frames.ndim == 3 and grid is not None and grid.shape != frames.shape[1:]:
