@@ -204,10 +204,11 @@ def load_rule(path: Path | None, window_hours: float | None):
     return dataclasses.replace(rule, window_hours=window_hours) if window_hours else rule
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
 def train(
     ctx: typer.Context,
-    config: Annotated[list[Path], typer.Option(help="LightningCLI YAML config(s), e.g. configs/convlstm.yaml.")],
+    config: Annotated[list[Path] | None, typer.Option(
+        help="LightningCLI YAML config(s), e.g. configs/convlstm.yaml. Required.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint when there is one.")] = True,
     registry: Annotated[Path | None, typer.Option(help="Model registry (lock, versions, production).")] = None,
     promote: Annotated[bool, typer.Option(help="Then verify against production; promote if better.")] = False,
@@ -226,6 +227,15 @@ def train(
     from nowcast.train_cli import run_training
     from nowcast.training import CheckpointMismatch
 
+    if "--help" in ctx.args or "-h" in ctx.args:
+        # this command's options, then every key a config or an override may set (LightningCLI's)
+        typer.echo(ctx.get_help())
+        typer.echo("\nConfig keys (YAML sections, or overrides such as --trainer.max_epochs 5):\n")
+        run_training(["fit", "--help"])
+        return
+    if not config:
+        raise typer.BadParameter("--config is required (e.g. --config configs/convlstm.yaml); "
+                                 "`nowcast train --help` lists every config key")
     if promote and registry is None:
         raise typer.BadParameter("--promote needs --registry")
     args = ["fit"]

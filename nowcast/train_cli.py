@@ -16,6 +16,12 @@ class NowcastCLI(LightningCLI):
         parser.link_arguments("data.t_in", "model.t_in")
         parser.link_arguments("data.t_out", "model.t_out")
 
+    def _add_subcommands(self, parser, **kwargs) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        # parse errors end in "run: <prog> --help": name the command that lists every key
+        for subparser in self._subcommand_parsers.values():
+            subparser.prog = "nowcast train"
+
 
 def run_training(args: list[str]) -> NowcastCLI:
     # The arguments travel in ``args``; sys.argv must stay as it is because DDP starts the other

@@ -155,6 +155,7 @@ def _ingest_locked(
     files = discover(paths) if files is None else files
     report.files = len(files)
     grid: Grid | None = archive.grid() if archive.exists() else None
+    source: str | None = archive.source_product() if grid is not None else None
     batch: list[Frame] = []
 
     def commit() -> None:
@@ -176,6 +177,14 @@ def _ingest_locked(
             archive.check_grid(result, grid)
         except GridMismatchError as exc:
             report.failed.append((str(path), str(exc)))
+            continue
+        frame_source = result.attrs.get("source_product")
+        if source is None:
+            source = frame_source  # the first good frame names the product's source too
+        elif frame_source != source:  # e.g. OPERA rain rate and 1-h accumulation in one folder
+            report.failed.append((str(path), f"source product {frame_source!r} is not product "
+                                  f"'{archive.product}''s {source!r}: ingest it into a product of its own "
+                                  "(another --product)"))
             continue
         for key, value in result.qc.items():
             report.qc[key] = report.qc.get(key, 0) + value

@@ -226,6 +226,11 @@ class ProductArchive:
         with self.open() as ds:
             return Grid.from_dataset(ds)
 
+    def source_product(self) -> str | None:
+        """What the product's frames are (``source_product``: e.g. 'ODIM RATE ...' vs 'ODIM ACRR ...')."""
+        with self.open() as ds:
+            return ds.attrs.get("source_product")
+
     def check_grid(self, frame: Frame, grid: Grid) -> None:
         if not frame.grid.same_as(grid):
             raise GridMismatchError(

@@ -194,3 +194,26 @@ def test_odim_provider_is_the_originating_centre_of_what_source() -> None:
     assert originating_centre("WMO:0-20000-0-06260,ORG:99,CTY:545").startswith("KNMI")
     assert originating_centre("NOD:fikor,PLC:Korpo") == "ODIM node fikor"
     assert originating_centre("ORG:12") == "WMO originating centre 12"
+
+
+def test_a_folder_of_two_source_products_keeps_them_apart(tmp_path: Path, store: str) -> None:
+    """OPERA NIMBUS ships rain rate and accumulation files with the same valid times: the second
+    kind must be rejected by name, not reported 'already present' and silently dropped."""
+    import h5py
+
+    rate = sample_files("opera", 3)
+    folder = tmp_path / "nimbus"
+    folder.mkdir()
+    for path in rate:
+        shutil.copy(path, folder / path.name)
+        accumulation = folder / path.name.replace(".hdf", "_acrr.hdf")
+        shutil.copy(path, accumulation)  # the same composite, relabelled as a 15-min accumulation
+        with h5py.File(accumulation, "r+") as f:
+            f["dataset1/what"].attrs["quantity"] = np.bytes_(b"ACRR")
+    report = ingest([folder], store, "opera", fmt="odim_hdf5")
+    assert report.written == 3 and report.already_present == 0
+    assert len(report.failed) == 3 and all(p.endswith("_acrr.hdf") for p, _ in report.failed)
+    assert "'ODIM ACRR ORG:247' is not product 'opera''s 'ODIM RATE ORG:247'" in report.failed[0][1]
+    assert "another --product" in report.failed[0][1]
+    # and into a product of their own, they go in
+    assert ingest(sorted(folder.glob("*_acrr.hdf")), store, "opera_acrr", fmt="odim_hdf5").written == 3

@@ -144,3 +144,40 @@ def test_bf16_mixed_precision_trains(tmp_path: Path, synthetic_store: str) -> No
     header = metrics[0].split(",")
     loss = [row.split(",")[header.index("val/loss")] for row in metrics[1:]]
     assert any(value and np.isfinite(float(value)) for value in loss)
+
+
+def test_train_help_lists_the_config_keys_and_errors_point_to_it(tmp_path: Path, synthetic_store: str) -> None:
+    shown = subprocess.run([NOWCAST, "train", "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    for key in ("--config", "--trainer.max_epochs", "--model.csi_weight", "--model.init_weights", "--data.crop"):
+        assert key in shown.stdout, key
+    overrides = write_overrides(tmp_path, synthetic_store, epochs=1)
+    wrong = subprocess.run(train_command(overrides, "--model.no_such_key", "3"), capture_output=True, text=True,
+                           cwd=tmp_path)
+    assert wrong.returncode != 0
+    assert "run: nowcast train --help" in wrong.stderr and "cli.py" not in wrong.stderr
+
+
+def test_fine_tuning_starts_from_given_weights_with_a_soft_csi_term(tmp_path: Path, synthetic_store: str) -> None:
+    overrides = write_overrides(tmp_path, synthetic_store, epochs=1)
+    first = subprocess.run(train_command(overrides), capture_output=True, text=True, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    start = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    tune = tmp_path / "tune"
+    tune.mkdir()
+    overrides = write_overrides(tune, synthetic_store, epochs=1)
+    frozen = ("--model.init_weights", str(start), "--model.csi_weight", "0.5", "--optimizer.lr", "0.0")
+    second = subprocess.run(train_command(overrides, "--no-resume", *frozen), capture_output=True, text=True,
+                            cwd=tune)
+    assert second.returncode == 0, second.stderr[-3000:]
+    before = torch.load(start, map_location="cpu", weights_only=False)["state_dict"]
+    after = torch.load(tune / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    # lr 0: the weights are the ones it started from, not a fresh initialisation
+    for name, value in before.items():
+        torch.testing.assert_close(after["state_dict"][name], value)
+    assert after["hyper_parameters"]["csi_weight"] == 0.5
+    losses = (tune / "run" / "logs" / "version_0" / "metrics.csv").read_text()
+    assert "train/loss" in losses and "nan" not in losses.lower().split("train/loss")[1][:200]
+    other = ("--model.init_weights", str(start), "--model.model", "predrnn")
+    refused = subprocess.run(train_command(overrides, "--no-resume", *other), capture_output=True, text=True, cwd=tune)
+    assert refused.returncode != 0 and "holds 'convlstm', this run trains 'predrnn'" in refused.stdout + refused.stderr
