@@ -41,23 +41,30 @@ def make_checkpoint(path: Path) -> None:
                             "normalization": {"kind": "log"}, "data": {}}}, path)
 
 
-def serve(tmp: Path, checkpoint: Path, batching: bool) -> tuple[subprocess.Popen, str]:
+def start_server(tmp: Path, settings: dict, name: str = "service") -> tuple[subprocess.Popen, str]:
+    """``nowcast serve`` on a free loopback port with ``settings`` (YAML); waits for /healthz."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = tmp / f"service-{batching}.yaml"
-    config.write_text(yaml.safe_dump({"store": str(tmp / "none.zarr"), "models": [f"convlstm={checkpoint}"],
-                                      "micro_batching": batching, "batch_wait_ms": 5, "max_batch_size": 32}))
+    config = tmp / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(settings))
     proc = subprocess.Popen([NOWCAST, "serve", "--config", str(config), "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
+    for _ in range(600):
         try:
             if httpx.get(f"{url}/healthz").status_code == 200:
                 return proc, url
         except httpx.HTTPError:
             time.sleep(0.1)
+    proc.kill()
     raise RuntimeError("server did not start")
+
+
+def serve(tmp: Path, checkpoint: Path, batching: bool) -> tuple[subprocess.Popen, str]:
+    return start_server(tmp, {"store": str(tmp / "none.zarr"), "models": [f"convlstm={checkpoint}"],
+                              "micro_batching": batching, "batch_wait_ms": 5, "max_batch_size": 32},
+                        f"service-{batching}")
 
 
 def batch_stats(url: str) -> tuple[float, float]:

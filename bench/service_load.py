@@ -17,8 +17,6 @@ import argparse
 import asyncio
 import json
 import re
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,27 +26,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
-import yaml
 
-NOWCAST = str(Path(sys.executable).with_name("nowcast"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def serve(tmp: Path, settings: dict) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = tmp / "service.yaml"
-    config.write_text(yaml.safe_dump(settings))
-    proc = subprocess.Popen([NOWCAST, "serve", "--config", str(config), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/healthz").status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError("server did not start")
+from bench.service_latency import start_server  # noqa: E402
 
 
 def counter(url: str, name: str, model: str) -> float:
@@ -90,7 +71,7 @@ def main() -> None:
     body = {"model": args.model, "lead_steps": 12, "frames": frames, "step_minutes": 5,
             "end_time": "2021-07-01T12:00:00Z"}
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = serve(Path(tmp), {"store": str(Path(tmp) / "none.zarr"), "models": [args.model],
+        proc, url = start_server(Path(tmp), {"store": str(Path(tmp) / "none.zarr"), "models": [args.model],
                                       "max_queue": args.max_queue, "inference_timeout_s": args.timeout})
         try:
             server = psutil.Process(proc.pid)

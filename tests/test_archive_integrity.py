@@ -163,3 +163,24 @@ def test_workers_die_with_a_killed_ingest(tmp_path: Path) -> None:
     proc.wait()
     gone, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive, [w.pid for w in alive]
+
+
+def test_object_store_lease_excludes_a_second_writer_until_it_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lease used on object stores (here fsspec's memory://, one process standing in for two)."""
+    from pipelines import locking
+
+    monkeypatch.setattr(locking, "SETTLE_SECONDS", 0.05)
+    monkeypatch.setattr(locking, "LEASE_SECONDS", 1.5)
+    store = "memory://lease-test/archive.zarr"
+    first, second = locking._LeaseLock(store, "p", None), locking._LeaseLock(store, "p", None)
+    first.acquire(timeout=0)
+    with pytest.raises(WriterBusy, match=f"pid {os.getpid()}"):
+        second.acquire(timeout=0.3)
+    time.sleep(2.0)  # the heartbeat keeps a live holder's lease fresh past its expiry
+    with pytest.raises(WriterBusy):
+        second.acquire(timeout=0)
+    first._stop.set()  # the holder "dies": no more renewals
+    first._heartbeat.join()
+    second.acquire(timeout=3.0)  # the lease expires, the second writer takes it
+    second.release()
+    first.release()  # releasing a lease one no longer owns leaves the other's alone
