@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -26,6 +28,23 @@ def _progress() -> Progress:
     )
 
 
+@contextlib.contextmanager
+def store_errors(store: str) -> Iterator[None]:
+    """A store that cannot be used (bucket, credentials, network) is one line and exit 2, not a traceback."""
+    from pipelines.store import store_problem
+
+    try:
+        yield
+    except (typer.Exit, typer.BadParameter):
+        raise
+    except Exception as exc:
+        problem = store_problem(exc, store)
+        if problem is None:
+            raise
+        console.print(f"[red]error:[/] {problem}", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
 #: sysexits' EX_TEMPFAIL: another process holds the lock; try again later
 EXIT_BUSY = 75
 
@@ -37,7 +56,7 @@ def run_ingest(paths: list[Path], fmt: str, store: str, product: str, workers: i
 
     files = discover(paths)
     try:
-        with _progress() as progress:
+        with store_errors(store), _progress() as progress:
             task = progress.add_task(f"ingest {product}", total=len(files))
             report = ingest(
                 paths, store, product, fmt=fmt, workers=workers, batch_size=batch_size,
@@ -149,7 +168,8 @@ def store_info(
     from pipelines.info import store_summary
 
     try:
-        summary = store_summary(store, product)
+        with store_errors(store):
+            summary = store_summary(store, product)
     except KeyError as exc:
         console.print(f"[red]error:[/] {exc.args[0]}")
         raise typer.Exit(2) from exc
@@ -375,7 +395,7 @@ def backfill(
             raise typer.Exit(2)
         model = str(checkpoint)
 
-    with _progress() as progress:
+    with store_errors(out if "://" in out else store), _progress() as progress:
         task = progress.add_task(f"backfill {product}", total=None)
         try:
             summary = run_backfill(

@@ -400,3 +400,26 @@ def list_products(store: str, storage_options: dict | None = None) -> list[str]:
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         return []
     return sorted(name for name in root.group_keys() if not name.startswith("_"))
+
+
+def store_problem(exc: BaseException, store: str) -> str | None:
+    """One line saying why the store itself cannot be used (bucket, credentials, network), when
+    ``exc`` (or what it wraps) says so; None for every other error."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        name, text = type(seen).__name__, str(seen)
+        if name in ("NoCredentialsError", "PartialCredentialsError"):
+            return (f"{store}: no credentials for the object store: set AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY (or an AWS profile, or the store's storage options)")
+        if isinstance(seen, PermissionError) or any(
+                code in text for code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied")):
+            return (f"{store}: access denied: check the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) "
+                    "and the bucket's policy")
+        if isinstance(seen, FileNotFoundError) and "bucket" in text.lower():
+            return f"{store}: the bucket does not exist: create it, or correct the URL"
+        if name in ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError") or isinstance(
+                seen, ConnectionError):
+            return (f"{store}: cannot reach the object store ({text[:160]}): check FSSPEC_S3_ENDPOINT_URL "
+                    "and the network")
+        seen = seen.__cause__ or seen.__context__
+    return None

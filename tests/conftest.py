@@ -108,3 +108,99 @@ def archive(workdir: Path) -> str:
     files = sample_files("fmi", 16)
     ingest(files[12:], store, "fmi", fmt="fmi_pgm")  # a gap: 15:25 .. 15:40 missing
     return store
+
+
+class S3Server:
+    """A real S3-compatible server (moto's, in a thread) on loopback, and the environment that
+    points processes at it: the same variables docker-compose.yml sets for MinIO."""
+
+    def __init__(self) -> None:
+        import logging
+        import socket
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.env = {"AWS_ACCESS_KEY_ID": "nowcast", "AWS_SECRET_ACCESS_KEY": "nowcast-secret",
+                    "AWS_DEFAULT_REGION": "us-east-1", "FSSPEC_S3_ENDPOINT_URL": self.endpoint,
+                    "NOWCAST_LEASE_SECONDS": "6"}  # a killed writer's lease expires in seconds, not a minute
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.start()
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def bucket(self, name: str) -> str:
+        import fsspec
+
+        fsspec.filesystem("s3", skip_instance_cache=True).mkdir(name)
+        return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    import fsspec
+
+    server = S3Server()
+    saved_env = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    saved_conf = fsspec.config.conf.get("s3")
+    fsspec.config.conf["s3"] = {"endpoint_url": server.endpoint}  # what FSSPEC_S3_ENDPOINT_URL gives a new process
+    try:
+        yield server
+    finally:
+        server.stop()
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if saved_conf is None:
+            fsspec.config.conf.pop("s3", None)
+        else:
+            fsspec.config.conf["s3"] = saved_conf
+
+
+@pytest.fixture
+def s3_store(s3_server: S3Server, request: pytest.FixtureRequest) -> str:
+    """An empty bucket per test, with the archive's URL in it."""
+    import re
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-")
+    return s3_server.bucket(name) + "/archive.zarr"
+
+
+def kill_9_when(proc: subprocess.Popen, ready, what: str, timeout: float = 180.0) -> None:
+    """``kill -9`` ``proc`` as soon as ``ready()`` is true; fail if it ends or stalls first."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, f"{what} finished before it could be killed"
+            assert time.monotonic() < deadline, f"{what} made no progress"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+
+
+def hold_writer_lock(store: str, product: str) -> subprocess.Popen:
+    """Another process holding ``product``'s writer lock (until killed)."""
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time\nfrom pipelines.locking import writer_lock\n"
+        f"with writer_lock({store!r}, {product!r}):\n    print('held', flush=True)\n    time.sleep(600)\n")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import sample_files
+from conftest import kill_9_when, sample_files
 
 from pipelines.ingest import ingest
 from pipelines.store import ProductArchive
@@ -30,15 +28,7 @@ def test_kill_9_mid_ingest_then_rerun_completes(store: str, tmp_path: Path) -> N
     cmd = [exe, "ingest", "--format", "knmi_hdf5", "--store", store, "--product", "knmi",
            "--batch-size", "2", folder]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    try:
-        while committed_frames(store, "knmi") < 10:
-            assert proc.poll() is None, "ingest finished before it could be killed"
-            assert time.monotonic() < deadline, "ingest made no progress"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
+    kill_9_when(proc, lambda: committed_frames(store, "knmi") >= 10, "ingest", timeout=120)
     assert proc.returncode == -signal.SIGKILL
     # readable right after the kill, through plain xarray, with a consistent, sorted prefix
     with xr.open_zarr(f"{store}/knmi", consolidated=True) as ds:

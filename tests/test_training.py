@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, kill_9_when
 
 from nowcast.forecaster import load_forecaster
 from pipelines.store import ProductArchive
@@ -94,15 +92,7 @@ def test_training_resumes_from_the_last_checkpoint_after_a_kill(tmp_path: Path, 
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     first = subprocess.Popen(train_command(overrides), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              cwd=tmp_path)
-    deadline = time.monotonic() + 180
-    try:
-        while not last.exists():
-            assert first.poll() is None, "training ended before it could be killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        os.kill(first.pid, signal.SIGKILL)
-    finally:
-        first.wait()
+    kill_9_when(first, last.exists, "training")
     killed = torch.load(last, map_location="cpu", weights_only=False)
     epoch, step = killed["epoch"], killed["global_step"]
     assert step > 0

@@ -1,0 +1,185 @@
+"""The archive on a real S3-compatible server on loopback (issue 14): ingest, crashes, the
+single-writer rule, serving, backfill and clear errors, through the same settings as
+docker-compose.yml (AWS_* credentials and FSSPEC_S3_ENDPOINT_URL in the environment)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+from conftest import S3Server, hold_writer_lock, kill_9_when, nowcast_cli, sample_files
+from test_archive_integrity import HELPER, LATE, SIZE, STORED, _assert_consistent
+
+from pipelines.ingest import ingest
+from pipelines.store import ProductArchive
+from pipelines.synthetic import synthetic_frames
+
+NOWCAST = str(Path(sys.executable).with_name("nowcast"))
+
+
+def committed(store: str, product: str) -> int:
+    archive = ProductArchive(store, product)
+    try:
+        return archive.times().size if archive.exists() else 0
+    except Exception:
+        return 0
+
+
+def assert_same_archive(store: str, reference: str, product: str) -> None:
+    got, want = ProductArchive(store, product).open().load(), ProductArchive(reference, product).open().load()
+    np.testing.assert_array_equal(got["time"].values, want["time"].values)
+    np.testing.assert_array_equal(got["precip"].values, want["precip"].values)
+
+
+def test_ingest_into_s3_survives_kill_9_mid_append(s3_store: str, tmp_path: Path) -> None:
+    files = sample_files("fmi", 10)
+    folder = str(files[0].parent)
+    cmd = [NOWCAST, "ingest", "--format", "fmi_pgm", "--store", s3_store, "--product", "fmi", "--batch-size", "2"]
+    proc = subprocess.Popen([*cmd, *map(str, files)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_9_when(proc, lambda: committed(s3_store, "fmi") >= 4, "ingest")
+    assert 4 <= committed(s3_store, "fmi") < len(files)
+    rerun = subprocess.run([*cmd, *map(str, files)], capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    reference = str(tmp_path / "reference.zarr")
+    ingest(files, reference, "fmi", fmt="fmi_pgm")
+    assert_same_archive(s3_store, reference, "fmi")
+    assert folder  # the files came from the real sample folder
+
+
+def test_merge_on_s3_survives_kill_9_at_many_points(s3_server: S3Server, tmp_path: Path) -> None:
+    frames = synthetic_frames(n_frames=max(LATE) + 1, shape=(SIZE, SIZE))
+    reference_store = str(tmp_path / "reference.zarr")
+    ProductArchive(reference_store, "p").write(frames)
+    with ProductArchive(reference_store, "p").open() as ds:
+        reference = dict(zip(ds["time"].values.astype("datetime64[s]").tolist(), ds["precip"].values, strict=True))
+    before = [frames[i].time.astype("datetime64[s]").item() for i in STORED]
+
+    def run(store: str, kill_at: int, indices: list[int]) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(HELPER), store, "p", str(kill_at), ",".join(map(str, indices)),
+                               str(SIZE)], capture_output=True, text=True)
+
+    probe = s3_server.bucket("merge-probe") + "/archive.zarr"
+    ProductArchive(probe, "p").write([frames[i] for i in STORED])
+    total = int(run(probe, 0, LATE).stdout)
+    assert total > 20
+    points = sorted({*range(1, total - 4, max(1, total // 4)), *range(total - 3, total + 1)})
+
+    def kill_at(point: int) -> str | None:
+        store = s3_server.bucket(f"merge-kill-{point}") + "/archive.zarr"
+        ProductArchive(store, "p").write([frames[i] for i in STORED])
+        killed = run(store, point, LATE)
+        if killed.returncode != -signal.SIGKILL:
+            return f"point {point}: not killed ({killed.returncode}) {killed.stderr[-300:]}"
+        _assert_consistent(store, reference, before)
+        rerun = run(store, 0, LATE)
+        if rerun.returncode != 0:
+            return f"point {point}: rerun failed {rerun.stderr[-300:]}"
+        _assert_consistent(store, reference, list(reference))
+        return None
+
+    with ThreadPoolExecutor(2) as pool:
+        failures = [f for f in pool.map(kill_at, points) if f]
+    assert not failures, failures
+
+
+def test_one_writer_per_product_on_s3(s3_store: str, tmp_path: Path) -> None:
+    files = sample_files("fmi", 8)
+    holder = hold_writer_lock(s3_store, "fmi")
+    try:
+        busy = nowcast_cli("ingest", "--format", "fmi_pgm", "--store", s3_store, "--product", "fmi",
+                           "--lock-timeout", "0", str(files[0]))
+        assert busy.returncode == 75, busy.stdout + busy.stderr
+        assert f"pid {holder.pid}" in " ".join((busy.stdout + busy.stderr).split())
+    finally:
+        holder.kill()
+        holder.wait()
+    # two writers at once, disjoint halves interleaved in time: serialised, nothing lost.
+    # (the killed holder's lease expires after NOWCAST_LEASE_SECONDS: they wait for it)
+    halves = [files[0::2], files[1::2]]
+    procs = [subprocess.Popen([NOWCAST, "ingest", "--format", "fmi_pgm", "--store", s3_store, "--product", "fmi",
+                               "--batch-size", "2", "--lock-timeout", "120", *map(str, half)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for half in halves]
+    outputs = [p.communicate(timeout=400)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    reference = str(tmp_path / "reference.zarr")
+    ingest(files, reference, "fmi", fmt="fmi_pgm")
+    assert_same_archive(s3_store, reference, "fmi")
+
+
+def test_a_missing_bucket_or_credentials_is_one_clear_message(s3_server: S3Server) -> None:
+    file = str(sample_files("fmi", 1)[0])
+    missing = nowcast_cli("ingest", "--format", "fmi_pgm", "--store", "s3://no-such-bucket/archive.zarr",
+                          "--product", "fmi", file)
+    output = missing.stdout + missing.stderr
+    assert missing.returncode == 2, output[-2000:]
+    assert "no-such-bucket" in output and "Traceback" not in output and len(output) < 1000
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_SHARED_CREDENTIALS_FILE="/nonexistent", AWS_CONFIG_FILE="/nonexistent")
+    store = s3_server.bucket("no-credentials") + "/archive.zarr"
+    anonymous = nowcast_cli("ingest", "--format", "fmi_pgm", "--store", store, "--product", "fmi", file, env=env)
+    output = anonymous.stdout + anonymous.stderr
+    assert anonymous.returncode == 2, output[-2000:]
+    assert "credentials" in output.lower() and "Traceback" not in output and len(output) < 1000
+
+
+def test_serving_from_s3_and_readiness_follows_the_store(s3_server: S3Server, s3_store: str, tmp_path: Path) -> None:
+    from test_service import start_server
+
+    ingest(sample_files("fmi", 6), s3_store, "fmi", fmt="fmi_pgm")
+    for url in start_server(tmp_path, {"store": s3_store, "models": ["persistence", "optical_flow"],
+                                       "max_grid_pixels": 1300 * 800}):
+        answer = httpx.post(f"{url}/v1/forecast", json={"model": "optical_flow", "lead_steps": 2, "product": "fmi",
+                                                          "time": "2016-09-28T15:10:00Z"}, timeout=120)
+        assert answer.status_code == 200, answer.text[:500]
+        assert answer.json()["init_time"] == "2016-09-28T15:10:00Z"
+        assert httpx.get(f"{url}/readyz", timeout=30).status_code == 200
+        s3_server.stop()
+        try:
+            down = httpx.get(f"{url}/readyz", timeout=60)
+            assert down.status_code == 503 and down.json()["store_reachable"] is False, down.text[:500]
+        finally:
+            s3_server.start()
+        back = httpx.get(f"{url}/readyz", timeout=60)
+        assert back.status_code == 200, back.text[:500]
+
+
+def test_backfill_to_s3_resumes_after_a_kill(fmi_archive: str, s3_server: S3Server) -> None:
+    out = s3_server.bucket("backfill-out") + "/forecasts.zarr"
+    cmd = [NOWCAST, "backfill", "--store", fmi_archive, "--product", "fmi", "--model", "optical_flow",
+           "--start", "2016-09-28T15:00:00Z", "--end", "2016-09-28T15:40:00Z", "--lead-steps", "3",
+           "--workers", "1", "--batch", "1", "--out", out]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    from nowcast.backfill import open_forecasts
+
+    def done() -> int:
+        try:
+            with open_forecasts(out) as ds:
+                return int(ds["done"].values.sum())
+        except Exception:
+            return 0
+
+    kill_9_when(proc, lambda: done() >= 2, "backfill", timeout=300)
+    partial = done()
+    rerun = subprocess.run(cmd, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    with open_forecasts(out) as ds:
+        assert bool(ds["done"].values.all()) and int(ds["done"].values.sum()) > partial
+        assert np.isfinite(ds["precip"].values).any()
+
+
+def test_training_reads_its_windows_from_s3(s3_store: str, tmp_path: Path) -> None:
+    import torch
+    from test_training import train_command, write_overrides
+
+    ProductArchive(s3_store, "synth").write(synthetic_frames(n_frames=36, shape=(64, 64), seed=2))
+    overrides = write_overrides(tmp_path, s3_store, epochs=1)
+    result = subprocess.run(train_command(overrides), capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert info["nowcast"]["data"]["products"] == ["synth"] and info["global_step"] > 0
