@@ -219,6 +219,9 @@ def model_card(reports: dict[str, dict]) -> str:
                   f"{record.get('epochs')} epochs / {record.get('steps')} steps "
                   f"(best epoch {record.get('best_epoch')})",
                   f"- validation CSI at 1 mm/h, 30 min: {record.get('val_csi_1mm_30min')}"]
+        for stage in record.get("stages", []):
+            lines.append(f"  - stage `{stage['config']}`: {stage['wall_time_s']} s, {stage['epochs']} epochs / "
+                         f"{stage['steps']} steps")
         for product, report in reports.items():
             row = dict(skill_rows(report)).get(name)
             if row:
@@ -249,10 +252,50 @@ def load_reports() -> dict[str, dict]:
             if (SKILL_DIR / f"{p}.json").is_file()}
 
 
-def write_reports(models: list[str]) -> None:
+def merge_reports(fresh: dict[str, dict]) -> dict[str, dict]:
+    """Fold the models of ``fresh`` reports into the stored ones (same test events, same
+    settings), so one retrained model is re-verified without re-running every other; the
+    stored case GIF stays (it shows every model). Writes the merged JSON back."""
+    import json
+
+    merged = load_reports()
+    for product, report in fresh.items():
+        base = merged.get(product)
+        if base is None:
+            merged[product] = report
+            continue
+        if (base["n_cases"], base["stride"], base["lead_minutes"]) != (
+                report["n_cases"], report["stride"], report["lead_minutes"]):
+            raise ValueError(f"{product}: the new report's cases differ from the stored one's: run --report in full")
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+        base["models"].update({name: dict(entry, reverified=stamp) for name, entry in report["models"].items()})
+        (SKILL_DIR / f"{product}.json").write_text(json.dumps(base, indent=2))
+    return merged
+
+
+def verify_models(models: list[str]) -> dict[str, dict]:
+    """Only ``models`` on the test events (no baselines), for ``merge_reports``."""
+    from nowcast.evaluate import evaluate
+
+    return {product: evaluate(str(STORE_DIR / "test.zarr"), product, models,
+                              SKILL_DIR / "partial" / f"{product}.json", stride=3, lead_steps=12)
+            for product in TEST_EVENTS}
+
+
+def write_reports(models: list[str], merge: bool = False) -> None:
+    """Verify and write docs/skill.md and the model card; with ``merge``, verify only ``models``
+    and keep the stored scores of the baselines and every other model."""
+    reports = merge_reports(verify_models(models)) if merge else verify_test_events(models)
+    write_docs(reports, [m for m in SHIPPED if any(m in r["models"] for r in reports.values())])
+
+
+#: docs/skill.md below this line is written by hand (what the tables mean); regenerating keeps it
+NOTES_MARKER = "<!-- notes: written by hand, kept when the tables are regenerated -->"
+
+
+def write_docs(reports: dict[str, dict], models: list[str]) -> None:
     import shutil
 
-    reports = verify_test_events(models)
     docs = Path("docs")
     parts = ["# Skill of the shipped models on radar they never saw", "",
              "Test events: " + ", ".join(TEST_EVENTS.values()) + " (no shipped model trained or validated on them;",
@@ -265,6 +308,11 @@ def write_reports(models: list[str]) -> None:
                      + " ".join(f"--model {m}" for m in [*BASELINE_NAMES, *models])
                      + f" --out data/weights/skill/{product}.json")
     parts += ["```", ""]
+    later = sorted({f"{m} ({e['reverified']})" for r in reports.values() for m, e in r["models"].items()
+                    if "reverified" in e})
+    if later:
+        parts += ["Re-verified alone after retraining (`--report --merge --only ...`, same cases and settings;",
+                  "the other rows are from the last full `--report`): " + ", ".join(later) + ".", ""]
     for product, report in reports.items():
         parts += [f"## {TEST_EVENTS[product]} ({report['n_cases']} cases)", "", skill_table(report)]
         gif = report.get("files", {}).get("case_gif")
@@ -272,7 +320,9 @@ def write_reports(models: list[str]) -> None:
             target = docs / f"skill_{product}_case.gif"
             shutil.copyfile(gif, target)
             parts += [f"![wettest case, {TEST_EVENTS[product]}]({target.name})", ""]
-    (docs / "skill.md").write_text("\n".join(parts) + "\n")
+    page = docs / "skill.md"
+    notes = page.read_text().partition(NOTES_MARKER)[2] if page.is_file() else ""
+    page.write_text("\n".join(parts) + "\n" + (NOTES_MARKER + notes if notes else ""))
     (WEIGHTS_DIR / "MODEL_CARD.md").write_text(model_card(reports))
 
 
@@ -284,6 +334,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-train", action="store_true", help="export what the runs have")
     parser.add_argument("--skip-export", action="store_true")
     parser.add_argument("--report", action="store_true", help="verify on the test events, write the docs")
+    parser.add_argument("--merge", action="store_true",
+                        help="with --report: verify only the --only models, keep every other stored score")
     args = parser.parse_args(argv)
     if not args.skip_ingest:
         ingest_events(args.data)
@@ -295,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.report:
         from nowcast.forecaster import shipped_models
 
-        write_reports([m for m in shipped_models() if m in args.only])
+        write_reports([m for m in shipped_models() if m in args.only], merge=args.merge)
 
 
 if __name__ == "__main__":
