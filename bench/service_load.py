@@ -1,7 +1,7 @@
 """Sustained overload on loopback: N clients for S seconds against one model (JSON on stdout).
 
     python bench/service_load.py [--clients 32 --seconds 60 --model optical_flow --size 256
-                                  --max-queue 8 --timeout 5]
+                                  --max-queue 8 --timeout 5 --max-inflight 8]
 
 Starts ``nowcast serve`` with the given queue bound and inference timeout, then runs N closed-
 loop clients posting inline 4 x SIZE x SIZE frames (12 leads) for S seconds. Reports requests/s,
@@ -66,13 +66,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--max-queue", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--max-inflight", type=int, default=8)
     args = parser.parse_args()
     frames = np.round(np.random.default_rng(0).gamma(0.5, 2.0, size=(4, args.size, args.size)), 2).tolist()
     body = {"model": args.model, "lead_steps": 12, "frames": frames, "step_minutes": 5,
             "end_time": "2021-07-01T12:00:00Z"}
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_server(Path(tmp), {"store": str(Path(tmp) / "none.zarr"), "models": [args.model],
-                                      "max_queue": args.max_queue, "inference_timeout_s": args.timeout})
+                                      "max_queue": args.max_queue, "inference_timeout_s": args.timeout,
+                                      "max_inflight": args.max_inflight})
         try:
             server = psutil.Process(proc.pid)
             httpx.post(f"{url}/v1/forecast", json=body, timeout=120)  # warm-up

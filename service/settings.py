@@ -31,6 +31,8 @@ class ServiceSettings(BaseSettings):
     max_batch_size: int = Field(16, description="Most requests in one forward pass")
     inference_timeout_s: float = Field(60.0, description="Give up on a forecast after this long")
     max_queue: int = Field(64, description="Requests waiting per model; beyond it, 503 with Retry-After")
+    max_inflight: int = Field(32, description="Forecast requests handled at once (parsing included); "
+                                              "beyond it, 503 with Retry-After before the body is read")
     max_input_frames: int = Field(64, description="Most frames a request may send (checked before decoding)")
     device: str = Field("auto", description="'auto' (GPU when there is one), 'cpu' or 'cuda'")
     registry: str | None = Field(None, description="Model registry: its production version is served as 'production'")

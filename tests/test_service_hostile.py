@@ -145,3 +145,20 @@ def test_overload_is_shed_and_abandoned_work_is_dropped(workdir: Path, archive: 
         # each forward pass computes one forecast here (batch size 1): none beyond those answered,
         # save the one that was running when its client's time ran out
         assert passes <= answered + 1, (passes, codes)
+
+
+def test_a_crowd_beyond_max_inflight_is_shed_before_its_bodies_are_read(workdir: Path, archive: str) -> None:
+    for url in start_server(workdir, {"store": archive, "models": ["optical_flow"], "max_inflight": 2,
+                                      "max_grid_pixels": 400 * 400}):
+        body = inline("optical_flow", lead=6, h=200, w=200)
+
+        def ask(_: int, url: str = url, body: dict = body) -> httpx.Response:
+            return httpx.post(f"{url}/v1/forecast", json=body, timeout=120)
+
+        with ThreadPoolExecutor(12) as pool:
+            responses = list(pool.map(ask, range(12)))
+        shed = [r for r in responses if r.status_code == 503]
+        assert shed and all(r.json()["error"]["code"] == "overloaded" and r.headers["retry-after"].isdigit()
+                            for r in shed)
+        assert all(r.status_code in (200, 503) for r in responses), [r.status_code for r in responses]
+        assert any(r.status_code == 200 for r in responses)
