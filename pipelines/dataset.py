@@ -8,6 +8,7 @@ lie in the same block, so no window straddles train/val/test.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,8 +138,17 @@ class SequenceDataset(Dataset):
         """Fresh random crops and augmentations every epoch (still reproducible)."""
         self._epoch = epoch
 
+    def _forked(self) -> bool:
+        """True in a DataLoader worker forked after this process opened its handles: an object
+        store's client (its HTTP session, its event loop) must not be shared across a fork."""
+        if getattr(self, "_pid", None) != os.getpid():
+            self._pid, self._array, self._cache = os.getpid(), None, None
+            return True
+        return False
+
     @property
     def array(self) -> zarr.Array:
+        self._forked()
         if self._array is None:
             archive = ProductArchive(self.store, self.product, self.storage_options)
             self._array = zarr.open_array(archive._zstore, path=VARIABLE, mode="r", zarr_format=3)
@@ -146,6 +156,7 @@ class SequenceDataset(Dataset):
 
     @property
     def cache(self):
+        self._forked()
         if self._cache is None:
             from pipelines.extrapolation import ExtrapolationCache
 

@@ -183,3 +183,18 @@ def test_training_reads_its_windows_from_s3(s3_store: str, tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr[-3000:]
     info = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert info["nowcast"]["data"]["products"] == ["synth"] and info["global_step"] > 0
+
+
+def test_loader_workers_forked_after_the_parent_read_s3_get_their_own_client(s3_store: str) -> None:
+    """A forked DataLoader worker must not reuse the parent's S3 session (bound to its loop)."""
+    from torch.utils.data import DataLoader
+
+    from pipelines.dataset import SequenceDataset
+
+    ProductArchive(s3_store, "synth").write(synthetic_frames(n_frames=12, shape=(32, 32), seed=1))
+    dataset = SequenceDataset(s3_store, "synth", 3, 2, crop=16)
+    first = dataset[0]["inputs"]  # the parent opens its handles first
+    loader = DataLoader(dataset, batch_size=2, num_workers=2, multiprocessing_context="fork")
+    batches = list(loader)
+    assert sum(b["inputs"].shape[0] for b in batches) == len(dataset)
+    assert first.shape == batches[0]["inputs"][0].shape

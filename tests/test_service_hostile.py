@@ -24,6 +24,12 @@ def hostile(workdir: Path, archive: str) -> Iterator[str]:
     })
 
 
+def crowd(url: str, body: dict, clients: int) -> list[httpx.Response]:
+    """``clients`` identical forecast requests at once."""
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(lambda _: httpx.post(f"{url}/v1/forecast", json=body, timeout=120), range(clients)))
+
+
 def rss_mb(url: str) -> float:
     return psutil.Process(SERVER_PIDS[url]).memory_info().rss / MiB
 
@@ -128,13 +134,7 @@ def test_overload_is_shed_and_abandoned_work_is_dropped(workdir: Path, archive: 
     for url in start_server(workdir, {"store": archive, "models": ["optical_flow"], "max_queue": 2,
                                       "inference_timeout_s": 1.0, "max_batch_size": 1, "batch_wait_ms": 0,
                                       "max_grid_pixels": 400 * 400}):
-        body = inline("optical_flow", lead=12, h=256, w=256)
-
-        def ask(_: int, url: str = url, body: dict = body) -> httpx.Response:
-            return httpx.post(f"{url}/v1/forecast", json=body, timeout=60)
-
-        with ThreadPoolExecutor(16) as pool:
-            responses = list(pool.map(ask, range(16)))
+        responses = crowd(url, inline("optical_flow", lead=12, h=256, w=256), 16)
         codes = sorted(r.status_code for r in responses)
         assert 503 in codes, codes
         shed = next(r for r in responses if r.status_code == 503)
@@ -150,13 +150,7 @@ def test_overload_is_shed_and_abandoned_work_is_dropped(workdir: Path, archive: 
 def test_a_crowd_beyond_max_inflight_is_shed_before_its_bodies_are_read(workdir: Path, archive: str) -> None:
     for url in start_server(workdir, {"store": archive, "models": ["optical_flow"], "max_inflight": 2,
                                       "max_grid_pixels": 400 * 400}):
-        body = inline("optical_flow", lead=6, h=200, w=200)
-
-        def ask(_: int, url: str = url, body: dict = body) -> httpx.Response:
-            return httpx.post(f"{url}/v1/forecast", json=body, timeout=120)
-
-        with ThreadPoolExecutor(12) as pool:
-            responses = list(pool.map(ask, range(12)))
+        responses = crowd(url, inline("optical_flow", lead=6, h=200, w=200), 12)
         shed = [r for r in responses if r.status_code == 503]
         assert shed and all(r.json()["error"]["code"] == "overloaded" and r.headers["retry-after"].isdigit()
                             for r in shed)
