@@ -60,8 +60,8 @@ def test_merge_survives_kill_9_at_every_stage(tmp_path: Path) -> None:
     shutil.copytree(template, probe)
     total = int(_helper(probe, 0, LATE).stdout)
     assert total > 40
-    # the journal's deletion is the write's last changes: take every one there, every 6th before
-    points = sorted({*range(1, total - 16, 6), *range(max(1, total - 16), total + 1)})
+    # the journal's deletion is the write's last changes: take every one there, every 8th before
+    points = sorted({*range(1, total - 13, 8), *range(max(1, total - 13), total + 1)})
 
     def kill_at(point: int) -> str | None:
         store = str(tmp_path / f"kill{point}.zarr")
@@ -143,10 +143,15 @@ def test_second_writer_gets_a_clear_message_and_a_killed_holder_frees_the_lock(t
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_workers_die_with_a_killed_ingest(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["ingest", "backfill"])
+def test_workers_die_with_their_killed_parent(tmp_path: Path, fmi_archive: str, command: str) -> None:
     folder = str(sample_files("fmi")[0].parent)
-    proc = subprocess.Popen(_ingest_cmd(str(tmp_path / "a.zarr"), folder, "--workers", "2"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    exe = str(Path(sys.executable).with_name("nowcast"))
+    cmd = _ingest_cmd(str(tmp_path / "a.zarr"), folder, "--workers", "2") if command == "ingest" else [
+        exe, "backfill", "--model", "optical_flow", "--store", fmi_archive, "--product", "fmi",
+        "--start", "2016-09-28T15:00:00Z", "--end", "2016-09-28T16:40:00Z", "--lead-steps", "6",
+        "--workers", "2", "--batch", "1", "--out", str(tmp_path / "forecasts.zarr")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parent = psutil.Process(proc.pid)
     deadline = time.monotonic() + 120
     workers: list[psutil.Process] = []
