@@ -324,6 +324,25 @@ def write_docs(reports: dict[str, dict], models: list[str]) -> None:
     notes = page.read_text().partition(NOTES_MARKER)[2] if page.is_file() else ""
     page.write_text("\n".join(parts) + "\n" + (NOTES_MARKER + notes if notes else ""))
     (WEIGHTS_DIR / "MODEL_CARD.md").write_text(model_card(reports))
+    write_skill_file(reports)
+
+
+#: the model card's test scores, machine-readable: what GET /v1/models reports for shipped weights
+SKILL_FILE = WEIGHTS_DIR / "skill.json"
+SKILL_KEYS = ("csi_1mm_30min", "csi_1mm_60min", "csi_5mm_30min", "csi_10mm_30min", "fss_1mm_10km_60min")
+
+
+def write_skill_file(reports: dict[str, dict]) -> None:
+    import json
+
+    skill: dict[str, dict] = {}
+    for product, report in reports.items():
+        for name, row in skill_rows(report):
+            if name in SHIPPED:
+                scores = {k: None if v is None else round(float(v), 4) for k, v in zip(SKILL_KEYS, row, strict=True)}
+                skill.setdefault(name, {})[TEST_EVENTS[product]] = scores
+    SKILL_FILE.write_text(json.dumps({"test_events": skill, "settings": "4 input frames, 12 x 5 min leads, "
+                                      "every 3rd init time, full grids (docs/skill.md)"}, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

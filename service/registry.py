@@ -23,12 +23,6 @@ class ServedModel:
 
     def describe(self, settings: ServiceSettings) -> dict[str, Any]:
         f = self.forecaster
-        skill = None
-        report = Path(f.source).with_suffix(".report.json") if f.trainable else None
-        if report is not None and report.is_file():
-            import json
-
-            skill = json.loads(report.read_text()).get("models")
         return {
             "name": self.name,
             "architecture": f.name,
@@ -43,8 +37,33 @@ class ServedModel:
             "source": f.source,
             "version": self.version,
             "training_data": f.info.get("data") if f.trainable else None,
-            "skill": skill,
+            "skill": model_skill(f) if f.trainable else None,
         }
+
+
+def model_skill(forecaster: LoadedForecaster) -> dict[str, Any] | None:
+    """What is known of a network's skill: the model store's verification (``meta.json`` beside a
+    version's checkpoint), or for shipped weights their validation score and the model card's
+    test scores (``nowcast/weights/skill.json``); None for a bare checkpoint."""
+    import json
+
+    from nowcast.forecaster import WEIGHTS_DIR
+
+    path = Path(forecaster.source)
+    meta = path.parent / "meta.json"
+    if meta.is_file():
+        recorded = json.loads(meta.read_text())
+        if recorded.get("scores") is None:
+            return None
+        return {"source": "model store verification", "scores": recorded["scores"],
+                "promotion": recorded.get("promotion")}
+    training = forecaster.info.get("training") or {}
+    if path.parent.resolve() == WEIGHTS_DIR.resolve():
+        table = WEIGHTS_DIR / "skill.json"
+        tests = json.loads(table.read_text())["test_events"].get(path.stem) if table.is_file() else None
+        return {"source": "nowcast/weights/MODEL_CARD.md", "val_csi_1mm_30min": training.get("val_csi_1mm_30min"),
+                "test_events": tests}
+    return None
 
 
 def pick_device(setting: str) -> torch.device:

@@ -332,3 +332,24 @@ def test_schemathesis_finds_no_server_error(server: str, workdir: Path) -> None:
         capture_output=True, text=True, timeout=600, cwd=workdir,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_models_report_the_skill_the_model_store_and_the_model_card_recorded(
+    workdir: Path, archive: str, small_checkpoint: Path
+) -> None:
+    from nowcast.registry import ModelRegistry
+
+    store = ModelRegistry(workdir / "skill-registry")
+    version = store.register(small_checkpoint)
+    meta = store.meta(version)
+    meta["scores"] = [{"lead_minutes": 5.0, "csi": {"1.0": 0.61}}]
+    store.write_meta(version, meta)
+    models = ["predrnn_flow", f"versioned={store.versions / version / 'model.ckpt'}", f"bare={small_checkpoint}"]
+    for url in start_server(workdir, {"store": archive, "models": models}):
+        listed = {m["name"]: m for m in httpx.get(f"{url}/v1/models").json()["models"]}
+    shipped = listed["predrnn_flow"]["skill"]
+    assert shipped["val_csi_1mm_30min"] > 0.5
+    assert set(shipped["test_events"]) == {"FMI 2016-09-28", "MeteoSwiss 2016-07-11"}
+    assert 0 < shipped["test_events"]["FMI 2016-09-28"]["csi_5mm_30min"] < 1
+    assert listed["versioned"]["skill"]["scores"][0]["csi"]["1.0"] == 0.61
+    assert listed["bare"]["skill"] is None
