@@ -138,13 +138,11 @@ class SequenceDataset(Dataset):
         """Fresh random crops and augmentations every epoch (still reproducible)."""
         self._epoch = epoch
 
-    def _forked(self) -> bool:
-        """True in a DataLoader worker forked after this process opened its handles: an object
-        store's client (its HTTP session, its event loop) must not be shared across a fork."""
+    def _forked(self) -> None:
+        """Drop handles opened by another process (a DataLoader worker forked after the parent
+        read): an object store's client (its HTTP session, its event loop) must not cross a fork."""
         if getattr(self, "_pid", None) != os.getpid():
             self._pid, self._array, self._cache = os.getpid(), None, None
-            return True
-        return False
 
     @property
     def array(self) -> zarr.Array:

@@ -41,9 +41,10 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 
 def lying_npy(shape: tuple[int, ...]) -> bytes:
-    """A .npy header that claims ``shape`` (float64), followed by a few bytes only."""
-    header = npy_bytes(np.zeros((1, 1, 1)))
-    return header.replace(b"(1, 1, 1)", repr(shape).encode()).replace(b"(1, 1, 1)", b"")[:-8] + b"\0" * 64
+    """A well-formed .npy header that claims ``shape`` (float64), followed by 64 bytes only."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + b"\0" * 64
 
 
 def zeros_netcdf(path: Path, frames: int, size: int) -> bytes:

@@ -75,3 +75,31 @@ def test_watch_ingests_arrivals_once_and_survives_a_restart(tmp_path: Path, stor
     assert sum(p["already_present"] for p in second) == 0
     times = ProductArchive(store, "knmi").times()
     assert len(times) == 9 and (times[1:] > times[:-1]).all()
+
+
+def test_watch_waits_for_another_writer_then_ingests(tmp_path: Path, store: str) -> None:
+    """Cron or a manual ingest holding the product: the watcher says it waits, and takes the files
+    once the other writer is gone (here: killed, so its lock is released by the kernel)."""
+    from conftest import hold_writer_lock
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    for path in sample_files("knmi", 3):
+        shutil.copy(path, incoming / path.name)
+    holder = hold_writer_lock(store, "knmi")
+    log = tmp_path / "watch.log"
+    exe = str(Path(sys.executable).with_name("nowcast"))
+    watcher = subprocess.Popen(
+        [exe, "ingest", "--watch", "--format", "knmi_hdf5", "--store", store, "--product", "knmi",
+         "--interval", "0.5", "--settle", "0", str(incoming)], stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    try:
+        wait_for(lambda: "waiting:" in log.read_text(), 60)
+        assert committed(store) == 0
+        holder.kill()
+        holder.wait()
+        wait_for(lambda: committed(store) == 3, 60)
+    finally:
+        holder.kill()
+        watcher.send_signal(signal.SIGTERM)
+        watcher.wait(timeout=30)
+    assert f"pid {holder.pid}" in log.read_text()
