@@ -26,9 +26,8 @@ import zarr
 
 from nowcast import __version__
 from nowcast.forecaster import LoadedForecaster, load_forecaster
-from pipelines.dataset import TimeBlockSplit, window_starts
 from pipelines.grid import Grid
-from pipelines.info import time_step_minutes
+from pipelines.query import check_step, plan_windows, time_step_minutes, utc_text
 from pipelines.store import FILL, SCALE, ProductArchive, open_zarr_store
 
 
@@ -50,20 +49,6 @@ class Task:
 def _forecaster(spec: str) -> LoadedForecaster:
     """One load per worker process, reused by every task it runs."""
     return load_forecaster(spec)
-
-
-def plan_init_times(
-    times: np.ndarray, history: int, start: str, end: str, every: int, step_minutes: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Init times in [start, end] (every K-th frame) that have ``history`` contiguous frames."""
-    seconds = times.astype("datetime64[s]").astype(np.int64)
-    starts = window_starts(seconds, history, int(round(step_minutes * 60)), None, TimeBlockSplit())
-    init_index = starts + history - 1
-    inits = times[init_index].astype("datetime64[s]")
-    first, last = np.datetime64(start.rstrip("Z"), "s"), np.datetime64(end.rstrip("Z"), "s")
-    keep = (inits >= first) & (inits <= last)
-    inits, starts = inits[keep], starts[keep]
-    return inits[:: max(1, every)], starts[:: max(1, every)]
 
 
 def create_forecast_store(
@@ -141,8 +126,10 @@ def backfill(
     if step is None:
         raise ValueError(f"product {product!r} has fewer than two frames")
     leads = lead_steps or (forecaster.max_lead_steps if forecaster.trainable else 12)
+    check_step(step, forecaster.step_minutes, forecaster.name)
     history = forecaster.frames_needed(step)  # a model trained at another step gets resampled frames
-    inits, history_starts = plan_init_times(times, history, start, end, every, step)
+    windows = plan_windows(times, history, 0, step, start, end, every)
+    inits, history_starts = windows.inits, windows.starts
     if not len(inits):
         raise ValueError(f"no init time in {start} .. {end} has {history} frames of history")
     existing = _existing(out)
@@ -165,8 +152,8 @@ def backfill(
         if on_progress:
             on_progress(finished, len(inits))
     return {"out": out, "model": forecaster.name, "init_times": len(inits), "skipped_already_done": len(inits) -
-            len(todo), "written": len(todo), "lead_steps": leads, "first": str(inits[0]) + "Z",
-            "last": str(inits[-1]) + "Z"}
+            len(todo), "written": len(todo), "lead_steps": leads, "first": utc_text(inits[0]),
+            "last": utc_text(inits[-1])}
 
 
 def _existing(out: str) -> xr.Dataset | None:

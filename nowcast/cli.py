@@ -187,30 +187,24 @@ def store_show(
     out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("frame.png"),
 ) -> None:
     """Draw one stored frame as a PNG (rain-rate colour scale, grey = nodata)."""
-    import numpy as np
-
     from nowcast.plots import plot_frame
+    from pipelines.query import utc_text
     from pipelines.store import ProductArchive
 
     archive = ProductArchive(store, product)
     if not archive.exists():
         console.print(f"[red]error:[/] no product {product!r} in {store}")
         raise typer.Exit(2)
-    with archive.open() as ds:
-        if time is None:
-            frame = ds["precip"].isel(time=-1)
-        else:
-            wanted = np.datetime64(time.rstrip("Z"), "s")
-            if wanted not in ds["time"].values.astype("datetime64[s]"):
-                console.print(f"[red]error:[/] {time} is not a frame of {product!r}")
-                raise typer.Exit(2)
-            frame = ds["precip"].sel(time=wanted)
-        x, y = ds["x"].values, ds["y"].values
-        geographic = ds["x"].attrs.get("units") == "degrees_east"
-        scale = 1.0 if geographic else 1000.0
-        extent = (x[0] / scale, x[-1] / scale, y[-1] / scale, y[0] / scale)
-        stamp = str(frame["time"].values.astype("datetime64[s]"))
-        path = plot_frame(frame.values, f"{product} {stamp}Z", out, extent, "degrees" if geographic else "km")
+    try:
+        window = archive.window(1, end=time)
+    except ValueError as exc:  # not a frame of the product, or not a time at all
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    grid = window.grid
+    scale = 1.0 if grid.is_geographic else 1000.0
+    extent = (grid.x[0] / scale, grid.x[-1] / scale, grid.y[-1] / scale, grid.y[0] / scale)
+    path = plot_frame(window.frames[0], f"{product} {utc_text(window.end)}", out, extent,
+                      "degrees" if grid.is_geographic else "km")
     console.print(f"wrote {path}")
 
 

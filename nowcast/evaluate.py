@@ -18,9 +18,8 @@ import numpy as np
 
 from nowcast.forecaster import DEFAULT_MAX_LEAD_STEPS, LoadedForecaster, load_forecaster
 from nowcast.verification import LeadTimeVerifier, scores_table_markdown
-from pipelines.dataset import TimeBlockSplit, window_starts
 from pipelines.grid import Grid
-from pipelines.info import time_step_minutes
+from pipelines.query import centre_crop, check_step, plan_windows, time_step_minutes, utc_text
 from pipelines.store import ProductArchive
 
 DRY_THRESHOLD_MM_H = 0.1
@@ -33,33 +32,12 @@ class Case:
     init: np.datetime64  # valid time of the last observed frame
 
 
-def parse_time(value: str | None) -> np.datetime64 | None:
-    return None if value is None else np.datetime64(value.rstrip("Z"), "s")
-
-
 def select_cases(
     times: np.ndarray, history: int, lead_steps: int, step_minutes: float,
     start: str | None, end: str | None, stride: int,
 ) -> list[Case]:
-    seconds = times.astype("datetime64[s]").astype(np.int64)
-    starts = window_starts(seconds, history + lead_steps, int(round(step_minutes * 60)), None, TimeBlockSplit())
-    first, last = parse_time(start), parse_time(end)
-    cases = []
-    for s in starts:
-        init = times[s + history - 1].astype("datetime64[s]")
-        if (first is None or init >= first) and (last is None or init <= last):
-            cases.append(Case(int(s), init))
-    return cases[:: max(1, stride)]
-
-
-def crop_box(shape: tuple[int, int], crop: int | None) -> tuple[slice, slice]:
-    if crop is None:
-        return slice(None), slice(None)
-    ny, nx = shape
-    if crop > min(ny, nx):
-        raise ValueError(f"--crop {crop} is larger than the {ny}x{nx} grid")
-    y0, x0 = (ny - crop) // 2, (nx - crop) // 2
-    return slice(y0, y0 + crop), slice(x0, x0 + crop)
+    windows = plan_windows(times, history, lead_steps, step_minutes, start, end, stride)
+    return [Case(int(s), init) for s, init in zip(windows.starts, windows.inits, strict=True)]
 
 
 def pixel_size_km(grid: Grid) -> float:
@@ -91,13 +69,15 @@ def evaluate(
     step = time_step_minutes(times)
     if step is None:
         raise ValueError(f"product {product!r} has fewer than two frames")
+    for label, f in forecasters.items():
+        check_step(step, f.step_minutes, label)
     trained = [f.max_lead_steps for f in forecasters.values() if f.trainable]
     leads = lead_steps or (min(trained) if trained else DEFAULT_MAX_LEAD_STEPS // 2)
     history = max(f.frames_needed(step) for f in forecasters.values())  # other steps: resampled in time
     cases = select_cases(times, history, leads, step, start, end, stride)
     if total:
         total(len(cases))
-    ys, xs = crop_box(grid.shape, crop)
+    ys, xs = centre_crop(grid.shape, crop)
     km = pixel_size_km(grid)
     verifiers = {label: LeadTimeVerifier(leads, step, km) for label in forecasters}
     archive_array = archive.open()["precip"]
@@ -118,7 +98,7 @@ def evaluate(
         wetness = float(np.nanmean(future >= 1.0))
         if showcase is None or wetness > showcase[0]:
             showcase = (wetness, case, future, forecasts)
-        used.append(str(case.init) + "Z")
+        used.append(utc_text(case.init))
         if on_case:
             on_case()
     results = {label: v.result() for label, v in verifiers.items()}

@@ -17,8 +17,8 @@ import torch
 import zarr
 from torch.utils.data import Dataset
 
-from pipelines.info import time_step_minutes
 from pipelines.normalization import RainNormalizer
+from pipelines.query import contiguous_starts, time_step_minutes
 from pipelines.store import VARIABLE, ProductArchive
 
 SPLITS = ("train", "val", "test")
@@ -46,17 +46,14 @@ class TimeBlockSplit:
 def window_starts(
     seconds: np.ndarray, length: int, step_seconds: int, split: str | None, splitter: TimeBlockSplit
 ) -> np.ndarray:
-    """Indices where ``length`` frames follow each other at exactly ``step_seconds``."""
-    n = len(seconds) - length + 1
-    if n <= 0:
-        return np.zeros(0, dtype=np.int64)
-    starts = np.arange(n)
-    ends = starts + length - 1
-    contiguous = (seconds[ends] - seconds[starts]) == (length - 1) * step_seconds
-    if split is not None:
+    """Indices where ``length`` frames follow each other at exactly ``step_seconds``, inside one
+    block of ``split`` (any block when ``split`` is None)."""
+    starts = contiguous_starts(seconds.astype("datetime64[s]"), length, step_seconds / 60)
+    if split is not None and len(starts):
+        ends = starts + length - 1
         same_block = splitter.block_of(seconds[starts]) == splitter.block_of(seconds[ends])
-        contiguous &= same_block & (splitter.split_of(seconds[starts]) == split)
-    return starts[contiguous]
+        starts = starts[same_block & (splitter.split_of(seconds[starts]) == split)]
+    return starts
 
 
 class SequenceDataset(Dataset):

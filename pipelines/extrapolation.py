@@ -21,9 +21,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from pipelines.dataset import TimeBlockSplit, window_starts
-from pipelines.info import time_step_minutes
 from pipelines.processes import worker_pool
+from pipelines.query import plan_windows
 from pipelines.store import FILL, VARIABLE, ProductArchive, decode_precip, encode_precip
 
 CHUNK = 256
@@ -38,12 +37,7 @@ def cache_path(store: str) -> str:
 
 def init_indices(times: np.ndarray, t_out: int, history: int = HISTORY) -> np.ndarray:
     """Archive indices of the init frames that have ``history`` frames before and ``t_out`` after."""
-    seconds = times.astype("datetime64[s]").astype(np.int64)
-    step = time_step_minutes(times)
-    if step is None:
-        return np.zeros(0, dtype=np.int64)
-    starts = window_starts(seconds, history + t_out, int(round(step * 60)), None, TimeBlockSplit())
-    return starts + history - 1
+    return plan_windows(times, history, t_out).starts + history - 1
 
 
 @dataclass

@@ -8,16 +8,8 @@ from typing import Any
 import numpy as np
 
 from pipelines.grid import Grid
+from pipelines.query import time_step_minutes
 from pipelines.store import ProductArchive, list_products
-
-
-def time_step_minutes(times: np.ndarray) -> float | None:
-    """The product's step: the most common spacing between consecutive frames."""
-    if len(times) < 2:
-        return None
-    diffs = np.diff(times.astype("datetime64[s]")).astype(np.int64)
-    values, counts = np.unique(diffs, return_counts=True)
-    return float(values[np.argmax(counts)]) / 60.0
 
 
 def find_gaps(times: np.ndarray, step_minutes: float | None) -> list[dict[str, Any]]:

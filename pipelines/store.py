@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from zarr.codecs import BloscCodec
 
 from pipelines.frame import Frame
 from pipelines.grid import Grid
+from pipelines.query import Window, read_window, time_step_minutes
 
 warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
 
@@ -225,6 +226,17 @@ class ProductArchive:
     def grid(self) -> Grid:
         with self.open() as ds:
             return Grid.from_dataset(ds)
+
+    def step_minutes(self) -> float | None:
+        """The product's step (the most common spacing); None below two frames."""
+        return time_step_minutes(self.times())
+
+    def window(self, length: int | None = None, end: Any = None, bbox: Any = None,
+               frames_needed: Callable[[float | None], int] | None = None) -> Window:
+        """The contiguous frames ending at ``end`` (default the latest), optionally inside ``bbox``:
+        ``pipelines.query.read_window`` on this product."""
+        with self.open() as ds:
+            return read_window(ds, length, end, bbox, frames_needed, self.product)
 
     def source_product(self) -> str | None:
         """What the product's frames are (``source_product``: e.g. 'ODIM RATE ...' vs 'ODIM ACRR ...')."""

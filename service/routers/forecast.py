@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated
 
 import numpy as np
@@ -11,8 +11,9 @@ from fastapi import APIRouter, Depends, File, Form, Header, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from pipelines.dataset import TimeBlockSplit, window_starts
+from pipelines import query
 from pipelines.grid import Grid
+from pipelines.query import WindowUnavailable, contiguous_starts, parse_utc
 from service.auth import require_api_key
 from service.batching import Overloaded
 from service.dependencies import get_archive, get_models, get_settings
@@ -38,12 +39,6 @@ RESPONSES = {
           "description": "forecast frames in mm/h with their valid times"},
     **ERRORS,
 }
-
-
-def utc64(value: datetime) -> np.datetime64:
-    if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc).replace(tzinfo=None)
-    return np.datetime64(value, "s")
 
 
 def pick_model(models: dict[str, ServedModel], name: str) -> ServedModel:
@@ -82,17 +77,12 @@ def check_lead(lead_steps: int, settings: ServiceSettings) -> None:
 #: seconds a shed client is asked to wait (the Retry-After header)
 RETRY_AFTER_S = 2
 
-#: how far a product's step may be from a network's before resampling in time stops making sense
-MAX_STEP_RATIO = 4.0
-
-
 def check_step(step: float, model: ServedModel) -> None:
     """Other steps are resampled in time (LoadedForecaster.predict); only far-off ones are refused."""
-    trained = model.forecaster.step_minutes
-    if trained is not None and not (trained / MAX_STEP_RATIO <= step <= trained * MAX_STEP_RATIO):
-        raise ApiError(422, "wrong_step", f"model {model.name!r} works at {trained:g}-minute steps and resamples "
-                                          f"products between {trained / MAX_STEP_RATIO:g} and "
-                                          f"{trained * MAX_STEP_RATIO:g} minutes; frames are {step:g} minutes apart")
+    try:
+        query.check_step(step, model.forecaster.step_minutes, model.name)
+    except WindowUnavailable as exc:
+        raise ApiError(422, exc.code, str(exc)) from exc
 
 
 def inline_frames(body: ForecastRequest, model: ServedModel, settings: ServiceSettings):
@@ -106,48 +96,21 @@ def inline_frames(body: ForecastRequest, model: ServedModel, settings: ServiceSe
     if body.times is not None:
         if len(body.times) != frames.shape[0]:
             raise ApiError(422, "bad_times", f"{len(body.times)} times for {frames.shape[0]} frames")
-        seconds = np.array([utc64(t).astype(np.int64) for t in body.times])
-        if not np.all(np.diff(seconds) == int(round(step * 60))):
+        times = np.array([parse_utc(t) for t in body.times])
+        if not len(contiguous_starts(times, len(times), step)):
             raise ApiError(422, "uneven_times", f"frames are not evenly spaced at {step:g} minutes")
-        if utc64(body.end_time) != utc64(body.times[-1]):
+        if parse_utc(body.end_time) != parse_utc(body.times[-1]):
             raise ApiError(422, "bad_times", "end_time must be the time of the last frame")
-    return frames, step, utc64(body.end_time), None
+    return frames, step, parse_utc(body.end_time), None
 
 
 def archive_frames(request: Request, body: ForecastRequest, model: ServedModel):
     archive = get_archive(request, body.product)
-    with archive.open() as ds:
-        times = ds["time"].values.astype("datetime64[s]")
-        grid = Grid.from_dataset(ds)
-        if body.time is None:
-            end = len(times) - 1
-        else:
-            wanted = utc64(body.time)
-            matches = np.nonzero(times == wanted)[0]
-            if not len(matches):
-                raise ApiError(422, "time_not_in_archive", f"{wanted}Z is not a frame of {body.product!r} "
-                                                           f"({times[0]}Z .. {times[-1]}Z)")
-            end = int(matches[0])
-        step = float(np.median(np.diff(times.astype(np.int64)))) / 60 if len(times) > 1 else None
-        needed = model.forecaster.frames_needed(step)
-        if step is None or end + 1 < needed:
-            raise ApiError(422, "too_few_frames", f"{body.product!r} has fewer than {needed} frames up to that time")
-        start = end - needed + 1
-        contiguous = window_starts(times[start : end + 1].astype(np.int64), needed, int(round(step * 60)), None,
-                                   TimeBlockSplit())
-        if not len(contiguous):
-            raise ApiError(422, "gap_in_archive", f"the {needed} frames up to {times[end]}Z are not contiguous")
-        ys, xs = slice(None), slice(None)
-        if body.bbox is not None:
-            x_min, y_min, x_max, y_max = body.bbox
-            col = np.nonzero((grid.x >= x_min) & (grid.x <= x_max))[0]
-            row = np.nonzero((grid.y >= y_min) & (grid.y <= y_max))[0]
-            if not len(col) or not len(row):
-                raise ApiError(422, "empty_bbox", "bbox does not overlap the product's grid")
-            ys, xs = slice(row[0], row[-1] + 1), slice(col[0], col[-1] + 1)
-            grid = Grid(crs_proj=grid.crs_proj, x=grid.x[xs], y=grid.y[ys])
-        frames = ds["precip"].isel(time=slice(start, end + 1), y=ys, x=xs).values
-    return frames, step, times[end], grid  # nodata stays NaN: nobody looked there
+    try:
+        window = archive.window(end=body.time, bbox=body.bbox, frames_needed=model.forecaster.frames_needed)
+    except WindowUnavailable as exc:
+        raise ApiError(422, exc.code, str(exc)) from exc
+    return window.frames, window.step_minutes, window.end, window.grid  # nodata stays NaN: nobody looked there
 
 
 async def run_forecast(
@@ -294,4 +257,4 @@ async def forecast_upload(
         raise ApiError(422, "missing_step", "step_minutes is required with this model")
     if frames.ndim == 3 and grid is not None and grid.shape != frames.shape[1:]:
         grid = None
-    return await run_forecast(request, served, frames, lead_steps, step, utc64(end_time), grid, accept, settings)
+    return await run_forecast(request, served, frames, lead_steps, step, parse_utc(end_time), grid, accept, settings)
