@@ -19,11 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipelines.dataset import SequenceDataset  # noqa: E402
-from pipelines.ingest import ingest  # noqa: E402
-from pipelines.sample_data import FMI_SUBDIR, find_sample_data_dir  # noqa: E402
+from pipelines.dataset import SequenceDataset
+from pipelines.ingest import ingest
+from pipelines.sample_data import FMI_SUBDIR, find_sample_data_dir
 
 
 class MemmapWindows(Dataset):

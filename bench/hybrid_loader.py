@@ -12,23 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 import yaml
+from dataset_throughput import windows_per_second  # a sibling script (one epoch at most: --windows <= len)
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.dataset_throughput import windows_per_second  # noqa: E402  (one epoch at most: --windows <= len)
-from nowcast.losses import mse_mae  # noqa: E402
-from nowcast.models import get_model  # noqa: E402
-from pipelines.dataset import SequenceDataset  # noqa: E402
-from pipelines.extrapolation import HISTORY, cache_path  # noqa: E402
-from pipelines.motion import extrapolate  # noqa: E402
-from pipelines.store import VARIABLE, ProductArchive  # noqa: E402
+from nowcast.losses import mse_mae
+from nowcast.models import get_model
+from pipelines.dataset import SequenceDataset
+from pipelines.extrapolation import HISTORY, cache_path
+from pipelines.motion import extrapolate
+from pipelines.store import VARIABLE, ProductArchive
 
 
 def main() -> None:

@@ -13,13 +13,10 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nowcast.models import get_model  # noqa: E402
+from nowcast.models import get_model
 
 
 def timed(fn, repeats: int, device: torch.device) -> float:

@@ -22,10 +22,9 @@ import time
 from pathlib import Path
 
 import httpx
+from dataset_throughput import windows_per_second  # a sibling script
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.dataset_throughput import FMI_SUBDIR, find_sample_data_dir, windows_per_second  # noqa: E402
+from pipelines.sample_data import FMI_SUBDIR, find_sample_data_dir
 
 
 def start_moto() -> tuple[subprocess.Popen, str]:

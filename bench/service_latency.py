@@ -26,9 +26,7 @@ import numpy as np
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nowcast.models import get_model  # noqa: E402
+from nowcast.models import get_model
 
 NOWCAST = str(Path(sys.executable).with_name("nowcast"))
 

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import re
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -26,10 +25,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.service_latency import start_server  # noqa: E402
+from service_latency import start_server  # a sibling script
 
 
 def counter(url: str, name: str, model: str) -> float:

@@ -40,11 +40,7 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from pipelines.ingest import decode  # noqa: E402
+from pipelines.ingest import decode
 
 warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
 warnings.filterwarnings("ignore", category=UserWarning, module="zarr")

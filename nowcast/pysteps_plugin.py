@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from nowcast.forecaster import LoadedForecaster, load_forecaster
+from pipelines.pysteps_import import quiet_import
 
 PREFIX = "nowcast_"
 
@@ -62,11 +63,6 @@ METHODS = {
 
 def register() -> list[str]:
     """Add the methods to pysteps' nowcast table (for pysteps without nowcast plugin discovery)."""
-    import contextlib
-    import io
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        from pysteps.nowcasts import interface
-
+    interface = quiet_import("pysteps.nowcasts.interface")
     interface._nowcast_methods.update(METHODS)
     return sorted(METHODS)

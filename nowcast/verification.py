@@ -8,16 +8,16 @@ single missed pixel the same weight as a big convective event, so it is delibera
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-# pysteps prints a banner on import; keep library imports quiet.
-with contextlib.redirect_stdout(io.StringIO()):
-    from pysteps.verification import detcatscores, spatialscores
+from pipelines.pysteps_import import quiet_import
+
+# pysteps prints a banner on import; quiet_import keeps it off stdout.
+detcatscores = quiet_import("pysteps.verification.detcatscores")
+spatialscores = quiet_import("pysteps.verification.spatialscores")
 
 #: rain-rate thresholds (mm/h) for the categorical scores, from light rain to heavy convection
 THRESHOLDS_MM_H: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)

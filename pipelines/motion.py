@@ -3,23 +3,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 from collections import OrderedDict
 
 import numpy as np
 
+from pipelines.pysteps_import import quiet, quiet_import
+
 #: mm/h below which a pixel is "no rain" for the motion field and S-PROG (dBR zero value below)
 RAIN_THRESHOLD_MM_H = 0.1
 DBR_ZERO = -15.0
-
-
-def quiet_import(name: str):
-    with contextlib.redirect_stdout(io.StringIO()):
-        import importlib
-
-        return importlib.import_module(name)
 
 
 def to_dbr(rain: np.ndarray, threshold: float = RAIN_THRESHOLD_MM_H) -> np.ndarray:
@@ -80,6 +73,6 @@ def extrapolate(rain: np.ndarray, t_out: int, history: int = 3) -> np.ndarray:
         return cached
     nowcasts = quiet_import("pysteps.nowcasts")
     velocity = motion_field(rain, history)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with quiet():
         forecast = nowcasts.get_method("extrapolation")(rain[-1], velocity, t_out)
     return _extrapolation_memo.put(key, np.asarray(forecast, dtype=np.float64))

@@ -12,17 +12,15 @@ The motion-based ones work in mm/h, so they need the normaliser the inputs were 
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 from torch import Tensor
 
 from nowcast.models.base import Forecaster
-from pipelines.motion import RAIN_THRESHOLD_MM_H, extrapolate, motion_field, quiet_import, to_dbr
+from pipelines.motion import RAIN_THRESHOLD_MM_H, extrapolate, motion_field, to_dbr
 from pipelines.normalization import RainNormalizer
+from pipelines.pysteps_import import quiet, quiet_import
 
 
 def smooth_by_lead(forecast: np.ndarray, sigma_per_step: float = 0.5) -> np.ndarray:
@@ -43,7 +41,7 @@ def sprog(rain: np.ndarray, t_out: int, history: int = 3) -> np.ndarray:
     nowcasts = quiet_import("pysteps.nowcasts")
     dbr = to_dbr(rain[-3:])
     velocity = motion_field(rain, history)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with quiet():
         forecast = nowcasts.get_method("sprog")(
             dbr, velocity, t_out, n_cascade_levels=8, precip_thr=10.0 * np.log10(RAIN_THRESHOLD_MM_H),
             ar_order=2, measure_time=False,

@@ -2,7 +2,8 @@
 
 Each importer module defines ``sniff(path, head) -> bool`` (does this file look like mine?)
 and ``read(path) -> RawFrame`` (decode it, in the provider's unit, with its valid time).
-A new format is one new module plus one line in ``IMPORTERS``.
+A new format is one new module plus one line in ``IMPORTERS``. ``read_file`` applies the output
+checks (``_common.check_raw_frame``) to every importer's frame, so importers need not repeat them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 from types import ModuleType
 
 from pipelines.frame import RawFrame
+from pipelines.importers._common import InvalidFrameError as InvalidFrameError  # re-exported for callers
+from pipelines.importers._common import check_raw_frame
 
 IMPORTERS: dict[str, str] = {
     "fmi_pgm": "pipelines.importers.fmi_pgm",
@@ -54,6 +57,9 @@ def detect_format(path: str | Path) -> str:
 
 
 def read_file(path: str | Path, fmt: str = AUTO) -> RawFrame:
-    """Decode one file with the named importer (or the detected one)."""
+    """Decode one file with the named importer (or the detected one), then check what it returned.
+
+    ``check_raw_frame`` runs here, once, for every importer: a frame that is not a 2-D image on a
+    grid of its shape, with no infinite values and a valid time, raises ``InvalidFrameError``."""
     name = detect_format(path) if fmt == AUTO else fmt
-    return get_importer(name).read(Path(path))
+    return check_raw_frame(get_importer(name).read(Path(path)), path)

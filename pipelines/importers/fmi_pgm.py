@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pipelines.frame import RawFrame
 from pipelines.grid import Grid
-from pipelines.importers._common import pysteps_importers, require_finite_grid, utc
+from pipelines.importers._common import pysteps_importers, utc
 
 
 def _header(path: Path, gzipped: bool) -> bytes:
@@ -31,7 +31,6 @@ def read(path: Path) -> RawFrame:
     if not match:
         raise ValueError(f"{path.name}: PGM header has no '# obstime' line")
     data, _, meta = pysteps_importers().import_fmi_pgm(str(path), gzipped=gzipped)
-    data = require_finite_grid(data, path)
     return RawFrame(
         time=utc(datetime.strptime(match.group(1), "%Y%m%d%H%M")),
         data=data,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipelines.frame import RawFrame
 from pipelines.grid import Grid
-from pipelines.importers._common import pysteps_importers, require_finite_grid, utc
+from pipelines.importers._common import pysteps_importers, utc
 
 #: product code -> unit in the file
 _UNITS = {"AQC": "mm", "CPC": "mm", "AZC": "mm", "RZC": "mm/h"}
@@ -31,7 +31,6 @@ def read(path: Path) -> RawFrame:
     data, _, meta = pysteps_importers().import_mch_gif(
         str(path), product=product, unit=unit, accutime=accutime
     )
-    data = require_finite_grid(data, path)
     return RawFrame(
         time=time,
         data=data,
