@@ -58,7 +58,7 @@ def evaluate(
     for spec in models:
         loaded = load_forecaster(spec)
         label = spec if spec == loaded.name else f"{loaded.name} ({Path(spec).name})"
-        if label in forecasters:  # e.g. two registry versions, both called model.ckpt
+        if label in forecasters:  # e.g. two model store versions, both called model.ckpt
             label = f"{loaded.name} ({Path(spec).parent.name}/{Path(spec).name})"
         if label in forecasters:
             raise ValueError(f"model {spec!r} is given twice")

@@ -47,7 +47,7 @@ def ingest_events(data_root: Path) -> None:
         missing = [p for p in paths if not Path(p).is_dir()]
         if missing:
             raise FileNotFoundError(f"radar folder(s) not found: {', '.join(missing)} (pass --data)")
-        subprocess.run([sys.executable, "-m", "nowcast.cli", "ingest", "--format", fmt, "--store",
+        subprocess.run([sys.executable, "-m", "nowcast_cli", "ingest", "--format", fmt, "--store",
                         str(STORE_DIR / f"{store}.zarr"), "--product", product, *paths], check=True)
 
 
@@ -73,7 +73,7 @@ def train_stage(name: str, run_dir: Path = Path("runs/weights")) -> None:
     ledger = run_dir / name / "wall_time.json"
     spent = json.loads(ledger.read_text())["seconds"] if ledger.is_file() else (_logged_seconds(run_dir / name) or 0.0)
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "nowcast.cli", "train", "--config", str(config)], check=True)
+    subprocess.run([sys.executable, "-m", "nowcast_cli", "train", "--config", str(config)], check=True)
     ledger.write_text(json.dumps({"seconds": spent + time.perf_counter() - started}))
 
 

@@ -1,7 +1,7 @@
 """The training method: one LightningModule for every recurrent model (OpenSTL's "method").
 
 It owns the loss, the scheduled-sampling schedule and the per-lead validation scores; the
-network comes from the registry by name. A checkpoint holds everything needed to forecast:
+network comes from the model registry by name. A checkpoint holds everything needed to forecast:
 the model name and arguments, the input/output step counts, the time step and the
 normalisation (``checkpoint["nowcast"]``), besides Lightning's own hyper-parameters.
 """

@@ -30,6 +30,8 @@ from contextlib import contextmanager
 from typing import Any
 
 LOCK_GROUP = "_locks"
+#: sysexits' EX_TEMPFAIL, the exit code of a command that found another writer or run busy: try later
+EXIT_BUSY = 75
 #: a dead holder's lease lasts this long (NOWCAST_LEASE_SECONDS; tests shorten it)
 LEASE_SECONDS = float(os.environ.get("NOWCAST_LEASE_SECONDS", "60"))
 SETTLE_SECONDS = 0.5

@@ -14,10 +14,10 @@ from nowcast import __version__
 from service.auth import key_problem, offered_key
 from service.errors import error_body, install_error_handlers
 from service.metrics import Metrics
-from service.registry import load_models
 from service.reload import reload_production, watch_production
 from service.routers import forecast, health, models
 from service.routers.forecast import RETRY_AFTER_S
+from service.serving import load_models
 from service.settings import ServiceSettings, load_settings
 
 

@@ -9,8 +9,8 @@ from fastapi import Request
 from pipelines.store import ProductArchive
 from service.errors import ApiError
 from service.metrics import Metrics
-from service.registry import ServedModel
 from service.schemas import PRODUCT_PATTERN
+from service.serving import ServedModel
 from service.settings import ServiceSettings
 
 

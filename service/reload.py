@@ -1,4 +1,4 @@
-"""Serve the registry's production model, and swap it in when the pointer moves or on SIGHUP.
+"""Serve the model store's production model, and swap it in when the pointer moves or on SIGHUP.
 
 The new model is loaded off the event loop, started, and put in place with one assignment;
 requests that already picked the old one are answered by it before it stops, so a reload
@@ -14,8 +14,8 @@ import signal
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from nowcast.registry import ModelRegistry
-from service.registry import serve_model
+from nowcast.model_store import ModelStore
+from service.serving import serve_model
 
 PRODUCTION = "production"
 log = logging.getLogger("nowcast.service")
@@ -24,12 +24,12 @@ log = logging.getLogger("nowcast.service")
 async def reload_production(app: FastAPI, force: bool = False) -> bool:
     """Load the production version if it changed (or ``force``); True when a new model is live."""
     settings = app.state.settings
-    registry = ModelRegistry(settings.registry)
-    version = await run_in_threadpool(registry.production)
+    model_store = ModelStore(settings.registry)
+    version = await run_in_threadpool(model_store.production)
     current = app.state.models.get(PRODUCTION)
     if version is None or (not force and current is not None and current.version == version):
         return False
-    checkpoint = str(registry.checkpoint(version))
+    checkpoint = str(model_store.checkpoint(version))
     served = await run_in_threadpool(serve_model, PRODUCTION, checkpoint, settings, app.state.metrics, version)
     served.batcher.start()
     app.state.models = {**app.state.models, PRODUCTION: served}

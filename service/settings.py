@@ -35,8 +35,9 @@ class ServiceSettings(BaseSettings):
                                               "beyond it, 503 with Retry-After before the body is read")
     max_input_frames: int = Field(64, description="Most frames a request may send (checked before decoding)")
     device: str = Field("auto", description="'auto' (GPU when there is one), 'cpu' or 'cuda'")
-    registry: str | None = Field(None, description="Model registry: its production version is served as 'production'")
-    reload_interval_s: float = Field(5.0, description="How often to check the registry's production pointer")
+    registry: str | None = Field(
+        None, description="Model store (nowcast train --registry): its production version is served as 'production'")
+    reload_interval_s: float = Field(5.0, description="How often to check the model store's production pointer")
 
 
 def load_settings(config: Path | None = None, **overrides: object) -> ServiceSettings:

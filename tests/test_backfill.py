@@ -102,9 +102,9 @@ def test_backfill_through_a_dask_cluster(fmi_archive: str, tmp_path: Path) -> No
 
 
 def test_backfill_uses_the_registry_production_model(fmi_archive: str, small_checkpoint: Path, tmp_path: Path) -> None:
-    from nowcast.registry import ModelRegistry
+    from nowcast.model_store import ModelStore
 
-    registry = ModelRegistry(tmp_path / "registry")
+    registry = ModelStore(tmp_path / "registry")
     version = registry.register(small_checkpoint)
     registry.set_production(version)
     out = str(tmp_path / "forecasts.zarr")

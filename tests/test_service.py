@@ -337,9 +337,9 @@ def test_schemathesis_finds_no_server_error(server: str, workdir: Path) -> None:
 def test_models_report_the_skill_the_model_store_and_the_model_card_recorded(
     workdir: Path, archive: str, small_checkpoint: Path
 ) -> None:
-    from nowcast.registry import ModelRegistry
+    from nowcast.model_store import ModelStore
 
-    store = ModelRegistry(workdir / "skill-registry")
+    store = ModelStore(workdir / "skill-registry")
     version = store.register(small_checkpoint)
     meta = store.meta(version)
     meta["scores"] = [{"lead_minutes": 5.0, "csi": {"1.0": 0.61}}]

@@ -19,8 +19,8 @@ from service.batching import Overloaded
 from service.dependencies import get_archive, get_models, get_settings
 from service.errors import ApiError
 from service.formats import Forecast, NumpyJSONResponse, negotiate, to_gif, to_json, to_netcdf, to_png
-from service.registry import ServedModel
 from service.schemas import YEARS, ErrorResponse, ForecastRequest, ForecastResponse
+from service.serving import ServedModel
 from service.settings import ServiceSettings
 
 router = APIRouter(prefix="/v1", tags=["forecast"], dependencies=[Depends(require_api_key)])

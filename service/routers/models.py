@@ -6,8 +6,8 @@ from fastapi import APIRouter, Depends
 
 from service.auth import require_api_key
 from service.dependencies import get_models, get_settings
-from service.registry import ServedModel
 from service.schemas import ErrorResponse, ModelsResponse
+from service.serving import ServedModel
 from service.settings import ServiceSettings
 
 router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_api_key)],

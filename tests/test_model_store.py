@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from conftest import REPO, nowcast_cli, synthetic_training_config, train_command
 
-from nowcast.registry import KEPT_PRODUCTION, LOCKED, PROMOTED, ModelRegistry
+from nowcast.model_store import LOCKED, ModelStore
+from nowcast.promotion import KEPT_PRODUCTION, PROMOTED
 
 
 def dry_model(checkpoint: Path, out: Path) -> Path:
@@ -40,7 +41,7 @@ def test_promotion_moves_the_pointer_only_for_a_better_model(
     dry = dry_model(small_checkpoint, tmp_path / "dry.ckpt")
     code, first = promote(registry_dir, dry, fmi_archive)
     assert code == PROMOTED and first["reason"] == "no production model" and first["cases"] > 0
-    registry = ModelRegistry(registry_dir)
+    registry = ModelStore(registry_dir)
     assert registry.production() == first["candidate"]
     code, second = promote(registry_dir, small_checkpoint, fmi_archive)
     assert code == PROMOTED and second["candidate_score"] > second["production_score"] == 0.0
@@ -55,7 +56,7 @@ def test_promotion_moves_the_pointer_only_for_a_better_model(
 
 
 def test_training_is_locked_against_a_second_run(tmp_path: Path) -> None:
-    registry = ModelRegistry(tmp_path / "registry")
+    registry = ModelStore(tmp_path / "registry")
     with registry.lock():
         result = nowcast_cli("train", "--config", str(REPO / "configs" / "convlstm.yaml"), "--registry",
                              str(tmp_path / "registry"))
@@ -68,7 +69,7 @@ def test_train_then_promote_from_the_command_line(tmp_path: Path) -> None:
                                               str(RULE), "--window-hours", "3"))
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == PROMOTED, result.stderr[-3000:]
-    registry = ModelRegistry(tmp_path / "registry")
+    registry = ModelStore(tmp_path / "registry")
     assert registry.production() and registry.production_checkpoint().is_file()
 
 
@@ -83,7 +84,7 @@ def test_service_follows_the_production_pointer_without_dropping_requests(
     import httpx
     from test_service import start_server
 
-    registry = ModelRegistry(tmp_path / "registry")
+    registry = ModelStore(tmp_path / "registry")
     first = registry.register(dry_model(small_checkpoint, tmp_path / "dry.ckpt"))
     registry.set_production(first)
     server = start_server(tmp_path, {"store": fmi_archive, "models": ["persistence"], "registry": str(registry.root),

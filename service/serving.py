@@ -1,4 +1,4 @@
-"""The models a service instance serves: loaded once at start-up, each with its batcher."""
+"""Serving: the models a service instance serves: loaded once at start-up, each with its batcher."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class ServedModel:
     name: str
     forecaster: LoadedForecaster
     batcher: MicroBatcher
-    version: str | None = None  # the registry version, for the production model
+    version: str | None = None  # the model store's version, for the production model
 
     def describe(self, settings: ServiceSettings) -> dict[str, Any]:
         f = self.forecaster

@@ -1,0 +1,209 @@
+"""The archive's commands: ``nowcast ingest`` and ``nowcast store info|show`` (typer + rich).
+
+Also the pieces every layer's commands share: the ``--store`` option, the console, progress bars
+and ``store_errors``. ``nowcast_cli.main`` composes this app with the model and service commands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(no_args_is_help=True)
+store_app = typer.Typer(help="Inspect a Zarr archive.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+console = Console(stderr=True)
+#: the --store option every command shares (NOWCAST_STORE in the environment)
+StoreOption = Annotated[str, typer.Option(help="Zarr store: a local path or an fsspec URL.", envvar="NOWCAST_STORE")]
+
+
+def progress_bar() -> Progress:
+    """The progress display of long commands (on stderr, so --json output stays clean)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), console=console, transient=False,
+    )
+
+
+@contextlib.contextmanager
+def store_errors(store: str) -> Iterator[None]:
+    """A store that cannot be used (bucket, credentials, network) is one line and exit 2, not a traceback."""
+    from pipelines.store import store_problem
+
+    try:
+        yield
+    except (typer.Exit, typer.BadParameter):
+        raise
+    except Exception as exc:
+        problem = store_problem(exc, store)
+        if problem is None:
+            raise
+        console.print(f"[red]error:[/] {problem}", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def run_ingest(paths: list[Path], fmt: str, store: str, product: str, workers: int, batch_size: int,
+               lock_timeout: float = 60.0):
+    from pipelines.ingest import discover, ingest
+    from pipelines.locking import EXIT_BUSY, WriterBusy
+
+    files = discover(paths)
+    try:
+        with store_errors(store), progress_bar() as progress:
+            task = progress.add_task(f"ingest {product}", total=len(files))
+            report = ingest(
+                paths, store, product, fmt=fmt, workers=workers, batch_size=batch_size,
+                on_file=lambda _p: progress.advance(task), files=files, lock_timeout=lock_timeout,
+            )
+    except WriterBusy as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_BUSY) from None
+    return report
+
+
+def print_report(report) -> None:
+    console.print(
+        f"[bold]{report.product}[/]: {report.files} files, {report.written} frames written, "
+        f"{report.already_present} already present, {report.inserted_out_of_order} merged out of order, "
+        f"{len(report.failed)} rejected"
+    )
+    if report.recovered:
+        console.print(f"recovered: {report.recovered}")
+    if report.qc:
+        console.print("quality control: " + ", ".join(f"{k} {v}" for k, v in sorted(report.qc.items())))
+    for path, error in report.failed:
+        console.print(f"[red]rejected[/] {path}: {error}")
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files or directories (searched recursively).")],
+    format: Annotated[str, typer.Option("--format", "-f", help="Importer name, or 'auto'.")] = "auto",
+    store: StoreOption = "data/archive.zarr",
+    product: Annotated[str, typer.Option(help="Product (group) name in the store.")] = ...,
+    workers: Annotated[int, typer.Option(help="Decoding processes.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Frames per commit.")] = 16,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Keep watching PATHS (directories) for new files.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between polls with --watch.")] = 10.0,
+    settle: Annotated[float, typer.Option(help="With --watch, take files unchanged for this many seconds.")] = 2.0,
+    lock_timeout: Annotated[float, typer.Option(
+        help="One writer per product: wait this many seconds for another writer, then exit 75.")] = 60.0,
+) -> None:
+    """Decode radar/satellite files to mm/h and append them to a product in a Zarr store."""
+    from pipelines.importers import formats
+
+    if format not in formats():
+        raise typer.BadParameter(f"unknown format {format!r}; choose from {', '.join(formats())}")
+    if watch:
+        from pipelines.watch import watch as run_watch
+
+        def report_poll(poll: int, report) -> None:
+            typer.echo(json.dumps({"poll": poll, **report.as_dict()}), nl=True)
+            print_report(report)
+
+        try:
+            run_watch(paths, store, product, fmt=format, workers=workers, batch_size=batch_size, interval=interval,
+                      settle_seconds=settle, on_report=report_poll)
+        except NotADirectoryError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+        return
+    report = run_ingest(paths, format, store, product, workers, batch_size, lock_timeout)
+    if json_out:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        print_report(report)
+    raise typer.Exit(report.exit_code)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+def print_summary(summary: dict) -> None:
+    out = Console()
+    if not summary["products"]:
+        out.print(f"store {summary['store']}: no products")
+    for p in summary["products"]:
+        g = p["grid"]
+        missing = sum(gap["missing_frames"] for gap in p["gaps"])
+        table = Table(title=f"{summary['store']} :: {p['product']}", show_header=False)
+        table.add_column("field", style="bold")
+        table.add_column("value", overflow="fold")
+        rows = {
+            "frames": str(p["frames"]),
+            "time range (UTC)": f"{p['start']} .. {p['end']}",
+            "step": f"{p['step_minutes']:g} min" if p["step_minutes"] else "-",
+            "gaps": f"{len(p['gaps'])} ({missing} missing frames)",
+            "grid": f"{g['ny']} x {g['nx']} pixels of {g['dx_m']:g} x {g['dy_m']:g} {g['units']}",
+            f"extent ({g['units']})": f"x {g['x_range_m'][0]:.7g}..{g['x_range_m'][1]:.7g}, "
+            f"y {g['y_range_m'][0]:.7g}..{g['y_range_m'][1]:.7g}",
+            "CRS": p["crs"]["proj4"],
+            "size on disk": _human_bytes(p["size_on_disk_bytes"]),
+            **{k.replace("_", " "): str(v) for k, v in p["attrs"].items()},
+        }
+        for key, value in rows.items():
+            table.add_row(key, value)
+        out.print(table)
+
+
+@store_app.command("info")
+def store_info(
+    store: StoreOption = "data/archive.zarr",
+    product: Annotated[str | None, typer.Option(help="Only this product.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Products, time range, step, gaps, grid, CRS and size on disk."""
+    from pipelines.info import store_summary
+
+    try:
+        with store_errors(store):
+            summary = store_summary(store, product)
+    except KeyError as exc:
+        console.print(f"[red]error:[/] {exc.args[0]}")
+        raise typer.Exit(2) from exc
+    if json_out:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        print_summary(summary)
+
+
+@store_app.command("show")
+def store_show(
+    product: Annotated[str, typer.Option(help="Product to draw.")],
+    store: StoreOption = "data/archive.zarr",
+    time: Annotated[str | None, typer.Option(help="Valid time (UTC, ISO); default the latest.")] = None,
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("frame.png"),
+) -> None:
+    """Draw one stored frame as a PNG (rain-rate colour scale, grey = nodata)."""
+    from pipelines.plots import plot_frame
+    from pipelines.query import utc_text
+    from pipelines.store import ProductArchive
+
+    archive = ProductArchive(store, product)
+    if not archive.exists():
+        console.print(f"[red]error:[/] no product {product!r} in {store}")
+        raise typer.Exit(2)
+    try:
+        window = archive.window(1, end=time)
+    except ValueError as exc:  # not a frame of the product, or not a time at all
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    grid = window.grid
+    scale = 1.0 if grid.is_geographic else 1000.0
+    extent = (grid.x[0] / scale, grid.x[-1] / scale, grid.y[-1] / scale, grid.y[0] / scale)
+    path = plot_frame(window.frames[0], f"{product} {utc_text(window.end)}", out, extent,
+                      "degrees" if grid.is_geographic else "km")
+    console.print(f"wrote {path}")

@@ -1,0 +1,25 @@
+"""``nowcast serve``: the HTTP service (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command()
+def serve(
+    config: Annotated[Path | None, typer.Option(help="Service YAML (see configs/service.yaml).")] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+) -> None:
+    """Serve forecasts over HTTP (FastAPI + uvicorn)."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import load_settings
+
+    uvicorn.run(create_app(load_settings(config)), host=host, port=port, log_level="info")
