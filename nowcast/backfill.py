@@ -125,7 +125,7 @@ def backfill(
     step = time_step_minutes(times)
     if step is None:
         raise ValueError(f"product {product!r} has fewer than two frames")
-    leads = lead_steps or (forecaster.max_lead_steps if forecaster.trainable else 12)
+    leads = lead_steps or forecaster.default_lead_steps
     check_step(step, forecaster.step_minutes, forecaster.name)
     history = forecaster.frames_needed(step)  # a model trained at another step gets resampled frames
     windows = plan_windows(times, history, 0, step, start, end, every)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from nowcast.forecaster import DEFAULT_MAX_LEAD_STEPS, LoadedForecaster, load_forecaster
+from nowcast.forecaster import DEFAULT_LEAD_STEPS, LoadedForecaster, load_forecaster
 from nowcast.verification import LeadTimeVerifier, scores_table_markdown
 from pipelines.grid import Grid
 from pipelines.query import centre_crop, check_step, plan_windows, time_step_minutes, utc_text
@@ -71,8 +71,9 @@ def evaluate(
         raise ValueError(f"product {product!r} has fewer than two frames")
     for label, f in forecasters.items():
         check_step(step, f.step_minutes, label)
-    trained = [f.max_lead_steps for f in forecasters.values() if f.trainable]
-    leads = lead_steps or (min(trained) if trained else DEFAULT_MAX_LEAD_STEPS // 2)
+    # by default the shortest any network was trained for, so every model is scored on its own leads
+    leads = lead_steps or min((f.default_lead_steps for f in forecasters.values() if f.trainable),
+                              default=DEFAULT_LEAD_STEPS)
     history = max(f.frames_needed(step) for f in forecasters.values())  # other steps: resampled in time
     cases = select_cases(times, history, leads, step, start, end, stride)
     if total:

@@ -26,8 +26,10 @@ from nowcast.models.base import Forecaster
 from pipelines.normalization import RainNormalizer
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-#: lead steps a baseline offers when nothing else fixes it (2 h at 5 min)
-DEFAULT_MAX_LEAD_STEPS = 24
+#: the most lead steps a baseline offers (2 h at 5 min); a network offers what it was trained for
+BASELINE_MAX_LEAD_STEPS = 24
+#: lead steps of a baseline forecast when the caller does not say (1 h at 5 min)
+DEFAULT_LEAD_STEPS = 12
 
 
 def interpolate_in_time(frames: np.ndarray, step: float, times: np.ndarray, origin: int | None = None) -> np.ndarray:
@@ -92,6 +94,11 @@ class LoadedForecaster:
     def size_multiple(self) -> int:
         """Frame sizes the network takes: multiples of its patch size."""
         return int(getattr(self.model, "patch", 1))
+
+    @property
+    def default_lead_steps(self) -> int:
+        """Leads when the caller does not say: a network's trained output steps, else DEFAULT_LEAD_STEPS."""
+        return self.max_lead_steps if self.trainable else DEFAULT_LEAD_STEPS
 
     def resamples(self, step_minutes: float | None) -> bool:
         """True when frames at ``step_minutes`` must be resampled to the model's step."""
@@ -178,7 +185,7 @@ def load_forecaster(spec: str, map_location: str | torch.device = "cpu") -> Load
         normalizer = RainNormalizer()
         kwargs = {"normalization": normalizer.to_dict()} if spec in MOTION_BASELINES else {}
         return LoadedForecaster(spec, get_model(spec, **kwargs).eval(), model_class(spec).min_input_steps,
-                                DEFAULT_MAX_LEAD_STEPS, None, normalizer, "baseline")
+                                BASELINE_MAX_LEAD_STEPS, None, normalizer, "baseline")
     path = Path(spec)
     if not path.is_file() and spec in MODELS:
         path = WEIGHTS_DIR / f"{spec}.ckpt"

@@ -32,14 +32,16 @@ def _load(spec: str) -> LoadedForecaster:
 
 def _method(default_model: str) -> Callable[..., np.ndarray]:
     def forecast(
-        precip: np.ndarray, velocity: Any = None, timesteps: int | list[float] = 12,
+        precip: np.ndarray, velocity: Any = None, timesteps: int | list[float] | None = None,
         checkpoint: str | None = None, **_: Any,
     ) -> np.ndarray:
+        forecaster = _load(checkpoint or default_model)
+        if timesteps is None:
+            timesteps = forecaster.default_lead_steps
         if not isinstance(timesteps, int):
             if list(timesteps) != list(range(1, len(timesteps) + 1)):
                 raise ValueError("only whole, consecutive time steps are supported (pass an int)")
             timesteps = len(timesteps)
-        forecaster = _load(checkpoint or default_model)
         if forecaster.name != default_model:
             raise ValueError(f"{checkpoint} holds a {forecaster.name!r} network, not {default_model!r}: "
                              f"use pysteps.nowcasts.get_method('{PREFIX}{forecaster.name}') for it")

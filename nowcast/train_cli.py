@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import warnings
 
-from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.cli import LightningCLI, LRSchedulerTypeTuple
+from torch.optim import Optimizer
 
 from nowcast.training import NowcastModule
 from pipelines.datamodule import RadarDataModule
+
+
+#: the optimiser when a config names none: the one place it is set (the module has no lr of its own)
+DEFAULT_OPTIMIZER = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3, "weight_decay": 1e-4}}
 
 
 class NowcastCLI(LightningCLI):
@@ -15,6 +20,10 @@ class NowcastCLI(LightningCLI):
         # one source of truth for the window: the data section
         parser.link_arguments("data.t_in", "model.t_in")
         parser.link_arguments("data.t_out", "model.t_out")
+        # and for the optimiser: the config's optimizer section, AdamW by default
+        parser.add_optimizer_args((Optimizer,))
+        parser.add_lr_scheduler_args(LRSchedulerTypeTuple)
+        parser.set_defaults({"optimizer": DEFAULT_OPTIMIZER})
 
     def _add_subcommands(self, parser, **kwargs) -> None:
         super()._add_subcommands(parser, **kwargs)

@@ -1,6 +1,8 @@
 """The training method: one LightningModule for every recurrent model (OpenSTL's "method").
 
-It owns the loss, the scheduled-sampling schedule and the per-lead validation scores; the
+It owns the loss, the scheduled-sampling schedule and the per-lead validation scores (the
+optimiser and its schedule are the config's ``optimizer:``/``lr_scheduler:`` sections, with
+``nowcast.train_cli.DEFAULT_OPTIMIZER`` when a config has none); the
 network comes from the model registry by name. A checkpoint holds everything needed to forecast:
 the model name and arguments, the input/output step counts, the time step and the
 normalisation (``checkpoint["nowcast"]``), besides Lightning's own hyper-parameters.
@@ -39,7 +41,6 @@ class NowcastModule(pl.LightningModule):
         sampling_stop_steps: int = 5000,
         reverse_sampling_alpha: float = 2000.0,
         decouple_weight: float = 0.0,
-        lr: float = 1e-3,
         csi_weight: float = 0.0,
         csi_thresholds: tuple[float, ...] = VALIDATION_THRESHOLDS,
         csi_temperature: float = 0.02,
@@ -206,6 +207,3 @@ class NowcastModule(pl.LightningModule):
                 hits, misses, false_alarms = row[2 + 3 * k : 5 + 3 * k]
                 csi = hits / (hits + misses + false_alarms).clamp(min=1.0)
                 self.log(f"val/csi_{threshold:g}mm/{tag}", csi)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)

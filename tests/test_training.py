@@ -171,3 +171,22 @@ def test_fine_tuning_starts_from_given_weights_with_a_soft_csi_term(tmp_path: Pa
     other = ("--model.init_weights", str(start), "--model.model", "predrnn")
     refused = subprocess.run(train_command(overrides, "--no-resume", *other), capture_output=True, text=True, cwd=tune)
     assert refused.returncode != 0 and "holds 'convlstm', this run trains 'predrnn'" in refused.stdout + refused.stderr
+
+
+def test_the_optimiser_is_set_in_one_place_the_config_or_the_cli_default(tmp_path: Path, synthetic_store: str
+                                                                           ) -> None:
+    from nowcast.train_cli import DEFAULT_OPTIMIZER, run_training
+
+    overrides = write_overrides(tmp_path, synthetic_store, epochs=1)
+    short = ["--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"]
+    # no optimizer section anywhere: the CLI's default, not a module attribute
+    plain = run_training(["fit", "--config", str(overrides), *short]).trainer.optimizers[0]
+    assert type(plain).__name__ == "AdamW" and plain.defaults["lr"] == DEFAULT_OPTIMIZER["init_args"]["lr"]
+    # the config's section (configs/convlstm.yaml) and a command-line override win
+    tuned = run_training(["fit", "--config", str(REPO / "configs" / "convlstm.yaml"), "--config", str(overrides),
+                          "--optimizer.lr", "0.02", "--ckpt_path", "null", *short]).trainer.optimizers[0]
+    assert tuned.defaults["lr"] == 0.02 and tuned.defaults["weight_decay"] == 0.0001
+    from nowcast.training import NowcastModule
+
+    with pytest.raises(TypeError):
+        NowcastModule(lr=0.1)  # the module no longer carries a learning rate of its own
