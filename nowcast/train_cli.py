@@ -10,7 +10,6 @@ from torch.optim import Optimizer
 from nowcast.training import NowcastModule
 from pipelines.datamodule import RadarDataModule
 
-
 #: the optimiser when a config names none: the one place it is set (the module has no lr of its own)
 DEFAULT_OPTIMIZER = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3, "weight_decay": 1e-4}}
 
