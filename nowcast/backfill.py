@@ -26,6 +26,7 @@ import zarr
 
 from nowcast import __version__
 from nowcast.forecaster import LoadedForecaster, load_forecaster
+from pipelines.cf import rain_rate_dataset
 from pipelines.grid import Grid
 from pipelines.query import check_step, plan_windows, time_step_minutes, utc_text
 from pipelines.store import FILL, SCALE, ProductArchive, open_zarr_store
@@ -57,28 +58,18 @@ def create_forecast_store(
 ) -> None:
     ny, nx = grid.shape
     leads = np.array([np.timedelta64(int(round(step_minutes * 60 * (k + 1))), "s") for k in range(lead_steps)])
-    template = xr.Dataset(
-        {
-            "precip": (("init_time", "lead_time", "y", "x"),
-                       da.full((len(inits), lead_steps, ny, nx), np.nan, dtype=np.float32,
-                               chunks=(1, lead_steps, ny, nx)),
-                       {"standard_name": "rainfall_rate", "long_name": "forecast rain rate", "units": "mm/h",
-                        "grid_mapping": "crs"}),
-            "done": (("init_time",), da.zeros(len(inits), dtype=np.int8, chunks=1),
-                     {"long_name": "1 once this init time's forecast is written", "flag_values": [0, 1]}),
-            "crs": ((), np.int32(0), grid.cf_grid_mapping_attrs()),
-        },
-        coords={
-            "init_time": ("init_time", inits.astype("datetime64[ns]"),
-                          {"standard_name": "forecast_reference_time", "long_name": "init time (UTC)"}),
-            "lead_time": ("lead_time", leads.astype("timedelta64[ns]"), {"standard_name": "forecast_period"}),
-            "y": ("y", grid.y, grid.coordinate_attrs("y")),
-            "x": ("x", grid.x, grid.coordinate_attrs("x")),
-        },
-        attrs={"Conventions": "CF-1.10", "title": f"{forecaster.name} nowcasts of {product}", "product": product,
-               "model": forecaster.name, "model_source": model_spec, "nowcast_version": __version__,
-               "step_minutes": step_minutes},
+    precip = da.full((len(inits), lead_steps, ny, nx), np.nan, dtype=np.float32, chunks=(1, lead_steps, ny, nx))
+    template = rain_rate_dataset(
+        precip, ("init_time", "lead_time", "y", "x"),
+        {"init_time": ("init_time", inits.astype("datetime64[ns]"),
+                       {"standard_name": "forecast_reference_time", "long_name": "init time (UTC)"}),
+         "lead_time": ("lead_time", leads.astype("timedelta64[ns]"), {"standard_name": "forecast_period"})},
+        grid, "forecast rain rate",
+        {"title": f"{forecaster.name} nowcasts of {product}", "product": product, "model": forecaster.name,
+         "model_source": model_spec, "nowcast_version": __version__, "step_minutes": step_minutes},
     )
+    template["done"] = (("init_time",), da.zeros(len(inits), dtype=np.int8, chunks=1),
+                        {"long_name": "1 once this init time's forecast is written", "flag_values": [0, 1]})
     encoding = {
         "precip": {"dtype": "uint16", "scale_factor": SCALE, "_FillValue": FILL, "fill_value": FILL,
                    "chunks": (1, lead_steps, min(ny, 1024), min(nx, 1024))},

@@ -22,13 +22,13 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec
 
+from pipelines.cf import CONVENTIONS, VARIABLE, rain_rate_dataset
 from pipelines.frame import Frame
 from pipelines.grid import Grid
 from pipelines.query import Window, read_window, time_step_minutes
 
 warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
 
-VARIABLE = "precip"
 STAGING_GROUP = "_staging"
 #: Stored as uint16 hundredths of mm/h (0.005 mm/h precision, 655 mm/h range), 65535 = nodata.
 #: Chosen by bench/storage_encoding.py; see docs/storage.md for the measurements.
@@ -103,29 +103,14 @@ def frames_to_dataset(frames: Sequence[Frame], product: str) -> xr.Dataset:
     # quantised to the stored precision here, so the CF encoder has nothing left to round
     precip = decode_precip(encode_precip(np.stack([f.rain_rate for f in frames])))
     times = np.array([f.time for f in frames], dtype="datetime64[ns]")
-    ds = xr.Dataset(
-        {
-            VARIABLE: (
-                ("time", "y", "x"),
-                precip,
-                {
-                    "standard_name": "rainfall_rate",
-                    "long_name": "rain rate",
-                    "units": "mm/h",
-                    "grid_mapping": "crs",
-                },
-            ),
-            "crs": ((), np.int32(0), grid.cf_grid_mapping_attrs()),
-        },
-        coords={
-            "time": ("time", times, {"standard_name": "time", "long_name": "valid time (UTC)", "axis": "T"}),
-            "y": ("y", grid.y, grid.coordinate_attrs("y")),
-            "x": ("x", grid.x, grid.coordinate_attrs("x")),
-        },
+    ds = rain_rate_dataset(
+        precip, ("time", "y", "x"),
+        {"time": ("time", times, {"standard_name": "time", "long_name": "valid time (UTC)", "axis": "T"})},
+        grid, "rain rate",
     )
     ds.attrs = _clean_attrs(
         {
-            "Conventions": "CF-1.10",
+            "Conventions": CONVENTIONS,
             "title": f"{product} rain rate",
             "product": product,
             "provider": first.get("provider"),

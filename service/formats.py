@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-import xarray as xr
 from fastapi.responses import JSONResponse
 
+from pipelines.cf import rain_rate_dataset
 from pipelines.grid import Grid
 
 MEDIA_TYPES = ("application/json", "application/x-netcdf", "image/gif", "image/png")
@@ -76,24 +76,13 @@ def to_json(forecast: Forecast) -> dict:
 
 def to_netcdf(forecast: Forecast) -> bytes:
     """CF NetCDF-4: precip(time, y, x) in mm/h, with the CRS when the frames came from the archive."""
-    ny, nx = forecast.frames.shape[1:]
-    attrs = {"standard_name": "rainfall_rate", "long_name": "forecast rain rate", "units": "mm/h"}
-    if forecast.grid is not None:
-        coords = {"y": ("y", forecast.grid.y, forecast.grid.coordinate_attrs("y")),
-                  "x": ("x", forecast.grid.x, forecast.grid.coordinate_attrs("x"))}
-        attrs["grid_mapping"] = "crs"
-    else:
-        coords = {"y": ("y", np.arange(ny), {"long_name": "row index"}),
-                  "x": ("x", np.arange(nx), {"long_name": "column index"})}
     times = np.array(forecast.times, dtype="datetime64[ns]")
-    ds = xr.Dataset(
-        {"precip": (("time", "y", "x"), forecast.frames.astype(np.float32), attrs)},
-        coords={"time": ("time", times, {"standard_name": "time"}), **coords},
-        attrs={"Conventions": "CF-1.10", "title": f"{forecast.model} nowcast",
-               "forecast_reference_time": str(forecast.init_time.astype("datetime64[s]")) + "Z"},
+    ds = rain_rate_dataset(
+        forecast.frames.astype(np.float32), ("time", "y", "x"), {"time": ("time", times, {"standard_name": "time"})},
+        forecast.grid, "forecast rain rate",
+        {"title": f"{forecast.model} nowcast",
+         "forecast_reference_time": str(forecast.init_time.astype("datetime64[s]")) + "Z"},
     )
-    if forecast.grid is not None:
-        ds["crs"] = ((), np.int32(0), forecast.grid.cf_grid_mapping_attrs())
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "forecast.nc"
         ds.to_netcdf(path, engine="netcdf4", encoding={"time": {"units": "seconds since 1970-01-01"}})
