@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from nowcast.contingency import contingency, csi
+
 #: HKO-7 (Shi et al. 2017) balanced loss: weight w for target rain rate >= threshold (mm/h)
 BALANCE_THRESHOLDS = (0.0, 0.5, 2.0, 5.0, 10.0, 30.0)
 BALANCE_WEIGHTS = (1.0, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -34,12 +36,7 @@ def soft_csi(prediction: Tensor, target: Tensor, mask: Tensor, threshold: float,
     contingency counts. ``threshold`` and ``temperature`` are in the normalised space.
     Tensors are [B, T, C, H, W]; returns the mean over leads of 1 - CSI.
     """
-    m = mask.to(prediction.dtype)
-    forecast = torch.sigmoid((prediction - threshold) / temperature) * m
-    observed = (target >= threshold).to(prediction.dtype) * m
-    dims = (0, 2, 3, 4)
-    hits = (forecast * observed).sum(dims)
-    misses = ((m - forecast) * observed).sum(dims)
-    false_alarms = (forecast * (m - observed)).sum(dims)
-    csi = hits / (hits + misses + false_alarms).clamp(min=1.0)
-    return (1.0 - csi).mean()
+    forecast = torch.sigmoid((prediction - threshold) / temperature)
+    observed = (target >= threshold).to(prediction.dtype)
+    counts = contingency(forecast, observed, mask.to(prediction.dtype), (0, 2, 3, 4))
+    return (1.0 - csi(*counts)).mean()

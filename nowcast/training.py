@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from nowcast import __version__
+from nowcast.contingency import contingency, csi
 from nowcast.losses import balance_weights, mse_mae, soft_csi
 from nowcast.models import BASELINES, get_model
 from pipelines.normalization import RainNormalizer
@@ -192,8 +193,7 @@ class NowcastModule(pl.LightningModule):
         dims = (0, 2, 3, 4)
         rows = [((forecast - observed).abs() * mask).sum(dims), mask.sum(dims).to(forecast.dtype)]
         for threshold in VALIDATION_THRESHOLDS:
-            f, o = (forecast >= threshold) & mask, (observed >= threshold) & mask
-            rows += [(f & o).sum(dims), (~f & o).sum(dims), (f & ~o).sum(dims)]
+            rows += contingency((forecast >= threshold).float(), (observed >= threshold).float(), mask.float(), dims)
         self._counts += torch.stack([r.to(self._counts.dtype) for r in rows], dim=1)
 
     def on_validation_epoch_end(self) -> None:
@@ -204,6 +204,4 @@ class NowcastModule(pl.LightningModule):
             row = counts[lead]
             self.log(f"val/mae_mm_h/{tag}", row[0] / row[1].clamp(min=1.0))
             for k, threshold in enumerate(VALIDATION_THRESHOLDS):
-                hits, misses, false_alarms = row[2 + 3 * k : 5 + 3 * k]
-                csi = hits / (hits + misses + false_alarms).clamp(min=1.0)
-                self.log(f"val/csi_{threshold:g}mm/{tag}", csi)
+                self.log(f"val/csi_{threshold:g}mm/{tag}", csi(*row[2 + 3 * k : 5 + 3 * k]))

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from nowcast.contingency import contingency
 from pipelines.pysteps_import import quiet_import
 
 # pysteps prints a banner on import; quiet_import keeps it off stdout.
@@ -113,13 +114,13 @@ class LeadTimeVerifier:
                 continue
             f, o = f2d[valid], o2d[valid]
 
-            for i, thr in enumerate(self.thresholds):
-                f_event = f >= thr
-                o_event = o >= thr
-                self._hits[lead, i] += int(np.count_nonzero(f_event & o_event))
-                self._misses[lead, i] += int(np.count_nonzero(~f_event & o_event))
-                self._false_alarms[lead, i] += int(np.count_nonzero(f_event & ~o_event))
-                self._correct_negatives[lead, i] += int(np.count_nonzero(~f_event & ~o_event))
+            thresholds = np.asarray(self.thresholds)[:, None]
+            counts = contingency((f >= thresholds).astype(np.float64), (o >= thresholds).astype(np.float64), 1.0, 1)
+            hits, misses, false_alarms = (np.rint(c).astype(np.int64) for c in counts)
+            self._hits[lead] += hits
+            self._misses[lead] += misses
+            self._false_alarms[lead] += false_alarms
+            self._correct_negatives[lead] += n_valid - hits - misses - false_alarms
 
             self._abs_err_sum[lead] += float(np.abs(f - o).sum())
             self._n_pixels[lead] += n_valid

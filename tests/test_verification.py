@@ -190,3 +190,27 @@ def test_markdown_table() -> None:
     assert all(len(line.split("|")) == len(lines[0].split("|")) for line in body)
     mae = results["persistence"][1]["mae_mm_h"]
     assert f"{mae:.3f}" in body[1]
+
+
+def test_training_and_verification_count_csi_the_same_way() -> None:
+    """The validation CSI a run logs, the soft-CSI loss at a sharp temperature and the verifier's CSI agree."""
+    import torch
+
+    from nowcast.contingency import contingency, csi
+    from nowcast.losses import soft_csi
+
+    rng = np.random.default_rng(3)
+    observed = rng.gamma(0.5, 2.0, size=(4, 40, 40))
+    forecast = np.clip(observed + rng.normal(0, 1.5, size=observed.shape), 0, None)
+    observed[:, :5] = np.nan  # nodata rows: left out on both sides
+    verifier = LeadTimeVerifier(4, 5.0, 1.0, thresholds=(1.0,))
+    verifier.accumulate(forecast, observed)
+    expected = [row["csi"]["1.0"] for row in verifier.result()]
+
+    valid = torch.from_numpy(np.isfinite(observed)).float()[None, :, None]
+    f = torch.from_numpy(forecast).float()[None, :, None]
+    o = torch.from_numpy(np.nan_to_num(observed)).float()[None, :, None]
+    hard = csi(*contingency((f >= 1.0).float(), (o >= 1.0).float(), valid, (0, 2, 3, 4)))
+    np.testing.assert_allclose(hard.numpy(), expected, rtol=1e-6)
+    soft = soft_csi(f, o, valid, 1.0 - 1e-4, temperature=1e-6)  # a sigmoid this sharp is a step
+    assert abs(float(soft) - (1 - np.mean(expected))) < 1e-4
