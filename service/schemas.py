@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator, model_validator
 
@@ -82,8 +82,32 @@ class ForecastResponse(BaseModel):
     grid: GridInfo
 
 
+class GridLimits(BaseModel):
+    multiple_of: int = Field(description="Frame sizes the model takes (1: any; frames are padded inside)")
+    max_pixels: int = Field(description="Largest H x W a request may send")
+
+
+class ModelInfo(BaseModel):
+    """One served model: what it needs, what it gives, where it came from and how good it is."""
+
+    name: str = Field(description="The name requests use")
+    architecture: str = Field(description="Registered model name (convlstm, optical_flow, ...)")
+    kind: Literal["network", "baseline"]
+    input_steps: int = Field(description="Frames the model reads at its own step")
+    max_lead_steps: int = Field(description="Most lead steps a request may ask for")
+    trained_output_steps: int | None = Field(description="Lead steps a network was trained for (null: baseline)")
+    step_minutes: float | None = Field(description="The network's step; null: a baseline works at any step")
+    fixed_step: bool = Field(description="True when frames at other steps are resampled in time")
+    grid: GridLimits
+    parameters: int
+    source: str = Field(description="Checkpoint path, or 'baseline'")
+    version: str | None = Field(description="The model store's version (the production model)")
+    training_data: dict[str, Any] | None = Field(description="Products, time range and step it was trained on")
+    skill: dict[str, Any] | None = Field(description="Recorded verification scores (model store or model card)")
+
+
 class ModelsResponse(BaseModel):
-    models: list[dict[str, Any]]
+    models: list[ModelInfo]
 
 
 class ErrorDetail(BaseModel):

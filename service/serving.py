@@ -11,6 +11,7 @@ import torch
 from nowcast.forecaster import LoadedForecaster, load_forecaster
 from service.batching import MicroBatcher
 from service.metrics import Metrics
+from service.schemas import ModelInfo
 from service.settings import ServiceSettings
 
 
@@ -21,9 +22,9 @@ class ServedModel:
     batcher: MicroBatcher
     version: str | None = None  # the model store's version, for the production model
 
-    def describe(self, settings: ServiceSettings) -> dict[str, Any]:
+    def describe(self, settings: ServiceSettings) -> ModelInfo:
         f = self.forecaster
-        return {
+        return ModelInfo(**{
             "name": self.name,
             "architecture": f.name,
             "kind": "network" if f.trainable else "baseline",
@@ -38,7 +39,7 @@ class ServedModel:
             "version": self.version,
             "training_data": f.info.get("data") if f.trainable else None,
             "skill": model_skill(f) if f.trainable else None,
-        }
+        })
 
 
 def model_skill(forecaster: LoadedForecaster) -> dict[str, Any] | None:

@@ -1,24 +1,23 @@
-"""POST /v1/forecast (JSON) and POST /v1/forecast/upload (NetCDF or .npy via multipart)."""
+"""POST /v1/forecast (JSON) and POST /v1/forecast/upload (NetCDF or .npy via multipart).
+
+The routes pick where the frames come from (``service.inputs``), then ``run_forecast`` queues
+them on the model's micro-batcher and renders the answer in the negotiated format."""
 
 from __future__ import annotations
 
-import io
 from datetime import datetime
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Header, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from pipelines import query
-from pipelines.grid import Grid
-from pipelines.query import WindowUnavailable, contiguous_starts, parse_utc
 from service.auth import require_api_key
 from service.batching import Overloaded
 from service.dependencies import get_archive, get_models, get_settings
 from service.errors import ApiError
 from service.formats import Forecast, NumpyJSONResponse, negotiate, to_gif, to_json, to_netcdf, to_png
+from service.inputs import Inputs, archive_inputs, check_frames, check_lead, inline_inputs, pick_model, upload_inputs
 from service.schemas import YEARS, ErrorResponse, ForecastRequest, ForecastResponse
 from service.serving import ServedModel
 from service.settings import ServiceSettings
@@ -41,98 +40,32 @@ RESPONSES = {
 }
 
 
-def pick_model(models: dict[str, ServedModel], name: str) -> ServedModel:
-    if name not in models:
-        raise ApiError(404, "unknown_model", f"unknown model {name!r}; served models: {', '.join(models)}")
-    return models[name]
-
-
-def check_frames(frames: np.ndarray, model: ServedModel, settings: ServiceSettings, step: float | None = None
-                 ) -> np.ndarray:
-    if frames.ndim != 3:
-        raise ApiError(422, "bad_shape", f"frames must be T x H x W, got {frames.ndim} dimension(s)")
-    t, h, w = frames.shape
-    if min(t, h, w) < 1:
-        raise ApiError(422, "bad_shape", f"frames must not be empty, got shape {frames.shape}")
-    if h * w > settings.max_grid_pixels:
-        raise ApiError(422, "grid_too_large", f"grid {h}x{w} has {h * w} pixels, over the maximum "
-                                              f"{settings.max_grid_pixels}")
-    needed = model.forecaster.frames_needed(step)
-    if t < needed:
-        raise ApiError(422, "too_few_frames", f"model {model.name!r} needs {needed} input frames, got {t}")
-    if np.isinf(frames).any():
-        raise ApiError(422, "not_finite", "frames contain infinite values; send nodata as null (JSON) or NaN")
-    if np.isnan(frames[-1]).all():
-        raise ApiError(422, "all_nodata", "the last frame is nodata everywhere: there is nothing to forecast from")
-    if (frames < 0).any():
-        raise ApiError(422, "negative_rain", "frames contain negative rain rates; values are mm/h >= 0")
-    return frames[-needed:].astype(np.float32)
-
-
-def check_lead(lead_steps: int, settings: ServiceSettings) -> None:
-    if lead_steps > settings.max_lead_steps:
-        raise ApiError(422, "lead_too_long", f"lead_steps {lead_steps} is over the maximum {settings.max_lead_steps}")
-
-
 #: seconds a shed client is asked to wait (the Retry-After header)
 RETRY_AFTER_S = 2
 
-def check_step(step: float, model: ServedModel) -> None:
-    """Other steps are resampled in time (LoadedForecaster.predict); only far-off ones are refused."""
-    try:
-        query.check_step(step, model.forecaster.step_minutes, model.name)
-    except WindowUnavailable as exc:
-        raise ApiError(422, exc.code, str(exc)) from exc
 
-
-def inline_frames(body: ForecastRequest, model: ServedModel, settings: ServiceSettings):
-    try:
-        frames = np.asarray(body.frames, dtype=np.float64)
-    except ValueError as exc:
-        raise ApiError(422, "bad_shape", "frames must be a regular T x H x W array (rows of equal length)") from exc
-    step = body.step_minutes or model.forecaster.step_minutes
-    if step is None:
-        raise ApiError(422, "missing_step", "step_minutes is required for inline frames with this model")
-    if body.times is not None:
-        if len(body.times) != frames.shape[0]:
-            raise ApiError(422, "bad_times", f"{len(body.times)} times for {frames.shape[0]} frames")
-        times = np.array([parse_utc(t) for t in body.times])
-        if not len(contiguous_starts(times, len(times), step)):
-            raise ApiError(422, "uneven_times", f"frames are not evenly spaced at {step:g} minutes")
-        if parse_utc(body.end_time) != parse_utc(body.times[-1]):
-            raise ApiError(422, "bad_times", "end_time must be the time of the last frame")
-    return frames, step, parse_utc(body.end_time), None
-
-
-def archive_frames(request: Request, body: ForecastRequest, model: ServedModel):
-    archive = get_archive(request, body.product)
-    try:
-        window = archive.window(end=body.time, bbox=body.bbox, frames_needed=model.forecaster.frames_needed)
-    except WindowUnavailable as exc:
-        raise ApiError(422, exc.code, str(exc)) from exc
-    return window.frames, window.step_minutes, window.end, window.grid  # nodata stays NaN: nobody looked there
-
-
-async def run_forecast(
-    request: Request, model: ServedModel, frames: np.ndarray, lead_steps: int, step: float,
-    init: np.datetime64, grid: Grid | None, accept: str | None, settings: ServiceSettings,
-) -> Response:
+def media_type(accept: str | None) -> str:
+    """The response format, decided before any frame is read."""
     media = negotiate(accept)
     if media is None:
         raise ApiError(406, "not_acceptable", "Accept must allow application/json, application/x-netcdf, "
                                               "image/gif or image/png")
-    check_lead(lead_steps, settings)
-    check_step(step, model)
-    frames = check_frames(frames, model, settings, step)
+    return media
+
+
+async def run_forecast(request: Request, model: ServedModel, inputs: Inputs, lead_steps: int, media: str,
+                       settings: ServiceSettings) -> Response:
+    frames = check_frames(inputs.frames, model, settings, inputs.step_minutes)
     try:
-        result = await model.batcher.submit(frames, lead_steps, step, timeout_s=settings.inference_timeout_s)
+        result = await model.batcher.submit(frames, lead_steps, inputs.step_minutes,
+                                            timeout_s=settings.inference_timeout_s)
     except TimeoutError as exc:
         raise ApiError(504, "inference_timeout", f"no forecast within {settings.inference_timeout_s:g} s") from exc
     except Overloaded as exc:
         request.app.state.metrics.shed.labels(model.name).inc()
         raise ApiError(503, "overloaded", f"{exc}; retry in a few seconds",
                        headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
-    forecast = Forecast(model.name, result, init, step, grid)
+    forecast = Forecast(model.name, result, inputs.init, inputs.step_minutes, inputs.grid)
     if media == "application/json":
         return NumpyJSONResponse(to_json(forecast))
     render = {"application/x-netcdf": to_netcdf, "image/gif": to_gif, "image/png": to_png}[media]
@@ -147,89 +80,13 @@ async def forecast(
 ) -> Response:
     """Forecast from inline frames or from the latest (or given) frames of a product."""
     model = pick_model(models, body.model)
+    media = media_type(accept)
     check_lead(body.lead_steps, settings)
     if body.frames is not None:
-        frames, step, init, grid = inline_frames(body, model, settings)
+        inputs = inline_inputs(body, model)
     else:
-        frames, step, init, grid = await run_in_threadpool(archive_frames, request, body, model)
-    return await run_forecast(request, model, frames, body.lead_steps, step, init, grid, accept, settings)
-
-
-#: dtypes an uploaded array may have: real numbers (bool, complex, dates, records, objects are not rain)
-UPLOAD_KINDS = "fiu"
-
-
-def _check_declared(shape: tuple[int, ...], dtype: np.dtype, filename: str, settings: ServiceSettings) -> None:
-    """Refuse on the header alone: nothing is decoded for a shape the service would refuse."""
-    if dtype.kind not in UPLOAD_KINDS or dtype.fields is not None:
-        raise ApiError(422, "bad_dtype", f"{filename}: values must be real numbers (mm/h), got dtype {dtype}")
-    if len(shape) != 3:
-        raise ApiError(422, "bad_shape", f"{filename}: frames must be T x H x W, got shape {tuple(shape)}")
-    t, h, w = (int(n) for n in shape)
-    if h * w > settings.max_grid_pixels:
-        raise ApiError(422, "grid_too_large", f"{filename}: grid {h}x{w} is over the maximum of "
-                                              f"{settings.max_grid_pixels} pixels")
-    if t > settings.max_input_frames:
-        raise ApiError(422, "too_many_frames", f"{filename}: {t} frames, over the maximum of "
-                                               f"{settings.max_input_frames}")
-
-
-def _read_npy(data: bytes, filename: str, settings: ServiceSettings, keep_last: int) -> np.ndarray:
-    from numpy.lib import format as npy
-
-    stream = io.BytesIO(data)
-    try:
-        version = npy.read_magic(stream)
-        read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
-        shape, fortran, dtype = read_header(stream, max_header_size=10_000)
-    except (ValueError, SyntaxError, TypeError) as exc:
-        raise ApiError(422, "bad_file", f"{filename}: not a readable .npy header ({str(exc)[:200]})") from exc
-    _check_declared(shape, dtype, filename, settings)
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(data) - stream.tell() != expected:
-        raise ApiError(422, "bad_file", f"{filename}: the header declares {tuple(shape)} {dtype} "
-                                        f"({expected} bytes) but {len(data) - stream.tell()} bytes follow")
-    array = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=stream.tell())
-    return array.reshape(shape, order="F" if fortran else "C")[-keep_last:].astype(np.float64)
-
-
-def _read_netcdf(data: bytes, filename: str, settings: ServiceSettings, keep_last: int
-                 ) -> tuple[np.ndarray, Grid | None]:
-    import tempfile
-    from pathlib import Path
-
-    import xarray as xr
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "upload.nc"
-        path.write_bytes(data)
-        try:
-            ds = xr.open_dataset(path, engine="netcdf4", decode_times=False, mask_and_scale=True)
-        except Exception as exc:
-            raise ApiError(422, "bad_file", f"{filename}: not a readable NetCDF ({str(exc)[:200]})") from exc
-        with ds:
-            if "precip" not in ds or set(ds["precip"].dims) != {"time", "y", "x"}:
-                raise ApiError(422, "bad_file", f"{filename}: needs a variable precip(time, y, x)")
-            precip = ds["precip"].transpose("time", "y", "x")
-            # the declared shape, before decompressing: a small file can hold gigabytes of zeros
-            _check_declared(precip.shape, ds["precip"].encoding.get("dtype", precip.dtype), filename, settings)
-            try:
-                frames = precip.isel(time=slice(-keep_last, None)).values.astype(np.float64)
-                grid = Grid.from_dataset(ds) if "crs" in ds and "proj4" in ds["crs"].attrs else None
-            except Exception as exc:
-                raise ApiError(422, "bad_file", f"{filename}: unreadable precip ({str(exc)[:200]})") from exc
-    return frames, grid
-
-
-def read_upload(data: bytes, filename: str, settings: ServiceSettings, keep_last: int
-                ) -> tuple[np.ndarray, Grid | None]:
-    """A .npy array (T x H x W, mm/h) or a NetCDF with ``precip`` (time, y, x); only the last
-    ``keep_last`` frames (what the model reads) are decoded. Runs off the event loop."""
-    if data[:6] == b"\x93NUMPY":
-        return _read_npy(data, filename, settings, keep_last), None
-    if data[:4] in (b"CDF\x01", b"CDF\x02", b"\x89HDF"):
-        return _read_netcdf(data, filename, settings, keep_last)
-    raise ApiError(422, "bad_file", f"{filename}: upload a .npy array or a NetCDF file")
+        inputs = await run_in_threadpool(archive_inputs, get_archive(request, body.product), body, model)
+    return await run_forecast(request, model, inputs, body.lead_steps, media, settings)
 
 
 @router.post("/forecast/upload", response_model=ForecastResponse, responses=RESPONSES)
@@ -245,16 +102,10 @@ async def forecast_upload(
 ) -> Response:
     """Forecast from frames uploaded as a file, for grids too large for JSON."""
     served = pick_model(models, model)
+    media = media_type(accept)
+    check_lead(lead_steps, settings)
     if not YEARS[0] <= end_time.year <= YEARS[1]:
         raise ApiError(422, "bad_times", f"end_time year {end_time.year} is outside {YEARS[0]}-{YEARS[1]}")
     name = (file.filename or "upload")[:100]
-    step = step_minutes or served.forecaster.step_minutes
-    if step is not None:
-        check_step(step, served)
-    needed = served.forecaster.frames_needed(step)
-    frames, grid = await run_in_threadpool(read_upload, await file.read(), name, settings, needed)
-    if step is None:
-        raise ApiError(422, "missing_step", "step_minutes is required with this model")
-    if frames.ndim == 3 and grid is not None and grid.shape != frames.shape[1:]:
-        grid = None
-    return await run_forecast(request, served, frames, lead_steps, step, parse_utc(end_time), grid, accept, settings)
+    inputs = await run_in_threadpool(upload_inputs, await file.read(), name, served, settings, step_minutes, end_time)
+    return await run_forecast(request, served, inputs, lead_steps, media, settings)
