@@ -20,7 +20,7 @@ from torch import Tensor
 from nowcast import __version__
 from nowcast.contingency import contingency, csi
 from nowcast.losses import balance_weights, mse_mae, soft_csi
-from nowcast.models import BASELINES, get_model
+from nowcast.models import BASELINES, get_model, model_class
 from pipelines.normalization import RainNormalizer
 
 VALIDATION_THRESHOLDS = (1.0, 5.0)
@@ -58,6 +58,9 @@ class NowcastModule(pl.LightningModule):
             raise ValueError(f"loss must be 'balanced' or 'mse_mae', got {loss!r}")
         if sampling not in ("scheduled", "reverse", "none"):
             raise ValueError(f"sampling must be 'scheduled', 'reverse' or 'none', got {sampling!r}")
+        needed = model_class(model).min_input_steps
+        if t_in < needed:
+            raise ValueError(f"{model} needs at least {needed} input frames (data.t_in), got {t_in}")
         self.save_hyperparameters()
         self.net = get_model(model, **(model_kwargs or {}))
         if init_weights:

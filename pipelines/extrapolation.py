@@ -21,12 +21,13 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from pipelines.motion import MOTION_HISTORY, extrapolate
 from pipelines.processes import worker_pool
 from pipelines.query import plan_windows
 from pipelines.store import FILL, VARIABLE, ProductArchive, decode_precip, encode_precip
 
 CHUNK = 256
-HISTORY = 3
+HISTORY = MOTION_HISTORY
 
 
 def cache_path(store: str) -> str:
@@ -87,8 +88,6 @@ def _open_for_writing(path: str, product: str, times: np.ndarray, shape: tuple[i
 
 
 def _compute_one(store: str, product: str, path: str, index: int, t_out: int) -> int:
-    from pipelines.motion import extrapolate
-
     archive = ProductArchive(store, product)
     source = zarr.open_array(archive._zstore, path=VARIABLE, mode="r", zarr_format=3)
     frames = decode_precip(source[index - HISTORY + 1 : index + 1])

@@ -12,6 +12,8 @@ from pipelines.pysteps_import import quiet, quiet_import
 
 #: mm/h below which a pixel is "no rain" for the motion field and S-PROG (dBR zero value below)
 RAIN_THRESHOLD_MM_H = 0.1
+#: frames the motion field is estimated from: every optical-flow user (baselines, hybrids, the cache)
+MOTION_HISTORY = 3
 DBR_ZERO = -15.0
 
 
@@ -51,7 +53,7 @@ class _Memo:
 _motion_memo, _extrapolation_memo = _Memo(), _Memo()
 
 
-def motion_field(rain: np.ndarray, history: int = 3) -> np.ndarray:
+def motion_field(rain: np.ndarray, history: int = MOTION_HISTORY) -> np.ndarray:
     """Lucas-Kanade velocity [2, H, W] (pixels per step) from the last ``history`` frames (mm/h)."""
     frames = rain[-history:]
     key = _Memo.key(frames, history)
@@ -62,7 +64,7 @@ def motion_field(rain: np.ndarray, history: int = 3) -> np.ndarray:
     return _motion_memo.put(key, motion.get_method("LK")(to_dbr(frames), verbose=False))
 
 
-def extrapolate(rain: np.ndarray, t_out: int, history: int = 3) -> np.ndarray:
+def extrapolate(rain: np.ndarray, t_out: int, history: int = MOTION_HISTORY) -> np.ndarray:
     """rain [T, H, W] mm/h -> [t_out, H, W] mm/h by LK + semi-Lagrangian advection.
 
     NaN where the advected point comes from outside the grid or from nodata: nobody observed it.

@@ -190,3 +190,13 @@ def test_the_optimiser_is_set_in_one_place_the_config_or_the_cli_default(tmp_pat
 
     with pytest.raises(TypeError):
         NowcastModule(lr=0.1)  # the module no longer carries a learning rate of its own
+
+
+def test_a_model_is_never_trained_on_less_history_than_it_reads() -> None:
+    from nowcast.models import model_class
+    from nowcast.training import NowcastModule
+
+    assert model_class("convlstm_flow").min_input_steps == model_class("optical_flow").min_input_steps == 3
+    with pytest.raises(ValueError, match=r"convlstm_flow needs at least 3 input frames \(data.t_in\), got 2"):
+        NowcastModule(model="convlstm_flow", t_in=2)
+    NowcastModule(model="convlstm", t_in=2)  # a plain network reads whatever it is given

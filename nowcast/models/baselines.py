@@ -18,7 +18,7 @@ from scipy.ndimage import gaussian_filter
 from torch import Tensor
 
 from nowcast.models.base import Forecaster
-from pipelines.motion import RAIN_THRESHOLD_MM_H, extrapolate, motion_field, to_dbr
+from pipelines.motion import MOTION_HISTORY, RAIN_THRESHOLD_MM_H, extrapolate, motion_field, to_dbr
 from pipelines.normalization import RainNormalizer
 from pipelines.pysteps_import import quiet, quiet_import
 
@@ -36,7 +36,7 @@ def smooth_by_lead(forecast: np.ndarray, sigma_per_step: float = 0.5) -> np.ndar
     return out
 
 
-def sprog(rain: np.ndarray, t_out: int, history: int = 3) -> np.ndarray:
+def sprog(rain: np.ndarray, t_out: int, history: int = MOTION_HISTORY) -> np.ndarray:
     """pysteps S-PROG on the last 3 frames (AR(2)), 8 cascade levels; mm/h in and out."""
     nowcasts = quiet_import("pysteps.nowcasts")
     dbr = to_dbr(rain[-3:])
@@ -61,9 +61,9 @@ class Persistence(Forecaster):
 class MotionBaseline(Forecaster):
     """A pysteps method run per sample and channel in mm/h; nodata in its output becomes dry."""
 
-    min_input_steps = 3
+    min_input_steps = MOTION_HISTORY
 
-    def __init__(self, normalization: dict | None = None, history: int = 3):
+    def __init__(self, normalization: dict | None = None, history: int = MOTION_HISTORY):
         super().__init__()
         self.normalizer = RainNormalizer.from_dict(normalization) if normalization else RainNormalizer()
         self.history = history
@@ -92,7 +92,7 @@ class OpticalFlow(MotionBaseline):
 class OpticalFlowSmooth(MotionBaseline):
     """Optical flow blurred by sigma = ``sigma_per_step`` pixels per lead step."""
 
-    def __init__(self, normalization: dict | None = None, history: int = 3, sigma_per_step: float = 0.5):
+    def __init__(self, normalization: dict | None = None, history: int = MOTION_HISTORY, sigma_per_step: float = 0.5):
         super().__init__(normalization, history)
         self.sigma_per_step = sigma_per_step
 

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from nowcast.models.convlstm import ConvLSTM
 from nowcast.models.predrnn import PredRNN
 from nowcast.models.sa_convlstm import SAConvLSTM
+from pipelines.motion import MOTION_HISTORY
 
 #: Gaussian blur scales (sigma, pixels) the head mixes in
 SCALES = (1.0, 2.0, 4.0, 8.0)
@@ -56,6 +57,8 @@ class MotionConditioning:
 
     motion = True
     normalization: dict | None = None
+    #: the optical flow it corrects needs this much history
+    min_input_steps = MOTION_HISTORY
 
     def init_motion_head(self) -> None:
         """Widen the output layer to residual + one weight per scale, all starting at zero."""
