@@ -8,6 +8,7 @@ COPY pyproject.toml README.md ./
 COPY nowcast nowcast
 COPY pipelines pipelines
 COPY service service
+COPY nowcast_cli nowcast_cli
 COPY configs configs
 RUN pip install --no-cache-dir ".[s3]"
 ENTRYPOINT ["nowcast"]

@@ -45,3 +45,10 @@ def test_the_entry_module_composes_every_layer_command_line() -> None:
     program = typer.main.get_command(app)
     assert set(program.commands) == {"ingest", "store", "train", "promote", "evaluate", "backfill", "demo", "serve"}
     assert set(program.commands["store"].commands) == {"info", "show"}
+
+
+def test_the_image_holds_every_package_the_command_imports() -> None:
+    """The Dockerfile copies packages one by one: a new one missing there breaks only the image."""
+    copied = {line.split()[1] for line in (REPO / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")}
+    packages = {p.parent.name for p in REPO.glob("*/__init__.py")}
+    assert packages == PROJECT and packages <= copied
