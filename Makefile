@@ -26,5 +26,6 @@ weights: venv
 bench: venv
 	$(BIN)/python bench/storage_encoding.py
 	$(BIN)/python bench/dataset_throughput.py
+	for m in convlstm predrnn sa_convlstm; do $(BIN)/python bench/models.py --model $$m --workload W1; done
 
 .PHONY: venv demo test bench weights

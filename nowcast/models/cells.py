@@ -7,6 +7,7 @@ one), splitting the output channels into gates: few, large kernels rather than m
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -18,10 +19,19 @@ class ConvLSTMCell(nn.Module):
         self.hidden, self.forget_bias = hidden, forget_bias
         self.conv = nn.Conv2d(in_channels + hidden, 4 * hidden, kernel, padding=kernel // 2)
 
-    def forward(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        i, f, g, o = torch.split(self.conv(torch.cat([x, h], dim=1)), self.hidden, dim=1)
-        c = torch.sigmoid(f + self.forget_bias) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
+    def forward(self, x: Tensor, h: Tensor | None, c: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``h`` and ``c`` None: the zero state of the first step, whose h-half of the convolution
+        and forget term are zero; skipping them gives the same numbers for less work."""
+        if h is None:
+            weight = self.conv.weight[:, : x.shape[1]]
+            gates = F.conv2d(x, weight, self.conv.bias, padding=self.conv.padding)
+        else:
+            gates = self.conv(torch.cat([x, h], dim=1))
+        i, f, g, o = torch.split(gates, self.hidden, dim=1)
+        c_new = torch.sigmoid(i) * torch.tanh(g)
+        if c is not None:
+            c_new = torch.sigmoid(f + self.forget_bias) * c + c_new
+        return torch.sigmoid(o) * torch.tanh(c_new), c_new
 
 
 class STLSTMCell(nn.Module):
@@ -41,16 +51,23 @@ class STLSTMCell(nn.Module):
         self.conv_o = nn.Conv2d(2 * hidden, hidden, kernel, padding=pad, bias=False)
         self.conv_last = nn.Conv2d(2 * hidden, hidden, 1, bias=False)
 
-    def forward(self, x: Tensor, h: Tensor, c: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, h: Tensor | None, c: Tensor | None, m: Tensor | None
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """None for ``h``, ``c`` or ``m``: a zero state (the first step), whose convolution (no
+        bias) and forget term are zero; skipping them gives the same numbers for less work."""
         xi, xf, xg, xi_m, xf_m, xg_m, xo = torch.split(self.conv_x(x), self.hidden, dim=1)
-        hi, hf, hg, ho = torch.split(self.conv_h(h), self.hidden, dim=1)
-        mi, mf, mg = torch.split(self.conv_m(m), self.hidden, dim=1)
-        delta_c = torch.sigmoid(xi + hi) * torch.tanh(xg + hg)
-        c_new = torch.sigmoid(xf + hf + self.forget_bias) * c + delta_c
-        delta_m = torch.sigmoid(xi_m + mi) * torch.tanh(xg_m + mg)
-        m_new = torch.sigmoid(xf_m + mf + self.forget_bias) * m + delta_m
+        if h is not None:
+            hi, hf, hg, ho = torch.split(self.conv_h(h), self.hidden, dim=1)
+            xi, xf, xg, xo = xi + hi, xf + hf, xg + hg, xo + ho
+        if m is not None:
+            mi, mf, mg = torch.split(self.conv_m(m), self.hidden, dim=1)
+            xi_m, xf_m, xg_m = xi_m + mi, xf_m + mf, xg_m + mg
+        delta_c = torch.sigmoid(xi) * torch.tanh(xg)
+        c_new = delta_c if c is None else torch.sigmoid(xf + self.forget_bias) * c + delta_c
+        delta_m = torch.sigmoid(xi_m) * torch.tanh(xg_m)
+        m_new = delta_m if m is None else torch.sigmoid(xf_m + self.forget_bias) * m + delta_m
         memory = torch.cat([c_new, m_new], dim=1)
-        o = torch.sigmoid(xo + ho + self.conv_o(memory))
+        o = torch.sigmoid(xo + self.conv_o(memory))
         return o * torch.tanh(self.conv_last(memory)), c_new, m_new, delta_c, delta_m
 
 
@@ -95,7 +112,7 @@ class SAConvLSTMCell(nn.Module):
         self.lstm = ConvLSTMCell(in_channels, hidden, kernel, forget_bias)
         self.sam = SelfAttentionMemory(hidden)
 
-    def forward(self, x: Tensor, h: Tensor, c: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, h: Tensor | None, c: Tensor | None, m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         h, c = self.lstm(x, h, c)
         h, m = self.sam(h, m)
         return h, c, m

@@ -35,8 +35,8 @@ class ConvLSTM(RecurrentForecaster):
         ext = stacks = None
         if self.motion:
             ext, stacks = self.motion_estimates(self.extrapolation_for(inputs, t_out, extrapolation))
-        h = [self.zeros(x, n) for n in self.hidden]
-        c = [self.zeros(x, n) for n in self.hidden]
+        h: list[Tensor | None] = [None] * len(self.hidden)  # the zero state (ConvLSTMCell skips its work)
+        c: list[Tensor | None] = [None] * len(self.hidden)
         for t in range(x.shape[1]):
             below = x[:, t]
             for layer, cell in enumerate(self.encoder):

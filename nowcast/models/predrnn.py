@@ -34,12 +34,11 @@ class PredRNN(FrameFeedingForecaster):
         self.trace: list[dict] | None = None  # set to a list to record memory flow (tests)
         self.decouple_loss: Tensor | None = None
 
-    def initial_state(self, x: Tensor) -> list[Tensor]:
-        width = self.hidden[0]
+    def initial_state(self, x: Tensor) -> list[Tensor | None]:
         n = len(self.cells)
         self._t = 0
         self.decouple_loss = x.new_zeros(()) if self.adapter is not None else None
-        return [self.zeros(x, width) for _ in range(2 * n + 1)]  # h per layer, c per layer, m
+        return [None] * (2 * n + 1)  # h per layer, c per layer, m: zero (STLSTMCell skips their work)
 
     def step(self, frame: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         n = len(self.cells)

@@ -29,8 +29,11 @@ class SAConvLSTM(FrameFeedingForecaster):
         )
         self.output = nn.Conv2d(self.hidden[-1], self.frame_channels, 1)
 
-    def initial_state(self, x: Tensor) -> list[Tensor]:
-        return [self.zeros(x, n) for n in self.hidden * 3]  # h, c, m per layer
+    def initial_state(self, x: Tensor) -> list[Tensor | None]:
+        # h and c start as the zero state the ConvLSTM cell skips work for; SAM's memory m is read
+        # through biased convolutions, so it starts as real zeros
+        n = len(self.hidden)
+        return [None] * (2 * n) + [self.zeros(x, width) for width in self.hidden]  # h, c, m per layer
 
     def step(self, frame: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         n = len(self.cells)
