@@ -18,10 +18,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from harness import WORKLOADS, _autocast, batch_for, environment, measure, median_ms, set_threads
-from models import build
-
-from nowcast.models import MODELS
+from harness import WORKLOADS, _autocast, batch_for, common_arguments, environment, measure, median_ms, set_threads
+from models import NETWORKS, build
 
 
 @dataclass(frozen=True)
@@ -33,7 +31,7 @@ class ConvCall:
     input_grad: bool
 
 
-def record_calls(model: torch.nn.Module, workload, device: torch.device, precision: str) -> list[ConvCall]:
+def record_calls(model: torch.nn.Module, workload, device: torch.device) -> list[ConvCall]:
     calls: list[ConvCall] = []
 
     def hook(module: torch.nn.Conv2d, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
@@ -43,20 +41,21 @@ def record_calls(model: torch.nn.Module, workload, device: torch.device, precisi
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     x, y = batch_for(workload, device)
     model.to(device).train()
-    with _autocast(device, precision):
-        loss = F.mse_loss(model(x, workload.t_out).float(), y)
+    loss = F.mse_loss(model(x, workload.t_out), y)  # float32: the shapes are those of any precision
     loss.backward()
     for handle in handles:
         handle.remove()
     return calls
 
 
-def replay(calls: list[ConvCall], device: torch.device, precision: str) -> callable:
+def replay(calls: list[ConvCall], device: torch.device, precision: str, channels_last: bool = False) -> callable:
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     tensors = []
     for call in calls:
-        x = torch.randn(call.input_shape, device=device, dtype=dtype, requires_grad=call.input_grad)
-        w = torch.randn(call.weight_shape, device=device, dtype=dtype, requires_grad=True)
+        x = torch.randn(call.input_shape, device=device, dtype=dtype).to(memory_format=layout)
+        x.requires_grad_(call.input_grad)
+        w = torch.randn(call.weight_shape, device=device, dtype=dtype).to(memory_format=layout).requires_grad_()
         b = torch.randn(call.weight_shape[0], device=device, dtype=dtype, requires_grad=True) if call.bias else None
         tensors.append((x, w, b, call.padding))
 
@@ -99,13 +98,9 @@ def profile_step(model: torch.nn.Module, workload, device: torch.device, precisi
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, choices=sorted(n for n in MODELS if not n.endswith("_flow")))
-    parser.add_argument("--workload", required=True, choices=sorted(WORKLOADS))
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--precision", default="32", choices=["32", "bf16"])
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2)
+    common_arguments(parser, NETWORKS)
     parser.add_argument("--step", action="store_true", help="also time the model's own training step")
+    parser.add_argument("--channels-last", action="store_true", help="replay in the channels_last layout")
     parser.add_argument("--limit-calls", type=int, default=None,
                         help="replay only the first N calls (a quick comparison of precisions)")
     parser.add_argument("--profile", action="store_true",
@@ -116,13 +111,13 @@ def main() -> None:
     torch.manual_seed(0)
     workload = WORKLOADS[args.workload]
     model = build(args.model, workload)
-    calls = record_calls(model, workload, device, args.precision)[: args.limit_calls]
-    conv_ms = median_ms(replay(calls, device, args.precision), device, args.repeats)
+    calls = record_calls(model, workload, device)[: args.limit_calls]
+    conv_ms = median_ms(replay(calls, device, args.precision, args.channels_last), device, args.repeats)
     flops = sum(2 * c.input_shape[0] * c.input_shape[2] * c.input_shape[3] * c.weight_shape[0]
                 * c.weight_shape[1] * c.weight_shape[2] * c.weight_shape[3] * (3 if c.input_grad else 2)
                 for c in calls)  # forward, weight gradient and (where needed) input gradient
     result = {"model": args.model, "workload": args.workload, "device": args.device, "precision": args.precision,
-              "conv_calls": len(calls), "conv_ms_per_step": round(conv_ms, 2),
+              "channels_last": args.channels_last, "conv_calls": len(calls), "conv_ms_per_step": round(conv_ms, 2),
               "conv_gflop_per_step": round(flops / 1e9, 2),
               "conv_gflop_per_s": round(flops / 1e9 / (conv_ms / 1000), 1), "environment": environment(device)}
     if args.profile:

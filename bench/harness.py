@@ -53,6 +53,16 @@ WORKLOADS = {
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def common_arguments(parser: Any, models: list[str]) -> None:
+    """The options every bench command shares (the contract of bench/models.py)."""
+    parser.add_argument("--model", required=True, choices=models)
+    parser.add_argument("--workload", required=True, choices=sorted(WORKLOADS))
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precision", default="32", choices=["32", "bf16"])
+    parser.add_argument("--repeats", type=int, default=10, help="timed steps after 3 warm-ups (median)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU intra-op threads")
+
+
 def set_threads(device: torch.device, threads: int) -> None:
     if device.type == "cpu":
         torch.set_num_threads(threads)

@@ -12,9 +12,12 @@ import argparse
 import json
 
 import torch
-from harness import WORKLOADS, environment, measure, set_threads, workload_dict
+from harness import WORKLOADS, common_arguments, environment, measure, set_threads, workload_dict
 
-from nowcast.models import MODELS, get_model
+from nowcast.models import BASELINES, MODELS, get_model
+
+#: our networks a bench runs (the hybrids' extra input is the extrapolation, timed elsewhere)
+NETWORKS = sorted(n for n in MODELS if n not in BASELINES and not n.endswith("_flow"))
 
 
 def build(name: str, workload) -> torch.nn.Module:
@@ -30,12 +33,7 @@ def recurrent_steps(name: str, workload) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, choices=sorted(n for n in MODELS if not n.endswith("_flow")))
-    parser.add_argument("--workload", required=True, choices=sorted(WORKLOADS))
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--precision", default="32", choices=["32", "bf16"])
-    parser.add_argument("--repeats", type=int, default=10, help="timed steps after 3 warm-ups (median)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU intra-op threads")
+    common_arguments(parser, NETWORKS)
     args = parser.parse_args()
     device = torch.device(args.device)
     set_threads(device, args.threads)
