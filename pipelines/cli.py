@@ -159,18 +159,39 @@ def print_summary(summary: dict) -> None:
         out.print(table)
 
 
+def print_overlap(overlap: dict) -> None:
+    time, space = overlap["time"], overlap["space"]
+    table = Table(title=f"overlap :: {overlap['first']} with {overlap['second']}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    span = f"{time['start']} .. {time['end']} ({time['hours']:g} h)" if time["start"] else "none"
+    table.add_row("time span of both", span)
+    table.add_row("shared valid times", str(time["shared_valid_times"]))
+    table.add_row(f"{overlap['first']} covered by {overlap['second']}", f"{100 * space['share_of_first']:.1f} %")
+    if "x_range" in space:
+        table.add_row(f"that region ({space['units']})", f"x {space['x_range'][0]:.7g}..{space['x_range'][1]:.7g}, "
+                                                         f"y {space['y_range'][0]:.7g}..{space['y_range'][1]:.7g}")
+    Console().print(table)
+
+
 @store_app.command("info")
 def store_info(
     store: StoreOption = "data/archive.zarr",
     product: Annotated[str | None, typer.Option(help="Only this product.")] = None,
+    overlap: Annotated[str | None, typer.Option(
+        help="With --product: also how this other product overlaps it in time and space.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Products, time range, step, gaps, grid, CRS and size on disk."""
-    from pipelines.info import store_summary
+    from pipelines.info import product_overlap, store_summary
 
+    if overlap and not product:
+        raise typer.BadParameter("--overlap needs --product (the product it is compared with)")
     try:
         with store_errors(store):
             summary = store_summary(store, product)
+            if overlap:
+                summary["overlap"] = product_overlap(store, product, overlap)
     except KeyError as exc:
         console.print(f"[red]error:[/] {exc.args[0]}")
         raise typer.Exit(2) from exc
@@ -178,6 +199,8 @@ def store_info(
         typer.echo(json.dumps(summary, indent=2))
     else:
         print_summary(summary)
+        if overlap:
+            print_overlap(summary["overlap"])
 
 
 @store_app.command("show")

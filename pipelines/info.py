@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.grid import Grid
-from pipelines.query import time_step_minutes
+from pipelines.query import time_step_minutes, utc_text
 from pipelines.store import ProductArchive, list_products
 
 
@@ -69,3 +69,44 @@ def store_summary(store: str, product: str | None = None, storage_options: dict 
         raise KeyError(f"no store at {store}: nothing has been ingested there (nowcast ingest --store {store} ...)")
     products = [product] if product else list_products(store, storage_options)
     return {"store": store, "products": [product_summary(store, p, storage_options) for p in products]}
+
+
+#: pixels per axis sampled to measure how much of one grid another covers (enough for a percent)
+OVERLAP_SAMPLES = 200
+
+
+def product_overlap(store: str, first: str, second: str, storage_options: dict | None = None) -> dict[str, Any]:
+    """Where and when ``second`` can feed a model of ``first``: the time span both cover (and the
+    valid times they share), and the share of ``first``'s pixels whose centres lie inside
+    ``second``'s grid, with that region's extent in ``first``'s coordinates."""
+    from pyproj import Transformer
+
+    archives = [ProductArchive(store, p, storage_options) for p in (first, second)]
+    for archive in archives:
+        if not archive.exists():
+            raise KeyError(f"no product {archive.product!r} in {store} (products: "
+                           f"{list_products(store, storage_options)})")
+    (ta, tb), (ga, gb) = [a.times() for a in archives], [a.grid() for a in archives]
+    start, end = max(ta[0], tb[0]), min(ta[-1], tb[-1])
+    overlapping = start <= end
+    time = {
+        "start": utc_text(start) if overlapping else None,
+        "end": utc_text(end) if overlapping else None,
+        "hours": float((end - start) / np.timedelta64(3600, "s")) if overlapping else 0.0,
+        f"{first}_frames_in_span": int(((ta >= start) & (ta <= end)).sum()) if overlapping else 0,
+        "shared_valid_times": int(len(np.intersect1d(ta, tb))),
+    }
+    rows = np.linspace(0, ga.shape[0] - 1, min(OVERLAP_SAMPLES, ga.shape[0])).round().astype(int)
+    cols = np.linspace(0, ga.shape[1] - 1, min(OVERLAP_SAMPLES, ga.shape[1])).round().astype(int)
+    x, y = np.meshgrid(ga.x[cols], ga.y[rows])
+    bx, by = Transformer.from_crs(ga.crs, gb.crs, always_xy=True).transform(x, y)
+    (dx, dy), (xmin, xmax), (ymin, ymax) = gb.pixel_size, sorted(gb.x[[0, -1]]), sorted(gb.y[[0, -1]])
+    with np.errstate(invalid="ignore"):  # points off a geostationary disk transform to inf
+        inside = (np.isfinite(bx) & np.isfinite(by) & (bx >= xmin - dx / 2) & (bx <= xmax + dx / 2)
+                  & (by >= ymin - dy / 2) & (by <= ymax + dy / 2))
+    space: dict[str, Any] = {"share_of_first": round(float(inside.mean()), 4)}
+    if inside.any():
+        space["x_range"] = [float(x[inside].min()), float(x[inside].max())]
+        space["y_range"] = [float(y[inside].min()), float(y[inside].max())]
+        space["units"] = ga.unit
+    return {"first": first, "second": second, "time": time, "space": space}

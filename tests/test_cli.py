@@ -88,3 +88,26 @@ def test_store_info_on_a_missing_store_is_an_error_that_names_it(tmp_path: Path)
     result = nowcast_cli("store", "info", "--store", str(missing), env={**os.environ, "COLUMNS": "400"})
     assert result.returncode == 2
     assert f"no store at {missing}" in result.stdout + result.stderr
+
+
+def test_store_info_shows_how_two_products_overlap_in_time_and_space(tmp_path: Path) -> None:
+    """Real MeteoSwiss radar against real SAF CRR (geostationary, another day) and FMI (Finland)."""
+    from pipelines.info import product_overlap
+    from pipelines.ingest import ingest
+
+    store = str(tmp_path / "pair.zarr")
+    for product, fmt in (("mch", "mch_gif"), ("saf", "saf_crri"), ("fmi", "fmi_pgm")):
+        ingest(sample_files(product, 2), store, product, fmt=fmt)
+    with_saf = product_overlap(store, "mch", "saf")
+    assert with_saf["space"]["share_of_first"] > 0.99  # Meteosat sees all of Switzerland ...
+    assert with_saf["time"]["start"] is None and with_saf["time"]["shared_valid_times"] == 0  # ... on another day
+    assert product_overlap(store, "mch", "fmi")["space"] == {"share_of_first": 0.0}
+    saf_share = product_overlap(store, "saf", "mch")["space"]["share_of_first"]
+    assert 0.0 < saf_share < 0.05  # the radar is a small part of the disk's grid
+    itself = product_overlap(store, "mch", "mch")
+    assert itself["time"]["shared_valid_times"] == 2 and itself["time"]["hours"] == 5 / 60
+    result = nowcast_cli("store", "info", "--store", store, "--product", "mch", "--overlap", "saf", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["overlap"]["space"]["share_of_first"] == with_saf["space"]["share_of_first"]
+    lonely = nowcast_cli("store", "info", "--store", store, "--overlap", "saf")
+    assert lonely.returncode == 2 and "--overlap needs --product" in lonely.stderr
