@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from harness import WORKLOADS, _autocast, batch_for, common_arguments, environment, measure, median_ms, set_threads
-from models import NETWORKS, build
+from harness import autocast_for, batch_for, common_arguments, environment, measure, median_ms
+from models import NETWORKS, prepare
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def profile_step(model: torch.nn.Module, workload, device: torch.device, precisi
 
     def step() -> None:
         optimiser.zero_grad(set_to_none=True)
-        with _autocast(device, precision):
+        with autocast_for(device, precision):
             loss = F.mse_loss(model(x, workload.t_out).float(), y)
         loss.backward()
         optimiser.step()
@@ -106,11 +106,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="also profile one real training step: the convolutions' share of its operator time")
     args = parser.parse_args()
-    device = torch.device(args.device)
-    set_threads(device, args.threads)
-    torch.manual_seed(0)
-    workload = WORKLOADS[args.workload]
-    model = build(args.model, workload)
+    device, workload, model = prepare(args)
     calls = record_calls(model, workload, device)[: args.limit_calls]
     conv_ms = median_ms(replay(calls, device, args.precision, args.channels_last), device, args.repeats)
     flops = sum(2 * c.input_shape[0] * c.input_shape[2] * c.input_shape[3] * c.weight_shape[0]

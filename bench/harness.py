@@ -77,12 +77,12 @@ def batch_for(workload: Workload, device: torch.device, batch: int | None = None
     return x.to(device), y.to(device)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def _autocast(device: torch.device, precision: str) -> Any:
+def autocast_for(device: torch.device, precision: str) -> Any:
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     if precision != "32":
@@ -93,12 +93,12 @@ def _autocast(device: torch.device, precision: str) -> Any:
 def median_ms(fn: Callable[[], None], device: torch.device, repeats: int) -> float:
     for _ in range(WARMUP):
         fn()
-    _sync(device)
+    sync(device)
     times = []
     for _ in range(max(repeats, 1)):
         start = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
 
@@ -112,7 +112,7 @@ def measure(module: torch.nn.Module, forward: Forward, workload: Workload, devic
 
     def train_step() -> None:
         optimiser.zero_grad(set_to_none=True)
-        with _autocast(device, precision):
+        with autocast_for(device, precision):
             loss = torch.nn.functional.mse_loss(forward(x, y).float(), y)
         loss.backward()
         optimiser.step()
@@ -126,7 +126,7 @@ def measure(module: torch.nn.Module, forward: Forward, workload: Workload, devic
         xb, yb = batch_for(workload, device, b)
 
         def infer_step(xb: torch.Tensor = xb, yb: torch.Tensor = yb) -> None:
-            with torch.inference_mode(), _autocast(device, precision):
+            with torch.inference_mode(), autocast_for(device, precision):
                 forward(xb, yb)
 
         infer[f"batch_{b}"] = round(median_ms(infer_step, device, repeats), 2)

@@ -12,7 +12,7 @@ import argparse
 import json
 
 import torch
-from harness import WORKLOADS, common_arguments, environment, measure, set_threads, workload_dict
+from harness import WORKLOADS, Workload, common_arguments, environment, measure, set_threads, workload_dict
 
 from nowcast.models import BASELINES, MODELS, get_model
 
@@ -31,15 +31,20 @@ def recurrent_steps(name: str, workload) -> int:
     return workload.t_in + workload.t_out - (0 if name == "convlstm" else 1)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common_arguments(parser, NETWORKS)
-    args = parser.parse_args()
+def prepare(args: argparse.Namespace) -> tuple[torch.device, Workload, torch.nn.Module]:
+    """Device (with its threads), workload and a seeded model from the common options."""
     device = torch.device(args.device)
     set_threads(device, args.threads)
     torch.manual_seed(0)
     workload = WORKLOADS[args.workload]
-    model = build(args.model, workload)
+    return device, workload, build(args.model, workload)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common_arguments(parser, NETWORKS)
+    args = parser.parse_args()
+    device, workload, model = prepare(args)
     result = measure(model, lambda x, _y: model(x, workload.t_out), workload, device, args.precision, args.repeats)
     print(json.dumps({"model": args.model, "implementation": "nowcast", **result,
                       "recurrent_steps": recurrent_steps(args.model, workload),

@@ -18,7 +18,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from harness import WARMUP, WORKLOADS, _autocast, _sync, batch_for, environment, set_threads, workload_dict
+from harness import WARMUP, WORKLOADS, autocast_for, batch_for, environment, set_threads, sync, workload_dict
 from models import build, recurrent_steps
 from peers import BUILDERS, REPOS, THIRD_PARTY
 
@@ -31,11 +31,11 @@ def trainer(module: torch.nn.Module, forward, x: torch.Tensor, y: torch.Tensor, 
     def step() -> float:
         start = time.perf_counter()
         optimiser.zero_grad(set_to_none=True)
-        with _autocast(device, precision):
+        with autocast_for(device, precision):
             loss = F.mse_loss(forward(x, y).float(), y)
         loss.backward()
         optimiser.step()
-        _sync(device)
+        sync(device)
         return (time.perf_counter() - start) * 1000
 
     return step

@@ -95,3 +95,20 @@ def test_trained_models_are_pysteps_nowcast_methods(small_checkpoint: Path, fmi_
         pysteps.nowcasts.get_method("nowcast_predrnn")(history, None, 2, checkpoint=str(small_checkpoint))
     shipped = pysteps.nowcasts.get_method("nowcast_convlstm_flow")(history, None, 2)  # the shipped weights
     assert shipped.shape == (2, 128, 128) and np.isfinite(shipped[:, covered]).all()
+
+
+def test_evaluate_and_backfill_refuse_a_step_far_from_the_networks(small_checkpoint: Path, tmp_path: Path) -> None:
+    """A 5-minute network is resampled for 2-20 minute products; an hourly product is refused, by name."""
+    from nowcast.backfill import backfill
+    from nowcast.evaluate import evaluate
+    from pipelines.store import ProductArchive
+    from pipelines.synthetic import synthetic_frames
+
+    store = str(tmp_path / "hourly.zarr")
+    ProductArchive(store, "hourly").write(synthetic_frames(n_frames=12, shape=(32, 32), step_minutes=60))
+    with pytest.raises(ValueError, match="works at 5-minute steps .* frames are 60 minutes apart"):
+        evaluate(store, "hourly", [str(small_checkpoint)], tmp_path / "r.json")
+    with pytest.raises(ValueError, match="works at 5-minute steps"):
+        backfill(str(small_checkpoint), store, "hourly", "2021-07-01T12:00Z", "2021-07-01T22:00Z",
+                 str(tmp_path / "bf.zarr"))
+    assert not (tmp_path / "bf.zarr").exists()  # refused before anything is written
