@@ -102,10 +102,12 @@ class _LocalLock:
     def __init__(self, store: str, product: str):
         import zarr
 
+        from pipelines.zarr_groups import require_group
+
         root = store.removeprefix("file://")
         os.makedirs(root, exist_ok=True)
-        group = zarr.open_group(zarr.storage.LocalStore(root), mode="a", zarr_format=3, use_consolidated=False)
-        group.require_group(LOCK_GROUP)  # a group, so zarr's listings do not warn about a stray folder
+        # a group, so zarr's listings do not warn about a stray folder; other writers may be creating it too
+        require_group(zarr.storage.LocalStore(root), LOCK_GROUP)
         self.store, self.product = store, product
         self.path = os.path.join(root, LOCK_GROUP, f"{product}.lock")
         self.fd: int | None = None

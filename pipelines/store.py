@@ -26,6 +26,7 @@ from pipelines.cf import CONVENTIONS, VARIABLE, rain_rate_dataset
 from pipelines.frame import Frame
 from pipelines.grid import Grid
 from pipelines.query import Window, read_window, time_step_minutes
+from pipelines.zarr_groups import require_group
 
 warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
 
@@ -237,6 +238,8 @@ class ProductArchive:
 
     # -- writing -----------------------------------------------------------------------
     def _root(self, mode: str = "a") -> zarr.Group:
+        if mode == "a":  # writers of other products may be creating the root at this moment
+            return require_group(self._root_store)
         return zarr.open_group(self._root_store, mode=mode, zarr_format=3, use_consolidated=False)
 
     def _to_zarr(self, ds: xr.Dataset, zstore: Any, **kwargs: Any) -> None:
@@ -327,7 +330,7 @@ class ProductArchive:
         merged = xr.concat([old_tail, new[[VARIABLE]]], dim="time").sortby("time")
         merged.attrs = {"insert_at": start, "complete": False}
         encoding = {VARIABLE: precip_encoding(merged[VARIABLE].shape[1:]), "time": TIME_ENCODING}
-        self._root().require_group(STAGING_GROUP)  # zarr v3 has no implicit parent groups
+        require_group(self._root_store, STAGING_GROUP)  # zarr v3 has no implicit parent groups
         self._to_zarr(merged, self._staging_store, mode="w", encoding=encoding)
         # The journal counts only once this flag is written (one atomic key).
         self._root()[self._staging].attrs.update({"complete": True})

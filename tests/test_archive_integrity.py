@@ -185,3 +185,32 @@ def test_object_store_lease_excludes_a_second_writer_until_it_expires(monkeypatc
     second.acquire(timeout=3.0)  # the lease expires, the second writer takes it
     second.release()
     first.release()  # releasing a lease one no longer owns leaves the other's alone
+
+
+def _first_write(args: tuple[str, str, object]) -> str | None:
+    """One process's first write of its own product into a store others are creating too."""
+    store, product, barrier = args
+    barrier.wait()  # type: ignore[attr-defined]
+    try:
+        ProductArchive(store, product).write(synthetic_frames(n_frames=2, shape=(16, 16)))
+    except Exception as error:  # reported, so the assertion shows what broke
+        return f"{product}: {error!r}"
+    return None
+
+
+def test_writers_of_different_products_can_create_a_fresh_store_together(tmp_path: Path) -> None:
+    """Processes released at once by a barrier, each writing its own product into one new store:
+    creating the root, the lock and the product groups races, and every writer must still land."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    writers = 6
+    for trial in range(4):
+        store = str(tmp_path / f"fresh{trial}.zarr")
+        with context.Manager() as manager:
+            barrier = manager.Barrier(writers)
+            with context.Pool(writers) as pool:
+                failures = [f for f in pool.map(_first_write, [(store, f"p{i}", barrier) for i in range(writers)]) if f]
+        assert not failures, failures
+        for i in range(writers):
+            assert ProductArchive(store, f"p{i}").open().sizes["time"] == 2
