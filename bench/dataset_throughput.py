@@ -1,15 +1,21 @@
-"""Windows/s from the Zarr archive (0, 1, 2 DataLoader workers) against a raw numpy memmap.
+"""Windows/s from the Zarr archive against a raw float32 memmap, interleaved in one process.
 
-    python bench/dataset_throughput.py [--store S --product P] [--crop 256] [--windows 256]
+    python bench/dataset_throughput.py [--store S --product P] [--crop 256] [--windows 128]
+        [--workers 0 1 2] [--rounds 5] [--min-rain-fraction 0.05]
 
 Without --store it ingests the FMI sample (../shared/data) into a temporary store first.
-Prints one JSON document on stdout.
+``--crop 0`` reads whole frames. This machine drifts 10-20 % and shares its 2 cores with other
+jobs, so the two sources are timed in alternating rounds (who goes first alternates too): each
+round runs every worker count for Zarr and memmap back to back, and the report gives the median
+rate of each and the median of the per-round ratios. Prints one JSON document on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -25,7 +31,8 @@ from pipelines.sample_data import FMI_SUBDIR, find_sample_data_dir
 
 
 class MemmapWindows(Dataset):
-    """Same windows, crops and normalisation as SequenceDataset, read from a float32 memmap."""
+    """Same windows, crops (rain-fraction retries included) and normalisation as
+    SequenceDataset, read from a float32 memmap of the decoded frames: the raw-read yardstick."""
 
     def __init__(self, path: Path, shape: tuple[int, ...], reference: SequenceDataset):
         self.path, self.shape, self.ref = path, shape, reference
@@ -34,21 +41,42 @@ class MemmapWindows(Dataset):
     def __len__(self) -> int:
         return len(self.ref)
 
+    def _pick_crop(self, start: int, rng: np.random.Generator) -> tuple[int, int]:
+        """SequenceDataset._pick_crop's draws and choice (train split), on the memmap."""
+        ref, (ny, nx) = self.ref, self.shape[1:]
+        size = ref.crop
+        if not size:
+            return 0, 0
+        if ref.min_rain_fraction <= 0:
+            return int(rng.integers(0, ny - size + 1)), int(rng.integers(0, nx - size + 1))
+        best, best_fraction = (0, 0), -1.0
+        for _ in range(ref.crop_tries):
+            y0, x0 = int(rng.integers(0, ny - size + 1)), int(rng.integers(0, nx - size + 1))
+            frame = self._data[start + ref.t_in - 1, y0 : y0 + size, x0 : x0 + size]
+            fraction = np.count_nonzero(frame >= ref.rain_threshold) / frame.size
+            if fraction >= ref.min_rain_fraction:
+                return y0, x0
+            if fraction > best_fraction:
+                best, best_fraction = (y0, x0), fraction
+        return best
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if self._data is None:
             self._data = np.memmap(self.path, dtype=np.float32, mode="r", shape=self.shape)
-        start = int(self.ref.starts[index])
-        rng = np.random.default_rng([0, 0, index])
-        size = self.ref.crop or self.shape[1]
-        y0 = int(rng.integers(0, self.shape[1] - size + 1))
-        x0 = int(rng.integers(0, self.shape[2] - size + 1))
-        rate = np.array(self._data[start : start + self.ref.t_in + self.ref.t_out, y0 : y0 + size, x0 : x0 + size])
-        z = self.ref.normalizer.forward(np.nan_to_num(rate)).astype(np.float32)
-        z = torch.from_numpy(z[:, None])
-        return {"inputs": z[: self.ref.t_in], "targets": z[self.ref.t_in :], "mask": torch.from_numpy(~np.isnan(rate))}
+        ref = self.ref
+        start = int(ref.starts[index])
+        y0, x0 = self._pick_crop(start, np.random.default_rng([ref.seed, 0, index]))
+        ny, nx = (ref.crop, ref.crop) if ref.crop else self.shape[1:]
+        rate = np.array(self._data[start : start + ref.t_in + ref.t_out, y0 : y0 + ny, x0 : x0 + nx])
+        valid = ~np.isnan(rate)
+        z = torch.from_numpy(ref.normalizer.forward(np.nan_to_num(rate, nan=0.0)).astype(np.float32)[:, None])
+        mask = torch.from_numpy(valid[:, None])
+        return {"inputs": z[: ref.t_in], "targets": z[ref.t_in :],
+                "input_mask": mask[: ref.t_in], "target_mask": mask[ref.t_in :]}
 
 
 def windows_per_second(dataset: Dataset, workers: int, windows: int, batch_size: int) -> float:
+    """Rate after the first batch (worker start-up excluded); same shuffled order every call."""
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
         generator=torch.Generator().manual_seed(0), persistent_workers=False,
@@ -70,9 +98,13 @@ def main() -> None:
     parser.add_argument("--product", default="fmi")
     parser.add_argument("--t-in", type=int, default=6)
     parser.add_argument("--t-out", type=int, default=6)
-    parser.add_argument("--crop", type=int, default=256)
-    parser.add_argument("--windows", type=int, default=256)
+    parser.add_argument("--crop", type=int, default=256, help="0: whole frames")
+    parser.add_argument("--windows", type=int, default=128, help="windows timed per measurement")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--min-rain-fraction", type=float, default=0.0,
+                        help="crop retries as in training (the configs use 0.05-0.1)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="nowcast-bench-"))
     store = args.store
@@ -83,26 +115,40 @@ def main() -> None:
         store = str(tmp / "bench.zarr")
         print(f"ingesting {data / FMI_SUBDIR} into {store}", file=sys.stderr)
         ingest([data / FMI_SUBDIR], store, args.product, fmt="fmi_pgm", workers=2)
-    dataset = SequenceDataset(store, args.product, args.t_in, args.t_out, crop=args.crop)
+    dataset = SequenceDataset(store, args.product, args.t_in, args.t_out, crop=args.crop or None,
+                              min_rain_fraction=args.min_rain_fraction)
     frames = dataset._decode(dataset.array[:])
     memmap_path = tmp / "frames.f32"
     mm = np.memmap(memmap_path, dtype=np.float32, mode="w+", shape=frames.shape)
     mm[:] = frames
     mm.flush()
+    del mm
+    dataset._array = None  # no handle opened here rides into the workers
     memmap = MemmapWindows(memmap_path, frames.shape, dataset)
+    sources = {"zarr": dataset, "memmap": memmap}
+    rates: dict[str, dict[int, list[float]]] = {name: {w: [] for w in args.workers} for name in sources}
+    for round_ in range(args.rounds):
+        order = list(sources) if round_ % 2 == 0 else list(reversed(sources))
+        for workers in args.workers:
+            for name in order:
+                rates[name][workers].append(windows_per_second(sources[name], workers, args.windows, args.batch_size))
+            print(f"round {round_} workers={workers}: zarr {rates['zarr'][workers][-1]:.1f} "
+                  f"vs memmap {rates['memmap'][workers][-1]:.1f}", file=sys.stderr)
     results = {"store": store, "product": args.product, "grid": list(frames.shape[1:]),
-               "window": {"t_in": args.t_in, "t_out": args.t_out, "crop": args.crop},
-               "batch_size": args.batch_size, "windows_measured": args.windows, "zarr": {}, "memmap": {}}
-    for workers in (0, 1, 2):
+               "window": {"t_in": args.t_in, "t_out": args.t_out, "crop": args.crop or None,
+                          "min_rain_fraction": args.min_rain_fraction},
+               "batch_size": args.batch_size, "windows_measured": args.windows, "rounds": args.rounds,
+               "load_average": os.getloadavg(), "zarr": {}, "memmap": {}, "zarr_over_memmap": {}, "per_round": {}}
+    for workers in args.workers:
         key = f"workers_{workers}"
-        for name, source in (("zarr", dataset), ("memmap", memmap)):
-            results[name][key] = round(windows_per_second(source, workers, args.windows, args.batch_size), 1)
-        print(f"workers={workers}: zarr {results['zarr'][key]} vs memmap {results['memmap'][key]}", file=sys.stderr)
-    results["zarr_over_memmap"] = {
-        k: round(results["zarr"][k] / results["memmap"][k], 3) for k in results["zarr"]
-    }
+        z, m = rates["zarr"][workers], rates["memmap"][workers]
+        results["zarr"][key] = round(statistics.median(z), 1)
+        results["memmap"][key] = round(statistics.median(m), 1)
+        ratios = [a / b for a, b in zip(z, m, strict=True)]
+        results["zarr_over_memmap"][key] = round(statistics.median(ratios), 3)
+        results["per_round"][key] = {"zarr": [round(r, 1) for r in z], "memmap": [round(r, 1) for r in m],
+                                     "ratio": [round(r, 3) for r in ratios]}
     print(json.dumps(results, indent=2))
-
 
 if __name__ == "__main__":
     main()

@@ -17,6 +17,7 @@ import torch
 import zarr
 from torch.utils.data import Dataset
 
+from pipelines.chunk_read import decode_table, local_chunk_array
 from pipelines.normalization import RainNormalizer
 from pipelines.query import contiguous_starts, time_step_minutes
 from pipelines.store import VARIABLE, ProductArchive
@@ -144,9 +145,9 @@ class SequenceDataset(Dataset):
     @property
     def array(self) -> zarr.Array:
         self._forked()
-        if self._array is None:
+        if self._array is None:  # chunks read in this thread where the layout allows (chunk_read)
             archive = ProductArchive(self.store, self.product, self.storage_options)
-            self._array = zarr.open_array(archive._zstore, path=VARIABLE, mode="r", zarr_format=3)
+            self._array = local_chunk_array(zarr.open_array(archive._zstore, path=VARIABLE, mode="r", zarr_format=3))
         return self._array
 
     @property
@@ -159,7 +160,12 @@ class SequenceDataset(Dataset):
         return self._cache
 
     def _decode(self, raw: np.ndarray) -> np.ndarray:
-        """Stored integers -> mm/h float32 with NaN for nodata (the CF decoding, without xarray)."""
+        """Stored integers -> mm/h float32 with NaN for nodata (the CF decoding, without xarray).
+
+        8/16-bit codes go through a lookup table built by this same arithmetic (so the values
+        are bit-identical): one gather instead of cast, multiply, compare and masked store."""
+        if raw.dtype in (np.uint8, np.uint16):
+            return np.take(decode_table(raw.dtype, self._scale, self._fill), raw)
         out = raw.astype(np.float32) * np.float32(self._scale)
         if self._fill is not None:
             out[raw == self._fill] = np.nan
@@ -176,10 +182,10 @@ class SequenceDataset(Dataset):
             return int(rng.integers(0, ny - size + 1)), int(rng.integers(0, nx - size + 1))
         best, best_fraction = (0, 0), -1.0
         last_input = start + self.t_in - 1
-        for _ in range(self.crop_tries):
+        for _ in range(self.crop_tries):  # tries share decoded chunks (chunk_read keeps them)
             y0, x0 = int(rng.integers(0, ny - size + 1)), int(rng.integers(0, nx - size + 1))
             frame = self._decode(self.array[last_input, y0 : y0 + size, x0 : x0 + size])
-            fraction = float(np.mean(np.nan_to_num(frame) >= self.rain_threshold))
+            fraction = np.count_nonzero(frame >= self.rain_threshold) / frame.size  # NaN: not rain
             if fraction >= self.min_rain_fraction:
                 return y0, x0
             if fraction > best_fraction:
