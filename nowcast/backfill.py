@@ -27,6 +27,7 @@ import zarr
 from nowcast import __version__
 from nowcast.forecaster import LoadedForecaster, load_forecaster
 from pipelines.cf import rain_rate_dataset
+from pipelines.channels import AuxiliaryInputs
 from pipelines.grid import Grid
 from pipelines.query import check_step, plan_windows, time_step_minutes, utc_text
 from pipelines.store import FILL, SCALE, ProductArchive, open_zarr_store
@@ -80,15 +81,31 @@ def create_forecast_store(
                      consolidated=True)
 
 
-def run_task(task: Task) -> list[int]:
-    """Forecast a batch of init times in one forward pass and write them; returns the indices."""
+@dataclass(frozen=True)
+class TaskDone:
+    """The init-time indices a task wrote, and per auxiliary product how many lacked a frame of it."""
+
+    indices: list[int]
+    auxiliary_missing: dict[str, int]
+
+
+def run_task(task: Task) -> TaskDone:
+    """Forecast a batch of init times in one forward pass and write them."""
     forecaster = _forecaster(task.model)
     history = forecaster.frames_needed(task.step_minutes)
-    with ProductArchive(task.store, task.product).open() as source:
+    archive = ProductArchive(task.store, task.product)
+    with archive.open() as source:
         window = np.stack([
             source["precip"].isel(time=slice(s, s + history)).values for s in task.history_starts
         ])
-    forecasts = forecaster.predict(window, task.lead_steps, task.step_minutes)  # [B, lead, H, W]
+        times = source["time"].values.astype("datetime64[s]")
+    auxiliary, missing = None, {}
+    if forecaster.auxiliary:  # multi-source: each init's auxiliary frames, on this product's grid
+        inputs = AuxiliaryInputs(task.store, forecaster.auxiliary, archive.grid())
+        reads = [inputs.read(times[s : s + history]) for s in task.history_starts]
+        auxiliary = {p: np.stack([r[p] for r in reads]) for p in forecaster.input_products}
+        missing = inputs.cases_missing
+    forecasts = forecaster.predict(window, task.lead_steps, task.step_minutes, auxiliary=auxiliary)  # [B, lead, H, W]
     # outside the radar's coverage (nodata in the last observed frame) the forecast is nodata too
     forecasts = np.where(np.isnan(window[:, -1:]), np.nan, forecasts)
     out = open_zarr_store(task.out)
@@ -99,7 +116,7 @@ def run_task(task: Task) -> list[int]:
             out, region={"init_time": slice(index, index + 1)}, mode="r+", zarr_format=3, consolidated=False,
         )
         done[index] = 1  # after the frames: a flag never claims frames that are not there
-    return list(task.indices)
+    return TaskDone(list(task.indices), missing)
 
 
 def backfill(
@@ -118,6 +135,8 @@ def backfill(
         raise ValueError(f"product {product!r} has fewer than two frames")
     leads = lead_steps or forecaster.default_lead_steps
     check_step(step, forecaster.step_minutes, forecaster.name)
+    if forecaster.auxiliary:  # every auxiliary product there, and the regrid mapping cached, before any worker
+        AuxiliaryInputs(store, forecaster.auxiliary, archive.grid())
     history = forecaster.frames_needed(step)  # a model trained at another step gets resampled frames
     windows = plan_windows(times, history, 0, step, start, end, every)
     inits, history_starts = windows.inits, windows.starts
@@ -138,13 +157,19 @@ def backfill(
     finished = len(inits) - len(todo)
     if on_progress:
         on_progress(finished, len(inits))
-    for indices in _execute(tasks, scheduler, workers):
-        finished += len(indices)
+    missing = dict.fromkeys(forecaster.input_products, 0)
+    for result in _execute(tasks, scheduler, workers):
+        finished += len(result.indices)
+        for product, count in result.auxiliary_missing.items():
+            missing[product] += count
         if on_progress:
             on_progress(finished, len(inits))
-    return {"out": out, "model": forecaster.name, "init_times": len(inits), "skipped_already_done": len(inits) -
-            len(todo), "written": len(todo), "lead_steps": leads, "first": utc_text(inits[0]),
-            "last": utc_text(inits[-1])}
+    summary = {"out": out, "model": forecaster.name, "init_times": len(inits), "skipped_already_done": len(inits) -
+               len(todo), "written": len(todo), "lead_steps": leads, "first": utc_text(inits[0]),
+               "last": utc_text(inits[-1])}
+    if forecaster.auxiliary:  # init times written with zeros-plus-mask for a missing auxiliary frame
+        summary["auxiliary_cases_missing"] = missing
+    return summary
 
 
 def _existing(out: str) -> xr.Dataset | None:

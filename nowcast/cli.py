@@ -117,7 +117,7 @@ def promote(
         code, decision = run_promotion(
             ModelStore(registry), checkpoint, store, product, load_rule(rule, window_hours), crop=crop,
         )
-    except (KeyError, ValueError, FileNotFoundError) as exc:
+    except (LookupError, ValueError, FileNotFoundError) as exc:
         console.print(f"[red]error:[/] {exc.args[0] if exc.args else exc}")
         raise typer.Exit(FAILED) from exc
     typer.echo(json.dumps(decision, indent=2))
@@ -148,12 +148,15 @@ def evaluate(
                 store, product, model, out, start=start, end=end, crop=crop, stride=stride, lead_steps=lead_steps,
                 on_case=lambda: progress.advance(task), total=lambda n: progress.update(task, total=n),
             )
-        except (KeyError, ValueError, FileNotFoundError) as exc:
+        except (LookupError, ValueError, FileNotFoundError) as exc:
             console.print(f"[red]error:[/] {exc.args[0] if exc.args else exc}")
             raise typer.Exit(2) from exc
     console.print(f"{report['n_cases']} cases ({report['n_dry_cases_skipped']} dry skipped); wrote "
                   + ", ".join(report.get("files", {}).values()))
     console.print(Path(report["files"]["markdown"]).read_text())
+    for label, entry in report["models"].items():
+        if entry.get("auxiliary_cases_missing"):  # zeros-plus-mask stood in for these cases' frames
+            console.print(f"{label}: cases lacking an auxiliary frame: {json.dumps(entry['auxiliary_cases_missing'])}")
 
 
 @app.command()
@@ -196,13 +199,15 @@ def backfill(
                 workers=workers, batch=batch,
                 on_progress=lambda done, total: progress.update(task, completed=done, total=total),
             )
-        except (KeyError, ValueError, FileNotFoundError) as exc:
+        except (LookupError, ValueError, FileNotFoundError) as exc:
             console.print(f"[red]error:[/] {exc.args[0] if exc.args else exc}")
             raise typer.Exit(2) from exc
     console.print(
         f"{summary['init_times']} init times {summary['first']} .. {summary['last']}: "
         f"{summary['written']} written, {summary['skipped_already_done']} already done -> {summary['out']}"
     )
+    if "auxiliary_cases_missing" in summary:  # written with zeros-plus-mask for the missing frames
+        console.print(f"init times lacking an auxiliary frame: {json.dumps(summary['auxiliary_cases_missing'])}")
 
 
 @app.command()

@@ -18,6 +18,7 @@ import numpy as np
 
 from nowcast.forecaster import DEFAULT_LEAD_STEPS, LoadedForecaster, load_forecaster
 from nowcast.verification import LeadTimeVerifier, scores_table_markdown
+from pipelines.channels import AuxiliaryInputs
 from pipelines.grid import Grid
 from pipelines.query import centre_crop, check_step, plan_windows, time_step_minutes, utc_text
 from pipelines.store import ProductArchive
@@ -80,6 +81,8 @@ def evaluate(
         total(len(cases))
     ys, xs = centre_crop(grid.shape, crop)
     km = pixel_size_km(grid)
+    # multi-source networks: their auxiliary products, aligned and regridded onto this product's grid
+    auxiliary = {label: AuxiliaryInputs(store, f.auxiliary, grid) for label, f in forecasters.items() if f.auxiliary}
     verifiers = {label: LeadTimeVerifier(leads, step, km) for label in forecasters}
     archive_array = archive.open()["precip"]
     used, dry, showcase = [], 0, None
@@ -93,7 +96,10 @@ def evaluate(
             if on_case:
                 on_case()
             continue
-        forecasts = {label: f.predict(past, leads, step) for label, f in forecasters.items()}
+        past_times = times[case.start : case.start + history]
+        forecasts = {label: f.predict(past, leads, step, auxiliary=auxiliary[label].read(past_times, ys, xs)
+                                      if label in auxiliary else None)
+                     for label, f in forecasters.items()}
         for label, forecast in forecasts.items():
             verifiers[label].accumulate(forecast, future)
         wetness = float(np.nanmean(future >= 1.0))
@@ -117,7 +123,8 @@ def evaluate(
         "n_dry_cases_skipped": dry,
         "cases": used,
         "models": {
-            label: {"name": f.name, "source": f.source, "input_steps": f.input_steps, "scores": results[label]}
+            label: {"name": f.name, "source": f.source, "input_steps": f.input_steps, "scores": results[label],
+                    **({"auxiliary_cases_missing": auxiliary[label].cases_missing} if label in auxiliary else {})}
             for label, f in forecasters.items()
         },
     }

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from nowcast.models import BASELINES, MODELS, MOTION_BASELINES, get_model, model_class
 from nowcast.models.base import Forecaster
+from pipelines.channels import AuxiliarySpec, MissingChannel, encode_channels
 from pipelines.normalization import RainNormalizer
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -100,6 +101,32 @@ class LoadedForecaster:
         """Leads when the caller does not say: a network's trained output steps, else DEFAULT_LEAD_STEPS."""
         return self.max_lead_steps if self.trainable else DEFAULT_LEAD_STEPS
 
+    @property
+    def auxiliary(self) -> list[AuxiliarySpec]:
+        """Auxiliary products the network reads beside the target (``pipelines.channels``)."""
+        return [AuxiliarySpec.from_dict(item) for item in self.info.get("auxiliary", [])]
+
+    @property
+    def input_products(self) -> list[str]:
+        """What a forecast reads: the target product (any, named by the caller), then these."""
+        return [spec.product for spec in self.auxiliary]
+
+    def _auxiliary_frames(self, auxiliary: dict[str, np.ndarray] | None, shape: tuple[int, ...]) -> list[np.ndarray]:
+        """The caller's auxiliary frames in the checkpoint's order, each shaped like the target's."""
+        given = auxiliary or {}
+        frames = []
+        for spec in self.auxiliary:
+            if spec.product not in given:
+                raise MissingChannel(spec.product, f"{self.name} reads auxiliary product {spec.product!r} beside the "
+                                                   "target; none was given")
+            array = np.asarray(given[spec.product], dtype=np.float32)
+            array = array[None] if array.ndim == len(shape) - 1 else array
+            if array.shape[0] != shape[0] or array.shape[-2:] != shape[-2:] or array.shape[1] < shape[1]:
+                raise ValueError(f"auxiliary {spec.product!r} frames have shape {array.shape}; they must match the "
+                                 f"target's {shape} (same grid, one frame per target time)")
+            frames.append(array[:, -shape[1] :])
+        return frames
+
     def resamples(self, step_minutes: float | None) -> bool:
         """True when frames at ``step_minutes`` must be resampled to the model's step."""
         return not (self.step_minutes is None or step_minutes is None or abs(step_minutes - self.step_minutes) < 1e-6)
@@ -111,13 +138,18 @@ class LoadedForecaster:
         return math.ceil((self.input_steps - 1) * self.step_minutes / step_minutes - 1e-9) + 1
 
     @torch.no_grad()
-    def predict(self, frames_mm_h: np.ndarray, lead_steps: int, step_minutes: float | None = None) -> np.ndarray:
+    def predict(self, frames_mm_h: np.ndarray, lead_steps: int, step_minutes: float | None = None,
+                auxiliary: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """[..., T, H, W] mm/h (NaN = nodata) -> [..., lead_steps, H, W] mm/h, NaN where the last frame is.
 
         ``step_minutes``: the frames' time step, when it differs from the one the network was trained
         at (a 2-, 6- or 10-minute product for a 5-minute model). The history is then interpolated
         linearly in time to the model's step, the network forecasts at its own step, and its leads
         are interpolated back to the product's (docs/skill.md measures what that costs).
+
+        ``auxiliary``: for a multi-source network, each product of ``input_products`` as frames on
+        the target's grid at the target's times ([..., T, H, W] mm/h, NaN where it has no value;
+        ``pipelines.channels.AuxiliaryReader`` reads them from an archive).
         """
         if lead_steps < 1:
             raise ValueError("lead_steps must be at least 1")
@@ -128,17 +160,20 @@ class LoadedForecaster:
         if batch.shape[1] < needed:
             raise ValueError(f"{self.name} needs {needed} input frames, got {batch.shape[1]}")
         batch = batch[:, -needed:]
+        extra = self._auxiliary_frames(auxiliary, batch.shape)
         if self.resamples(step_minutes):
             model_step = float(self.step_minutes)
-            history = interpolate_in_time(batch, step_minutes, -model_step * np.arange(self.input_steps)[::-1])
+            at = -model_step * np.arange(self.input_steps)[::-1]
+            history = interpolate_in_time(batch, step_minutes, at)
+            extra = [interpolate_in_time(frames, step_minutes, at) for frames in extra]
             model_leads = math.ceil(lead_steps * step_minutes / model_step - 1e-9)
-            out = self._predict(history, model_leads)
+            out = self._predict(history, model_leads, extra)
             sequence = np.concatenate([history[:, -1:], out], axis=1)  # time 0 is the last observation
             rain = interpolate_in_time(sequence, model_step, step_minutes * np.arange(1, lead_steps + 1),
                                        origin=0)
             rain = np.where(np.isnan(batch[:, -1])[:, None], np.float32(np.nan), rain).astype(np.float32)
         else:
-            rain = self._predict(batch, lead_steps)
+            rain = self._predict(batch, lead_steps, extra)
         return rain[0] if single else rain
 
     def _forward(self, z: torch.Tensor, lead_steps: int, ext: torch.Tensor | None = None) -> torch.Tensor:
@@ -149,7 +184,7 @@ class LoadedForecaster:
         ny, nx = z.shape[-2:]
         if tile is None or (ny <= tile and nx <= tile):
             return self.model(z, lead_steps, **({} if ext is None else {"extrapolation": ext}))
-        out = z.new_zeros(z.shape[0], lead_steps, z.shape[2], ny, nx)
+        out = z.new_zeros(z.shape[0], lead_steps, getattr(self.model, "out_channels", z.shape[2]), ny, nx)
         total = z.new_zeros(ny, nx)
         for y0 in tile_starts(ny, tile):
             for x0 in tile_starts(nx, tile):
@@ -160,11 +195,14 @@ class LoadedForecaster:
                 total[ys, xs] += weight
         return out / total
 
-    def _predict(self, batch: np.ndarray, lead_steps: int) -> np.ndarray:
-        """[B, input_steps, H, W] mm/h at the model's step -> [B, lead_steps, H, W]."""
+    def _predict(self, batch: np.ndarray, lead_steps: int, auxiliary: list[np.ndarray] | None = None) -> np.ndarray:
+        """[B, input_steps, H, W] mm/h at the model's step (and its auxiliary frames, same shape)
+        -> [B, lead_steps, H, W]."""
         nodata = np.isnan(batch[:, -1])
         ny, nx = batch.shape[-2:]
         z = self.normalizer.forward(torch.from_numpy(np.nan_to_num(batch, nan=0.0)))[:, :, None]
+        if auxiliary:
+            z = torch.cat([z.float(), torch.from_numpy(encode_channels(batch, self.auxiliary, auxiliary))], dim=2)
         # a hybrid's extrapolation comes from the frames as given, before padding: the motion field
         # never sees the dry pad, and it is the very extrapolation the optical_flow baseline memoised
         ext = self.model.extrapolation_for(z, lead_steps, None) if getattr(self.model, "motion", False) else None

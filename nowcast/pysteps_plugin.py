@@ -3,7 +3,10 @@
 pysteps nowcast methods are plain functions ``forecast(precip, velocity, timesteps, **kwargs)``
 returning ``[timesteps, H, W]``. These wrap ``nowcast.forecaster``: ``precip`` is the
 ``[T, H, W]`` history in mm/h (NaN = nodata), ``velocity`` is ignored (the networks learn the
-motion), and ``checkpoint=`` picks a trained model (default: the shipped weights).
+motion), and ``checkpoint=`` picks a trained model (default: the shipped weights). A
+multi-source checkpoint (``pipelines.channels``) also takes ``auxiliary={product: [T, H, W]}``:
+its auxiliary products on ``precip``'s grid at ``precip``'s times (NaN where none); a missing
+one is refused with its name.
 
 They are declared under the ``pysteps.plugins.nowcasts`` entry-point group; pysteps releases
 that discover nowcast plugins pick them up from there. For pysteps versions whose
@@ -33,7 +36,7 @@ def _load(spec: str) -> LoadedForecaster:
 def _method(default_model: str) -> Callable[..., np.ndarray]:
     def forecast(
         precip: np.ndarray, velocity: Any = None, timesteps: int | list[float] | None = None,
-        checkpoint: str | None = None, **_: Any,
+        checkpoint: str | None = None, auxiliary: dict[str, np.ndarray] | None = None, **_: Any,
     ) -> np.ndarray:
         forecaster = _load(checkpoint or default_model)
         if timesteps is None:
@@ -45,7 +48,7 @@ def _method(default_model: str) -> Callable[..., np.ndarray]:
         if forecaster.name != default_model:
             raise ValueError(f"{checkpoint} holds a {forecaster.name!r} network, not {default_model!r}: "
                              f"use pysteps.nowcasts.get_method('{PREFIX}{forecaster.name}') for it")
-        return forecaster.predict(np.asarray(precip, dtype=np.float32), timesteps)
+        return forecaster.predict(np.asarray(precip, dtype=np.float32), timesteps, auxiliary=auxiliary)
 
     forecast.__name__ = f"{PREFIX}{default_model}"
     forecast.__doc__ = f"pysteps-style nowcast with the {default_model} network (see nowcast.pysteps_plugin)."

@@ -8,6 +8,7 @@ from pytorch_lightning.cli import LightningCLI, LRSchedulerTypeTuple
 from torch.optim import Optimizer
 
 from nowcast.training import NowcastModule
+from pipelines.channels import input_channels
 from pipelines.datamodule import RadarDataModule
 
 #: the optimiser when a config names none: the one place it is set (the module has no lr of its own)
@@ -19,6 +20,8 @@ class NowcastCLI(LightningCLI):
         # one source of truth for the window: the data section
         parser.link_arguments("data.t_in", "model.t_in")
         parser.link_arguments("data.t_out", "model.t_out")
+        # and for the channels: the target plus two per auxiliary product (pipelines.channels)
+        parser.link_arguments("data.auxiliary", "model.input_channels", compute_fn=input_channels)
         # and for the optimiser: the config's optimizer section, AdamW by default
         parser.add_optimizer_args((Optimizer,))
         parser.add_lr_scheduler_args(LRSchedulerTypeTuple)

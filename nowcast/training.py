@@ -46,11 +46,14 @@ class NowcastModule(pl.LightningModule):
         csi_thresholds: tuple[float, ...] = VALIDATION_THRESHOLDS,
         csi_temperature: float = 0.02,
         init_weights: str | None = None,
+        input_channels: int = 1,
     ):
         """``csi_weight`` adds a soft-CSI term (``nowcast.losses.soft_csi``) at ``csi_thresholds``
         (mm/h; ``csi_temperature`` in normalised units) to the pixel loss, so training aims at the
         score forecasters read. ``init_weights`` starts the network from another checkpoint's
-        weights (a shipped ``.ckpt`` or a run's): fine-tuning, not resuming."""
+        weights (a shipped ``.ckpt`` or a run's): fine-tuning, not resuming. ``input_channels`` above 1
+        (set from ``data.auxiliary`` by ``nowcast train``) builds a network that reads the target and
+        the auxiliary channels and forecasts the target alone."""
         super().__init__()
         if model in BASELINES:
             raise ValueError(f"{model!r} is a baseline: nothing to train")
@@ -62,7 +65,7 @@ class NowcastModule(pl.LightningModule):
         if t_in < needed:
             raise ValueError(f"{model} needs at least {needed} input frames (data.t_in), got {t_in}")
         self.save_hyperparameters()
-        self.net = get_model(model, **(model_kwargs or {}))
+        self.net = get_model(model, **self._net_kwargs())
         if init_weights:
             self._load_net_weights(init_weights)
         self.normalizer = RainNormalizer()
@@ -98,6 +101,8 @@ class NowcastModule(pl.LightningModule):
             "step_minutes": self.step_minutes,
             "normalization": self.normalizer.to_dict(),
             "data": self.data_info,
+            # what a forecast must read beside the target: products, alignment, regrid, normalisation
+            "auxiliary": list(self.data_info.get("auxiliary", [])),
             "version": __version__,
         }
 
@@ -106,20 +111,28 @@ class NowcastModule(pl.LightningModule):
         if not info:
             return None
         saved_kwargs = {k: v for k, v in (info.get("model_kwargs") or {}).items() if k != "normalization"}
-        mine = {k: v for k, v in dict(self.hparams.model_kwargs or {}).items() if k != "normalization"}
+        mine = {k: v for k, v in self._net_kwargs().items() if k != "normalization"}
         norm = lambda d: {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}  # noqa: E731
         pairs = [("model", info.get("model"), self.hparams.model),
                  ("model_kwargs", norm(saved_kwargs), norm(mine)),
                  ("t_in", info.get("t_in"), self.hparams.t_in), ("t_out", info.get("t_out"), self.hparams.t_out)]
         if self.data_info and info.get("data"):
             pairs.append(("data.products", info["data"].get("products"), self.data_info.get("products")))
+            pairs.append(("data.auxiliary", info["data"].get("auxiliary", []), self.data_info.get("auxiliary", [])))
         for key, saved, wanted in pairs:
             if saved != wanted:
                 return f"{key}: the checkpoint has {saved!r}, the config asks for {wanted!r}"
         return None
 
-    def _model_kwargs(self) -> dict[str, Any]:
+    def _net_kwargs(self) -> dict[str, Any]:
+        """The network's arguments: the config's, plus the channels when auxiliary inputs feed it."""
         kwargs = dict(self.hparams.model_kwargs or {})
+        if self.hparams.input_channels != 1:
+            kwargs.update(in_channels=self.hparams.input_channels, out_channels=1)
+        return kwargs
+
+    def _model_kwargs(self) -> dict[str, Any]:
+        kwargs = self._net_kwargs()
         if getattr(self.net, "motion", False):
             kwargs["normalization"] = self.normalizer.to_dict()
         return kwargs

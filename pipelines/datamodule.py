@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import pytorch_lightning as pl
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from pipelines.channels import AuxiliarySpec, align_latest
 from pipelines.dataset import SequenceDataset, TimeBlockSplit
 from pipelines.normalization import RainNormalizer
 
@@ -21,6 +25,11 @@ class RadarDataModule(pl.LightningDataModule):
     The split is by time blocks (``block_hours``, ``split_pattern``); training windows are
     randomly cropped (``crop``, ``min_rain_fraction``) and flipped/rotated, evaluation
     windows are centre-cropped and untouched.
+
+    ``auxiliary`` names products read as extra input channels (``pipelines.channels``): each entry
+    a product name, or a mapping with ``product`` and any of ``tolerance_minutes`` (default 15),
+    ``method`` (``bilinear``/``nearest``) and ``normalization`` (a RainNormalizer dict; default:
+    the target's). They are regridded onto each target product's grid and aligned in time.
     """
 
     def __init__(
@@ -40,6 +49,7 @@ class RadarDataModule(pl.LightningDataModule):
         seed: int = 0,
         holdout_hours: float = 0.0,
         motion: bool = False,
+        auxiliary: list[str | dict[str, Any]] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -48,13 +58,17 @@ class RadarDataModule(pl.LightningDataModule):
             block_hours, tuple(split_pattern) if split_pattern else TimeBlockSplit().pattern
         )
         self.normalizer = RainNormalizer(kind=normalization)
+        # an auxiliary product is normalised like the target unless its entry says otherwise
+        self.auxiliary = [
+            AuxiliarySpec.parse({"normalization": self.normalizer.to_dict(),
+                                 **({"product": item} if isinstance(item, str) else item)})
+            for item in auxiliary or []
+        ]
         self.datasets: dict[str, Dataset] = {}
 
     def _until(self, product: str):
         if not self.hparams.holdout_hours:
             return None
-        import numpy as np
-
         from pipelines.store import ProductArchive
 
         last = ProductArchive(self.hparams.store, product).times()[-1]
@@ -75,6 +89,7 @@ class RadarDataModule(pl.LightningDataModule):
                 min_rain_fraction=self.hparams.min_rain_fraction,  # val: rainy crops too, fixed per window
                 augment=self.hparams.augment and split == "train", normalizer=self.normalizer,
                 seed=self.hparams.seed, until=self._until(product), extrapolation=self._extrapolation(product),
+                auxiliary=self.auxiliary,
             )
             for product in self.products
         ]
@@ -131,7 +146,22 @@ class RadarDataModule(pl.LightningDataModule):
             "split": {"block_hours": self.splitter.block_hours, "pattern": list(self.splitter.pattern)},
             "holdout_hours": self.hparams.holdout_hours,
             "windows": {split: len(ds) for split, ds in self.datasets.items()},
+            "auxiliary": [spec.to_dict() for spec in self.auxiliary],
+            "auxiliary_missing": self._auxiliary_missing(),
         }
+
+    def _auxiliary_missing(self) -> dict[str, dict[str, int]]:
+        """Per auxiliary product: training input frames with no frame of it within its tolerance."""
+        missing: dict[str, dict[str, int]] = {}
+        for dataset in self.datasets["train"].datasets:
+            frames = (dataset.starts[:, None] + np.arange(dataset.t_in)[None]).ravel()
+            times = dataset.seconds[frames].astype("datetime64[s]")
+            for reader in dataset.readers:
+                lost = int((align_latest(times, reader.times, reader.spec.tolerance_minutes) < 0).sum())
+                row = missing.setdefault(reader.spec.product, {"missing": 0, "input_frames": 0})
+                row["missing"] += lost
+                row["input_frames"] += len(times)
+        return missing
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(

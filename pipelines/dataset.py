@@ -17,6 +17,7 @@ import torch
 import zarr
 from torch.utils.data import Dataset
 
+from pipelines.channels import AuxiliaryReader, AuxiliarySpec, encode_channels
 from pipelines.chunk_read import decode_table, local_chunk_array
 from pipelines.normalization import RainNormalizer
 from pipelines.query import contiguous_starts, time_step_minutes
@@ -66,7 +67,10 @@ class SequenceDataset(Dataset):
     times until at least ``min_rain_fraction`` of the last input frame rains. With ``until``,
     only windows that end before that time are kept (a held-out tail for promotion). With
     ``extrapolation`` (a cache path from ``pipelines.extrapolation``), each window also carries
-    the cached optical-flow extrapolation of its init frame, cropped and augmented alike.
+    the cached optical-flow extrapolation of its init frame, cropped and augmented alike. With
+    ``auxiliary`` (``pipelines.channels``), each input frame also carries two channels per
+    auxiliary product (its normalised rain on this grid, aligned in time, and its validity mask):
+    ``inputs`` is then [t_in, 1 + 2K, H, W], cropped and augmented alike.
     """
 
     def __init__(
@@ -88,6 +92,7 @@ class SequenceDataset(Dataset):
         storage_options: dict | None = None,
         until: np.datetime64 | None = None,
         extrapolation: str | None = None,
+        auxiliary: list[AuxiliarySpec] | None = None,
     ):
         if t_in < 1 or t_out < 1:
             raise ValueError("t_in and t_out must be at least 1")
@@ -113,6 +118,8 @@ class SequenceDataset(Dataset):
             self.starts = self.starts[last_frame < np.datetime64(until, "s").astype(np.int64)]
         self._array: zarr.Array | None = None
         self.extrapolation = extrapolation
+        self.auxiliary = list(auxiliary or [])
+        self.readers = [AuxiliaryReader(store, spec, archive.grid(), storage_options) for spec in self.auxiliary]
         self._cache = None
         self._epoch = 0
         with archive.open() as ds:
@@ -203,11 +210,16 @@ class SequenceDataset(Dataset):
         if self.extrapolation:  # rides along as extra frames so crops and augmentation match
             ext = self.cache.read(start + self.t_in - 1, self.t_out, slice(y0, y0 + ny), slice(x0, x0 + nx))
             rate = np.concatenate([rate, ext])
+        own = rate.shape[0]
+        if self.readers:  # the input times' auxiliary frames ride along too
+            times = self.seconds[start : start + self.t_in].astype("datetime64[s]")
+            rate = np.concatenate([rate, *(r.read(times, y0, x0, ny, nx).rain for r in self.readers)])
         if self.augment:
             rate = np.rot90(rate, k=int(rng.integers(0, 4)), axes=(1, 2))
             if rng.integers(0, 2):
                 rate = rate[:, :, ::-1]
             rate = np.ascontiguousarray(rate)
+        rate, aux = rate[:own], rate[own:]
         valid = ~np.isnan(rate)
         z = self.normalizer.forward(np.nan_to_num(rate, nan=0.0)).astype(np.float32)
         z = torch.from_numpy(z[:, None])
@@ -223,4 +235,8 @@ class SequenceDataset(Dataset):
         }
         if self.extrapolation:
             item["extrapolation"] = z[n:]
+        if self.readers:
+            frames = [aux[k * self.t_in : (k + 1) * self.t_in] for k in range(len(self.readers))]
+            channels = torch.from_numpy(encode_channels(rate[: self.t_in], self.auxiliary, frames))
+            item["inputs"] = torch.cat([item["inputs"], channels], dim=1)
         return item

@@ -88,7 +88,7 @@ def grid_of(source: xr.Dataset | xr.DataArray) -> Grid:
 
 # -- precomputed mappings ----------------------------------------------------------------------
 @dataclass(frozen=True)
-class _PointMapping:
+class PointMapping:
     """Target pixels inside the source (flat indices) and their fractional source (row, col)."""
 
     target_index: np.ndarray  # (n,) int64, into the flattened target (ny * nx)
@@ -103,7 +103,7 @@ class _BinMapping:
     target_index: np.ndarray  # (n,) int64, into the flattened target
 
 
-def _fractional_indices(points: Grid, onto: Grid, name: str) -> tuple[np.ndarray, np.ndarray]:
+def fractional_indices(points: Grid, onto: Grid, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Pixel centres of ``points`` as fractional (row, col) indices of ``onto``'s pixel centres."""
     x0, dx = _axis(onto.x, f"{name} x")
     y0, dy = _axis(onto.y, f"{name} y")
@@ -113,10 +113,10 @@ def _fractional_indices(points: Grid, onto: Grid, name: str) -> tuple[np.ndarray
     return (np.asarray(oy) - y0) / dy, (np.asarray(ox) - x0) / dx
 
 
-def _point_mapping(src: Grid, dst: Grid) -> _PointMapping:
+def _point_mapping(src: Grid, dst: Grid) -> PointMapping:
     """Target pixel centres -> fractional source indices (one transform for all times)."""
     ny, nx = src.shape
-    row, col = _fractional_indices(dst, src, "source")
+    row, col = fractional_indices(dst, src, "source")
     with np.errstate(invalid="ignore"):
         inside = (
             np.isfinite(col) & np.isfinite(row)
@@ -125,13 +125,13 @@ def _point_mapping(src: Grid, dst: Grid) -> _PointMapping:
         )
     index = np.flatnonzero(inside)
     coords = np.stack([np.clip(row[index], 0, ny - 1), np.clip(col[index], 0, nx - 1)])
-    return _PointMapping(target_index=index, coords=coords)
+    return PointMapping(target_index=index, coords=coords)
 
 
 def _bin_mapping(src: Grid, dst: Grid) -> _BinMapping:
     """Source pixel centres -> the target pixel containing them (one transform for all times)."""
     ny, nx = dst.shape
-    row, col = _fractional_indices(src, dst, "target")
+    row, col = fractional_indices(src, dst, "target")
     with np.errstate(invalid="ignore"):
         col = np.floor(col + 0.5)
         row = np.floor(row + 0.5)
@@ -145,11 +145,11 @@ def _bin_mapping(src: Grid, dst: Grid) -> _BinMapping:
 
 
 # -- per-slice samplers ------------------------------------------------------------------------
-def _sample_nearest(field: np.ndarray, mapping: _PointMapping) -> np.ndarray:
+def sample_nearest(field: np.ndarray, mapping: PointMapping) -> np.ndarray:
     return ndimage.map_coordinates(field, mapping.coords, order=0, mode="nearest", prefilter=False)
 
 
-def _sample_bilinear(field: np.ndarray, mapping: _PointMapping) -> np.ndarray:
+def sample_bilinear(field: np.ndarray, mapping: PointMapping) -> np.ndarray:
     """Renormalised bilinear: NaN where valid neighbours hold < half the weight."""
     valid = np.isfinite(field)
     data = np.where(valid, field, 0.0)
@@ -206,7 +206,7 @@ def regrid(
     out_dtype = np.result_type(da.dtype, np.float32)
     out = np.empty((*lead_shape, ny, nx), dtype=out_dtype)
 
-    mapping: _PointMapping | _BinMapping
+    mapping: PointMapping | _BinMapping
     mapping = _bin_mapping(src, target) if method == "average" else _point_mapping(src, target)
     for idx in np.ndindex(*lead_shape):
         field = np.asarray(da[idx].values, dtype=np.float64)  # one slice in memory at a time
@@ -214,7 +214,7 @@ def regrid(
             flat = _sample_average(field, mapping, ny * nx)
         else:
             flat = np.full(ny * nx, np.nan)
-            sampler = _sample_nearest if method == "nearest" else _sample_bilinear
+            sampler = sample_nearest if method == "nearest" else sample_bilinear
             flat[mapping.target_index] = sampler(field, mapping)
         out[idx] = flat.reshape(ny, nx)
 

@@ -12,6 +12,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -26,6 +27,7 @@ class _Job:
     future: asyncio.Future
     step_minutes: float | None = None  # the frames' step; the forecaster resamples to its own
     deadline: float = float("inf")  # time.monotonic() after which nobody waits for the answer
+    auxiliary: dict[str, np.ndarray] | None = None  # a multi-source model's other products, like frames
 
     @property
     def abandoned(self) -> bool:
@@ -79,7 +81,7 @@ class MicroBatcher:
         return 0 if self._queue is None else self._queue.qsize()
 
     async def submit(self, frames: np.ndarray, lead_steps: int, step_minutes: float | None = None,
-                     timeout_s: float | None = None) -> np.ndarray:
+                     timeout_s: float | None = None, auxiliary: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """The forecast; ``Overloaded`` when ``max_queue`` requests already wait. A request whose
         ``timeout_s`` has passed is dropped from the queue, never computed for nobody."""
         assert self._queue is not None, "batcher not started"
@@ -88,7 +90,7 @@ class MicroBatcher:
         future = asyncio.get_running_loop().create_future()
         self._last_submit = time.monotonic()
         deadline = float("inf") if timeout_s is None else time.monotonic() + timeout_s
-        self._queue.put_nowait(_Job(frames, lead_steps, future, step_minutes, deadline))
+        self._queue.put_nowait(_Job(frames, lead_steps, future, step_minutes, deadline, auxiliary))
         try:
             return await asyncio.wait_for(future, timeout_s)
         finally:
@@ -133,10 +135,14 @@ class MicroBatcher:
         if not group:
             return
         stacked = np.stack([job.frames for job in group])
+        auxiliary = None
+        if group[0].auxiliary:  # every job of a model carries the same products (checked by the router)
+            auxiliary = {p: np.stack([job.auxiliary[p] for job in group]) for p in group[0].auxiliary}
         started = time.perf_counter()
         try:
-            result = await loop.run_in_executor(self._executor, self.forecaster.predict, stacked, group[0].lead_steps,
-                                                group[0].step_minutes)
+            result = await loop.run_in_executor(
+                self._executor, partial(self.forecaster.predict, auxiliary=auxiliary), stacked,
+                group[0].lead_steps, group[0].step_minutes)
         except Exception as exc:  # hand the failure to every waiting request
             for job in group:
                 if not job.future.done():

@@ -15,6 +15,7 @@ from datetime import datetime
 import numpy as np
 
 from pipelines import query
+from pipelines.channels import AuxiliaryInputs, MissingChannel
 from pipelines.grid import Grid
 from pipelines.query import WindowUnavailable, contiguous_starts, parse_utc
 from pipelines.store import ProductArchive
@@ -32,6 +33,8 @@ class Inputs:
     step_minutes: float
     init: np.datetime64
     grid: Grid | None = None
+    #: a multi-source model's auxiliary products, each [T, H, W] mm/h like ``frames`` (NaN = no value)
+    auxiliary: dict[str, np.ndarray] | None = None
 
 
 def pick_model(models: dict[str, ServedModel], name: str) -> ServedModel:
@@ -60,6 +63,37 @@ def check_frames(frames: np.ndarray, model: ServedModel, settings: ServiceSettin
     if (frames < 0).any():
         raise ApiError(422, "negative_rain", "frames contain negative rain rates; values are mm/h >= 0")
     return frames[-needed:].astype(np.float32)
+
+
+def check_auxiliary(inputs: Inputs, model: ServedModel, kept: int) -> dict[str, np.ndarray] | None:
+    """The auxiliary frames a multi-source model reads, each shaped like the frames (last ``kept``
+    of them); a missing product is refused with its name, an unknown one too."""
+    needed = model.forecaster.input_products
+    given = inputs.auxiliary or {}
+    unknown = sorted(set(given) - set(needed))
+    if unknown:
+        reads = ", ".join(needed) if needed else "no auxiliary product"
+        raise ApiError(422, "unknown_channel", f"model {model.name!r} reads {reads}; got {', '.join(unknown)}")
+    if not needed:
+        return None
+    out = {}
+    for product in needed:
+        if product not in given:
+            raise ApiError(422, "missing_channel",
+                           f"model {model.name!r} reads auxiliary product {product!r} beside the frames; give it "
+                           f"under 'auxiliary' ({{\"{product}\": T x H x W}}), or ask by 'product' so the "
+                           "service reads it from its archive")
+        try:
+            frames = np.asarray(given[product], dtype=np.float64)
+        except ValueError as exc:
+            raise ApiError(422, "bad_shape", f"auxiliary {product!r} must be a regular T x H x W array") from exc
+        if frames.shape != inputs.frames.shape:
+            raise ApiError(422, "bad_shape", f"auxiliary {product!r} has shape {frames.shape}; it must match the "
+                                             f"frames' {inputs.frames.shape} (same grid, same times)")
+        if np.isinf(frames).any() or (frames < 0).any():
+            raise ApiError(422, "negative_rain", f"auxiliary {product!r} holds negative or infinite values")
+        out[product] = frames[-kept:].astype(np.float32)
+    return out
 
 
 def check_lead(lead_steps: int, settings: ServiceSettings) -> None:
@@ -93,7 +127,7 @@ def inline_inputs(body: ForecastRequest, model: ServedModel) -> Inputs:
             raise ApiError(422, "uneven_times", f"frames are not evenly spaced at {step:g} minutes")
         if parse_utc(body.end_time) != parse_utc(body.times[-1]):
             raise ApiError(422, "bad_times", "end_time must be the time of the last frame")
-    return Inputs(frames, step, parse_utc(body.end_time))
+    return Inputs(frames, step, parse_utc(body.end_time), auxiliary=body.auxiliary)
 
 
 def archive_inputs(archive: ProductArchive, body: ForecastRequest, model: ServedModel) -> Inputs:
@@ -104,7 +138,22 @@ def archive_inputs(archive: ProductArchive, body: ForecastRequest, model: Served
     except WindowUnavailable as exc:
         raise ApiError(422, exc.code, str(exc)) from exc
     check_step(window.step_minutes, model)
-    return Inputs(window.frames, window.step_minutes, window.end, window.grid)  # nodata stays NaN
+    inputs = Inputs(window.frames, window.step_minutes, window.end, window.grid)  # nodata stays NaN
+    if model.forecaster.auxiliary:
+        inputs.auxiliary = archive_auxiliary(archive, body, model, window.times)
+    return inputs
+
+
+def archive_auxiliary(archive: ProductArchive, body: ForecastRequest, model: ServedModel,
+                      times: np.ndarray) -> dict[str, np.ndarray]:
+    """A multi-source model's auxiliary products at the window's times, on its (cropped) grid."""
+    grid = archive.grid()
+    rows, cols = query.bbox_slices(grid, body.bbox) if body.bbox else (slice(None), slice(None))
+    try:
+        return AuxiliaryInputs(archive.store, model.forecaster.auxiliary, grid).read(times, rows, cols)
+    except MissingChannel as exc:
+        raise ApiError(422, "missing_channel", f"model {model.name!r} reads auxiliary product {exc.product!r}, "
+                                               "which the service's archive does not hold") from exc
 
 
 #: dtypes an uploaded array may have: real numbers (bool, complex, dates, records, objects are not rain)

@@ -37,6 +37,12 @@ class ForecastRequest(BaseModel):
         None, min_length=4, max_length=4,
         description="Crop [x_min, y_min, x_max, y_max] in the product's CRS (product requests)",
     )
+    auxiliary: dict[str, list[list[list[Number | None]]]] | None = Field(
+        None, max_length=16,
+        description="Inline frames of a multi-source model's auxiliary products (its input_products in "
+                    "GET /v1/models): per product T x H x W mm/h on the frames' grid at the frames' times; "
+                    "null = no value. Product requests read them from the archive instead.",
+    )
 
     @field_validator("end_time", "time")
     @classmethod
@@ -58,6 +64,8 @@ class ForecastRequest(BaseModel):
             raise ValueError("give either 'frames' (inline) or 'product' (from the archive), not both or neither")
         if self.frames is not None and self.end_time is None:
             raise ValueError("inline frames need 'end_time' (valid time of the last frame)")
+        if self.auxiliary is not None and self.frames is None:
+            raise ValueError("'auxiliary' goes with inline 'frames'; a product request reads them from the archive")
         if self.bbox is not None and (self.bbox[0] >= self.bbox[2] or self.bbox[1] >= self.bbox[3]):
             raise ValueError("bbox must be [x_min, y_min, x_max, y_max] with min < max")
         return self
@@ -104,6 +112,10 @@ class ModelInfo(BaseModel):
     version: str | None = Field(description="The model store's version (the production model)")
     training_data: dict[str, Any] | None = Field(description="Products, time range and step it was trained on")
     skill: dict[str, Any] | None = Field(description="Recorded verification scores (model store or model card)")
+    input_products: list[str] = Field(
+        default_factory=list,
+        description="Auxiliary products a multi-source network reads beside the requested product, in "
+                    "order; empty: the requested product alone")
 
 
 class ModelsResponse(BaseModel):
@@ -118,3 +130,81 @@ class ErrorDetail(BaseModel):
 class ErrorResponse(BaseModel):
     error: ErrorDetail
     detail: str
+
+
+# -- the viewer's read endpoints (service/routers/products.py) ---------------------------------
+
+
+class ColourScale(BaseModel):
+    """The rain-rate colour scale of every picture (``pipelines.plots``), so a client's legend matches."""
+
+    units: str = "mm/h"
+    levels: list[float] = Field(description="Class boundaries; colours[k] covers levels[k] <= rate < levels[k+1]")
+    colours: list[str] = Field(description="One colour per class, as #rrggbb")
+    max_mm_h: float = Field(description="Top of the last class (ingest masks higher rates as clutter)")
+    over: str = Field(description="Colour above max_mm_h")
+    nodata: str = Field(description="Colour of nodata (outside the radar's coverage)")
+    dry: str = Field("transparent", description="Below levels[0]: transparent in frame PNGs")
+
+
+class GraticuleLine(BaseModel):
+    """One parallel or meridian in the product's pixel space, for drawing over its frames."""
+
+    kind: Literal["lat", "lon"]
+    value: float = Field(description="Latitude or longitude in degrees")
+    label: str
+    segments: list[list[list[float]]] = Field(
+        description="Polylines of [column, row] in pixels from the grid's top-left corner (0..nx, 0..ny)")
+    label_at: list[float] | None = Field(None, description="[column, row] of a point on the line inside the grid")
+
+
+class ProductGrid(BaseModel):
+    ny: int
+    nx: int
+    crs: str = Field(description="PROJ string")
+    units: str = Field(description="'m' (projected) or 'degrees'")
+    dx: float
+    dy: float
+    x_range: list[float] = Field(description="[west, east] outer pixel edges in the CRS")
+    y_range: list[float] = Field(description="[south, north] outer pixel edges in the CRS")
+    corners_lonlat: dict[str, list[float] | None] = Field(
+        description="[lon, lat] of the outer corners top_left, top_right, bottom_left, bottom_right "
+                    "(null where off the Earth, e.g. a geostationary disk)")
+
+
+class ProductInfo(BaseModel):
+    """One archive product: its time range, step and grid, and a graticule to draw over it."""
+
+    name: str
+    frames: int
+    first_time: str | None
+    last_time: str | None
+    step_minutes: float | None
+    grid: ProductGrid
+    graticule: list[GraticuleLine]
+
+
+class ProductsResponse(BaseModel):
+    products: list[ProductInfo]
+    colour_scale: ColourScale
+
+
+class ProductTimesResponse(BaseModel):
+    product: str
+    step_minutes: float | None
+    times: list[str] = Field(description="Valid times (UTC), oldest first: the newest `limit` in [start, end]")
+    truncated: bool = Field(description="True when older times in [start, end] were left out")
+
+
+class ForecastFramesResponse(BaseModel):
+    """A forecast as one picture per lead: what a viewer animates, at a fraction of the JSON's size."""
+
+    model: str
+    units: str = "mm/h"
+    init_time: str
+    step_minutes: float
+    lead_minutes: list[float]
+    times: list[str]
+    frames: list[str] = Field(description="One PNG per lead (data: URL), 1 pixel per grid cell, row 0 = north; "
+                                          "transparent where dry, grey where nodata")
+    grid: GridInfo = Field(description="ny, nx and (product requests) the CRS; no coordinates")

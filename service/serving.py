@@ -39,6 +39,7 @@ class ServedModel:
             "version": self.version,
             "training_data": f.info.get("data") if f.trainable else None,
             "skill": model_skill(f) if f.trainable else None,
+            "input_products": f.input_products,
         })
 
 

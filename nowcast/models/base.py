@@ -22,23 +22,37 @@ class RecurrentForecaster(Forecaster):
 
     ``patch`` folds p x p pixel blocks into channels (as in the PredRNN authors' code), so a
     large frame costs p^2 less recurrent-state memory; H and W must be multiples of p.
+
+    ``in_channels`` frames' channels are read, ``out_channels`` (default: all of them) are
+    forecast: the first ``out_channels`` input channels are the forecast ones, the rest are
+    auxiliary inputs (``pipelines.channels``: other products, their masks) that are only read.
+    Frame-feeding models hold the auxiliary channels at their last observed value while they
+    feed their own forecasts back.
     """
 
     motion = False  # hybrids (nowcast.models.motion.MotionConditioning) set it
 
-    def __init__(self, in_channels: int = 1, hidden: tuple[int, ...] = (64, 64), kernel: int = 3, patch: int = 1):
+    def __init__(self, in_channels: int = 1, hidden: tuple[int, ...] = (64, 64), kernel: int = 3, patch: int = 1,
+                 out_channels: int | None = None):
         super().__init__()
         if kernel % 2 != 1:
             raise ValueError(f"kernel must be odd (same-size convolutions), got {kernel}")
         if patch < 1 or not hidden:
             raise ValueError("patch must be >= 1 and hidden must list at least one layer")
         self.in_channels, self.hidden, self.kernel, self.patch = in_channels, tuple(hidden), kernel, patch
+        self.out_channels = in_channels if out_channels is None else out_channels
+        if not 1 <= self.out_channels <= in_channels:
+            raise ValueError(f"out_channels must lie in 1..in_channels ({in_channels}), got {out_channels}")
         self.frame_channels = in_channels * patch * patch
+        #: patched channels of a forecast frame (the leading ones of a patched input frame)
+        self.out_frame_channels = self.out_channels * patch * patch
 
-    def patchify(self, x: Tensor) -> Tensor:
+    def patchify(self, x: Tensor, channels: int | None = None) -> Tensor:
+        """[B, T, C, H, W] -> [B, T, C p^2, H/p, W/p]; ``channels``: the C expected (default in_channels)."""
         b, t, c, h, w = x.shape
-        if c != self.in_channels:
-            raise ValueError(f"model expects {self.in_channels} input channel(s), got {c}")
+        expected = self.in_channels if channels is None else channels
+        if c != expected:
+            raise ValueError(f"model expects {expected} input channel(s), got {c}")
         if h % self.patch or w % self.patch:
             raise ValueError(f"frame size {h}x{w} is not a multiple of the patch size {self.patch}")
         if self.patch == 1:
@@ -86,31 +100,40 @@ class FrameFeedingForecaster(RecurrentForecaster):
     @property
     def step_channels(self) -> int:
         """Channels a step reads: the frame, and for a hybrid also the estimate of the next frame."""
-        return self.frame_channels * (2 if self.motion else 1)
+        return self.frame_channels + (self.out_frame_channels if self.motion else 0)
+
+    def _full_frame(self, forecast: Tensor, auxiliary: Tensor | None) -> Tensor:
+        """A forecast frame completed with the auxiliary channels (nothing to add without any)."""
+        return forecast if auxiliary is None else torch.cat([forecast, auxiliary], dim=1)
 
     def forward(
         self, inputs: Tensor, t_out: int, targets: Tensor | None = None,
         input_truth_prob: float = 1.0, target_truth_prob: float = 0.0, extrapolation: Tensor | None = None,
     ) -> Tensor:
         x = self.patchify(inputs)
-        y = self.patchify(targets) if targets is not None else None
-        t_in = x.shape[1]
+        y = self.patchify(targets[:, :, : self.out_channels], self.out_channels) if targets is not None else None
+        t_in, k = x.shape[1], self.out_frame_channels
+        auxiliary = x[:, :, k:] if k < self.frame_channels else None
+        held = None if auxiliary is None else auxiliary[:, -1]  # the last observed auxiliary frame
         # hybrid: step t also reads its best estimate of frame t + 1 and corrects it; that is the
         # observed frame while inputs last and the extrapolation for each lead afterwards
         estimates = stacks = None
         if self.motion:
             ext = self.extrapolation_for(inputs, t_out, extrapolation)
-            estimates, stacks = self.motion_estimates(torch.cat([inputs[:, 1:], ext], dim=1))
+            observed = inputs[:, 1:, : self.out_channels]
+            estimates, stacks = self.motion_estimates(torch.cat([observed, ext], dim=1))
         state = self.initial_state(x)
         prediction: Tensor | None = None
         outputs = []
         for t in range(t_in + t_out - 1):
             if t < t_in:
-                frame = x[:, t] if prediction is None else choose(x[:, t], prediction, input_truth_prob)
+                frame = x[:, t] if prediction is None else choose(
+                    x[:, t], self._full_frame(prediction, None if auxiliary is None else auxiliary[:, t]),
+                    input_truth_prob)
             elif y is not None:
-                frame = choose(y[:, t - t_in], prediction, target_truth_prob)
+                frame = self._full_frame(choose(y[:, t - t_in], prediction, target_truth_prob), held)
             else:
-                frame = prediction
+                frame = self._full_frame(prediction, held)
             if estimates is None:
                 prediction, state = self.step(frame, state)
             else:

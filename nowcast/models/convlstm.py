@@ -16,16 +16,17 @@ from nowcast.models.cells import ConvLSTMCell
 
 
 class ConvLSTM(RecurrentForecaster):
-    def __init__(self, in_channels: int = 1, hidden: tuple[int, ...] = (64, 64), kernel: int = 3, patch: int = 1):
-        super().__init__(in_channels, hidden, kernel, patch)
+    def __init__(self, in_channels: int = 1, hidden: tuple[int, ...] = (64, 64), kernel: int = 3, patch: int = 1,
+                 out_channels: int | None = None):
+        super().__init__(in_channels, hidden, kernel, patch, out_channels)
         below = [self.frame_channels, *self.hidden[:-1]]
         self.encoder = nn.ModuleList(ConvLSTMCell(b, h, kernel) for b, h in zip(below, self.hidden, strict=True))
         # a hybrid's forecaster reads the extrapolation of each lead; the plain one reads nothing
-        first = self.frame_channels if self.motion else 0
+        first = self.out_frame_channels if self.motion else 0
         self.forecaster = nn.ModuleList(
             ConvLSTMCell(b, h, kernel) for b, h in zip([first, *self.hidden[:-1]], self.hidden, strict=True)
         )
-        self.output = nn.Conv2d(sum(self.hidden), self.frame_channels, 1)
+        self.output = nn.Conv2d(sum(self.hidden), self.out_frame_channels, 1)
 
     def forward(
         self, inputs: Tensor, t_out: int, targets: Tensor | None = None, extrapolation: Tensor | None = None,

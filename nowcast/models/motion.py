@@ -78,8 +78,8 @@ class MotionConditioning:
             return extrapolation[:, :t_out].to(inputs)
         from nowcast.models.baselines import OpticalFlow
 
-        with torch.no_grad():
-            return OpticalFlow(self.normalization)(inputs, t_out)
+        with torch.no_grad():  # of the forecast channels only: auxiliary ones are not advected
+            return OpticalFlow(self.normalization)(inputs[:, :, : self.out_channels], t_out)
 
     def _blur(self, frames: Tensor, i: int) -> Tensor:
         """Separable Gaussian blur of [N, 1, H, W], edges replicated (no dry rim)."""
@@ -94,7 +94,7 @@ class MotionConditioning:
         b, t, c, h, w = estimates.shape
         flat = estimates.reshape(b * t * c, 1, h, w)
         diffs = torch.stack([self._blur(flat, i) - flat for i in range(len(SCALES))], dim=1)
-        patched = self.patchify(estimates)
+        patched = self.patchify(estimates, c)
         folded = self._fold(diffs.reshape(b, t, len(SCALES) * c, h, w))
         folded = folded.reshape(b, t, len(SCALES), patched.shape[2], *patched.shape[-2:])
         return patched, torch.cat([patched.unsqueeze(2), folded], dim=2)

@@ -20,15 +20,15 @@ from nowcast.models.cells import STLSTMCell
 class PredRNN(FrameFeedingForecaster):
     def __init__(
         self, in_channels: int = 1, hidden: tuple[int, ...] = (64, 64, 64, 64), kernel: int = 5, patch: int = 4,
-        forget_bias: float = 1.0, decouple_beta: float = 0.0,
+        forget_bias: float = 1.0, decouple_beta: float = 0.0, out_channels: int | None = None,
     ):
-        super().__init__(in_channels, hidden, kernel, patch)
+        super().__init__(in_channels, hidden, kernel, patch, out_channels)
         if len(set(self.hidden)) != 1:
             raise ValueError(f"PredRNN passes M between layers, so all layers need one width; got {hidden}")
         width = self.hidden[0]
         below = [self.step_channels, *self.hidden[:-1]]
         self.cells = nn.ModuleList(STLSTMCell(b, width, kernel, forget_bias) for b in below)
-        self.output = nn.Conv2d(width, self.frame_channels, 1, bias=False)
+        self.output = nn.Conv2d(width, self.out_frame_channels, 1, bias=False)
         self.decouple_beta = decouple_beta
         self.adapter = nn.Conv2d(width, width, 1, bias=False) if decouple_beta > 0 else None
         self.trace: list[dict] | None = None  # set to a list to record memory flow (tests)

@@ -20,14 +20,14 @@ class SAConvLSTM(FrameFeedingForecaster):
 
     def __init__(
         self, in_channels: int = 1, hidden: tuple[int, ...] = (64, 64, 64, 64), kernel: int = 3, patch: int = 4,
-        forget_bias: float = 1.0,
+        forget_bias: float = 1.0, out_channels: int | None = None,
     ):
-        super().__init__(in_channels, hidden, kernel, patch)
+        super().__init__(in_channels, hidden, kernel, patch, out_channels)
         below = [self.step_channels, *self.hidden[:-1]]
         self.cells = nn.ModuleList(
             SAConvLSTMCell(b, h, kernel, forget_bias) for b, h in zip(below, self.hidden, strict=True)
         )
-        self.output = nn.Conv2d(self.hidden[-1], self.frame_channels, 1)
+        self.output = nn.Conv2d(self.hidden[-1], self.out_frame_channels, 1)
 
     def initial_state(self, x: Tensor) -> list[Tensor | None]:
         # h and c start as the zero state the ConvLSTM cell skips work for; SAM's memory m is read

@@ -17,7 +17,16 @@ from service.batching import Overloaded
 from service.dependencies import get_archive, get_models, get_settings
 from service.errors import ApiError
 from service.formats import Forecast, NumpyJSONResponse, negotiate, to_gif, to_json, to_netcdf, to_png
-from service.inputs import Inputs, archive_inputs, check_frames, check_lead, inline_inputs, pick_model, upload_inputs
+from service.inputs import (
+    Inputs,
+    archive_inputs,
+    check_auxiliary,
+    check_frames,
+    check_lead,
+    inline_inputs,
+    pick_model,
+    upload_inputs,
+)
 from service.schemas import YEARS, ErrorResponse, ForecastRequest, ForecastResponse
 from service.serving import ServedModel
 from service.settings import ServiceSettings
@@ -56,9 +65,10 @@ def media_type(accept: str | None) -> str:
 async def run_forecast(request: Request, model: ServedModel, inputs: Inputs, lead_steps: int, media: str,
                        settings: ServiceSettings) -> Response:
     frames = check_frames(inputs.frames, model, settings, inputs.step_minutes)
+    auxiliary = check_auxiliary(inputs, model, kept=frames.shape[0])
     try:
         result = await model.batcher.submit(frames, lead_steps, inputs.step_minutes,
-                                            timeout_s=settings.inference_timeout_s)
+                                            timeout_s=settings.inference_timeout_s, auxiliary=auxiliary)
     except TimeoutError as exc:
         raise ApiError(504, "inference_timeout", f"no forecast within {settings.inference_timeout_s:g} s") from exc
     except Overloaded as exc:
