@@ -15,7 +15,7 @@ from service.auth import key_problem, offered_key
 from service.errors import error_body, install_error_handlers
 from service.metrics import Metrics
 from service.reload import reload_production, watch_production
-from service.routers import forecast, health, models
+from service.routers import forecast, health, models, products, viewer
 from service.routers.forecast import RETRY_AFTER_S
 from service.serving import load_models
 from service.settings import ServiceSettings, load_settings
@@ -136,6 +136,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(forecast.router)
+    app.include_router(products.router)
+    app.include_router(viewer.router)
 
     @app.middleware("http")
     async def count_requests(request, call_next):

@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Header, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
@@ -62,19 +63,25 @@ def media_type(accept: str | None) -> str:
     return media
 
 
-async def run_forecast(request: Request, model: ServedModel, inputs: Inputs, lead_steps: int, media: str,
-                       settings: ServiceSettings) -> Response:
+async def compute_forecast(request: Request, model: ServedModel, inputs: Inputs, lead_steps: int,
+                           settings: ServiceSettings) -> np.ndarray:
+    """The checked inputs through the model's micro-batcher: [lead_steps, H, W] mm/h (NaN = nodata)."""
     frames = check_frames(inputs.frames, model, settings, inputs.step_minutes)
     auxiliary = check_auxiliary(inputs, model, kept=frames.shape[0])
     try:
-        result = await model.batcher.submit(frames, lead_steps, inputs.step_minutes,
-                                            timeout_s=settings.inference_timeout_s, auxiliary=auxiliary)
+        return await model.batcher.submit(frames, lead_steps, inputs.step_minutes,
+                                          timeout_s=settings.inference_timeout_s, auxiliary=auxiliary)
     except TimeoutError as exc:
         raise ApiError(504, "inference_timeout", f"no forecast within {settings.inference_timeout_s:g} s") from exc
     except Overloaded as exc:
         request.app.state.metrics.shed.labels(model.name).inc()
         raise ApiError(503, "overloaded", f"{exc}; retry in a few seconds",
                        headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
+
+
+async def run_forecast(request: Request, model: ServedModel, inputs: Inputs, lead_steps: int, media: str,
+                       settings: ServiceSettings) -> Response:
+    result = await compute_forecast(request, model, inputs, lead_steps, settings)
     forecast = Forecast(model.name, result, inputs.init, inputs.step_minutes, inputs.grid)
     if media == "application/json":
         return NumpyJSONResponse(to_json(forecast))
