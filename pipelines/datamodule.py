@@ -122,6 +122,7 @@ class RadarDataModule(pl.LightningDataModule):
                 f"no training windows: a window ({h.t_in}+{h.t_out} frames) must lie inside one {h.block_hours:g}-hour "
                 f"block assigned to 'train' by split_pattern {list(self.splitter.pattern)}; raise data.block_hours, "
                 "lower data.t_in/data.t_out, or put more 'train' in data.split_pattern")
+        self._report_auxiliary(h.products[0] if h.products else "the target")
         if counts["val"] == 0:
             rank_zero_info("no validation windows: nothing will be validated (add 'val' to data.split_pattern)")
         elif counts["val"] > counts["train"]:
@@ -149,6 +150,21 @@ class RadarDataModule(pl.LightningDataModule):
             "auxiliary": [spec.to_dict() for spec in self.auxiliary],
             "auxiliary_missing": self._auxiliary_missing(),
         }
+
+    def _report_auxiliary(self, target: str) -> None:
+        """Say how often each auxiliary product lacks a frame; loudly when it mostly does (a model
+        then learns to ignore it: usually the two products do not overlap in time)."""
+        from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+
+        for product, row in self._auxiliary_missing().items():
+            share = row["missing"] / max(1, row["input_frames"])
+            text = (f"auxiliary {product!r}: {row['missing']} of {row['input_frames']} training input frames have no "
+                    f"frame within its tolerance ({share:.0%}; zeros with mask 0 stand in)")
+            if share > 0.5:
+                rank_zero_warn(f"{text}; check their overlap: nowcast store info --product {target} "
+                               f"--overlap {product}")
+            else:
+                rank_zero_info(text)
 
     def _auxiliary_missing(self) -> dict[str, dict[str, int]]:
         """Per auxiliary product: training input frames with no frame of it within its tolerance."""

@@ -242,3 +242,12 @@ def test_the_service_reads_every_channel_and_names_a_missing_one(served: str, pa
 def inline_body() -> dict:
     return {"model": "persistence", "lead_steps": 1, "frames": [[[0.0, 1.0]]] * 2, "step_minutes": 5,
             "end_time": "2021-07-01T12:00:00Z"}
+
+
+def test_an_auxiliary_product_that_never_overlaps_is_reported_loudly(paired: str) -> None:
+    """KNMI radar from 2010 beside 2018 CRR: no frame within 15 min of any input, said with the fix."""
+    module = RadarDataModule(store=paired, products=["crr_knmi"], t_in=2, t_out=1, crop=64, block_hours=1,
+                             split_pattern=["train", "train", "val"], num_workers=0, auxiliary=["knmi"])
+    with pytest.warns(UserWarning, match=r"auxiliary 'knmi': \d+ of \d+ .*100%.*--overlap knmi"):
+        module.setup("fit")
+    assert module.describe()["auxiliary_missing"]["knmi"]["missing"] > 0
