@@ -30,7 +30,7 @@ from pipelines.cf import rain_rate_dataset
 from pipelines.channels import AuxiliaryInputs
 from pipelines.grid import Grid
 from pipelines.query import check_step, plan_windows, time_step_minutes, utc_text
-from pipelines.store import FILL, SCALE, ProductArchive, open_zarr_store
+from pipelines.store import FILL, SCALE, ProductArchive, open_rain_dataset, open_zarr_store
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ def backfill(
 
 def _existing(out: str) -> xr.Dataset | None:
     try:
-        return xr.open_zarr(open_zarr_store(out, read_only=True), consolidated=True, zarr_format=3)
+        return open_rain_dataset(open_zarr_store(out, read_only=True))
     except (FileNotFoundError, KeyError, ValueError, zarr.errors.GroupNotFoundError):
         return None
 
@@ -218,4 +218,4 @@ def _execute(tasks: list[Task], scheduler: str, workers: int):
 
 def open_forecasts(out: str | Path) -> xr.Dataset:
     """The forecast store as a Dataset (``done`` says which init times are complete)."""
-    return xr.open_zarr(open_zarr_store(str(out), read_only=True), consolidated=True, zarr_format=3)
+    return open_rain_dataset(open_zarr_store(str(out), read_only=True))  # rain in float32, as written

@@ -27,6 +27,8 @@ import zarr
 from zarr.codecs import BloscCodec, BytesCodec
 from zarr.storage import LocalStore
 
+from pipelines.store import decode_rain
+
 #: Bytes of decoded chunks kept per array, from single-frame reads only: the rain-fraction
 #: crop tries read crops of one frame and the window read then reads that frame again. 8 MiB
 #: holds a whole FMI or MeteoSwiss frame of uint16. Multi-frame reads look chunks up but do
@@ -159,8 +161,6 @@ def decode_table(dtype: np.dtype, scale: float, fill: Any) -> np.ndarray:
     """Every 8/16-bit code -> float32 mm/h (NaN at ``fill``), by the arithmetic of
     ``SequenceDataset._decode``'s general path, so a gather from it gives the same bits."""
     codes = np.arange(np.iinfo(dtype).max + 1, dtype=dtype)
-    table = codes.astype(np.float32) * np.float32(scale)
-    if fill is not None:
-        table[codes == fill] = np.nan
+    table = decode_rain(codes, scale, fill)
     table.flags.writeable = False
     return table

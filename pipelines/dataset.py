@@ -21,7 +21,7 @@ from pipelines.channels import AuxiliaryReader, AuxiliarySpec, encode_channels
 from pipelines.chunk_read import decode_table, local_chunk_array
 from pipelines.normalization import RainNormalizer
 from pipelines.query import contiguous_starts, time_step_minutes
-from pipelines.store import VARIABLE, ProductArchive
+from pipelines.store import VARIABLE, ProductArchive, decode_rain
 
 SPLITS = ("train", "val", "test")
 
@@ -173,10 +173,7 @@ class SequenceDataset(Dataset):
         are bit-identical): one gather instead of cast, multiply, compare and masked store."""
         if raw.dtype in (np.uint8, np.uint16):
             return np.take(decode_table(raw.dtype, self._scale, self._fill), raw)
-        out = raw.astype(np.float32) * np.float32(self._scale)
-        if self._fill is not None:
-            out[raw == self._fill] = np.nan
-        return out
+        return decode_rain(raw, self._scale, self._fill)
 
     def _pick_crop(self, start: int, rng: np.random.Generator) -> tuple[int, int]:
         """Top-left corner of the crop; deterministic for val/test (rng seeded by index)."""

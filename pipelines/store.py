@@ -11,6 +11,7 @@ from the journal at the next write, so the store ends time-sorted.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 import zarr
+from xarray.coding.common import lazy_elemwise_func
 from zarr.codecs import BloscCodec
 
 from pipelines.cf import CONVENTIONS, VARIABLE, rain_rate_dataset
@@ -55,11 +57,27 @@ def encode_precip(rain_rate: np.ndarray) -> np.ndarray:
     return out
 
 
-def decode_precip(raw: np.ndarray) -> np.ndarray:
-    """Stored uint16 -> mm/h as float32, FILL -> NaN (what xarray's CF decoding gives)."""
-    out = raw.astype(np.float32) * np.float32(SCALE)
-    out[raw == FILL] = np.nan
+def decode_rain(raw: np.ndarray, scale: float = float(SCALE), fill: Any = FILL) -> np.ndarray:
+    """Stored integers -> mm/h as float32, ``fill`` -> NaN: the one decoder (archive reads, the
+    training dataset, caches, forecast stores).
+
+    Hundredths are divided by 100 rather than multiplied by float32(0.01): the quotient is the
+    float32 nearest each hundredth, so 0.10, 1.00 or 5.00 mm/h read back as exactly 0.1, 1.0 and
+    5.0, the thresholds verification counts rain at (a product of 0.01 lands a bit below them)."""
+    out = np.asarray(raw).astype(np.float32)
+    inverse = 1.0 / float(scale)
+    if abs(inverse - round(inverse)) <= 1e-4:
+        out /= np.float32(round(inverse))
+    else:
+        out *= np.float32(scale)
+    if fill is not None:
+        out[np.asarray(raw) == fill] = np.nan
     return out
+
+
+def decode_precip(raw: np.ndarray) -> np.ndarray:
+    """Stored uint16 -> mm/h as float32, FILL -> NaN (this archive's encoding)."""
+    return decode_rain(raw)
 
 
 class GridMismatchError(ValueError):
@@ -146,8 +164,29 @@ def _join(*parts: str) -> str:
     return "/".join(p.rstrip("/") for p in parts)
 
 
+def open_rain_dataset(zstore: Any, **kwargs: Any) -> xr.Dataset:
+    """A product group, its rain decoded to float32 mm/h (lazily, NaN for nodata).
+
+    Why not xarray's own decoding: it multiplies by the scale factor (float32 0.01, kept by JSON
+    as 0.009999999776) in float64, so 100 hundredths read 0.99999998 mm/h, below the 1 mm/h
+    threshold verification counts at. ``decode_rain`` gives exactly 1.0, as training reads it."""
+    ds = xr.open_zarr(zstore, consolidated=True, zarr_format=3, mask_and_scale={VARIABLE: False}, **kwargs)
+    if VARIABLE not in ds:
+        return ds
+    raw = ds[VARIABLE].variable
+    attrs = dict(raw.attrs)
+    scale = attrs.pop("scale_factor", 1.0)
+    fill = attrs.pop("_FillValue", None)
+    data = lazy_elemwise_func(raw._data, functools.partial(decode_rain, scale=float(scale), fill=fill), np.float32)
+    encoding = dict(raw.encoding, scale_factor=np.float32(scale), dtype=raw.dtype)
+    if fill is not None:
+        encoding["_FillValue"] = fill
+    ds[VARIABLE] = xr.Variable(raw.dims, data, attrs, encoding)
+    return ds
+
+
 def _open_consolidated(zstore: Any) -> xr.Dataset:
-    return xr.open_zarr(zstore, consolidated=True, zarr_format=3, chunks=None)
+    return open_rain_dataset(zstore, chunks=None)
 
 
 class ProductArchive:
@@ -193,8 +232,8 @@ class ProductArchive:
         if journal is None:
             return _open_consolidated(self._zstore)
         start = int(journal.attrs["insert_at"])
-        main = xr.open_zarr(self._zstore, consolidated=True, zarr_format=3, chunks={})
-        staged = xr.open_zarr(self._staging_store, consolidated=True, zarr_format=3, chunks={})
+        main = open_rain_dataset(self._zstore, chunks={})
+        staged = open_rain_dataset(self._staging_store, chunks={})
         view = xr.concat([main.isel(time=slice(0, start)), staged[[VARIABLE]]], dim="time",
                          data_vars="minimal", coords="minimal", compat="override", join="override")
         view.attrs = main.attrs

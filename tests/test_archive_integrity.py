@@ -214,3 +214,20 @@ def test_writers_of_different_products_can_create_a_fresh_store_together(tmp_pat
         assert not failures, failures
         for i in range(writers):
             assert ProductArchive(store, f"p{i}").open().sizes["time"] == 2
+
+
+def test_stored_hundredths_read_back_as_the_same_float32_rain(tmp_path: Path) -> None:
+    """1.00 mm/h must read back as 1.0, not 0.99999998: verification counts rain at >= 1 mm/h."""
+    frames = synthetic_frames(n_frames=2, shape=(16, 16))
+    values = np.round(np.arange(256, dtype=np.float32).reshape(16, 16) * np.float32(0.37), 2).astype(np.float32)
+    for frame in frames:
+        frame.rain_rate[:] = values
+    frames[1].rain_rate[0, :4] = np.nan
+    archive = ProductArchive(str(tmp_path / "a.zarr"), "p")
+    archive.write(frames)
+    with archive.open() as ds:
+        read = ds["precip"].values
+    assert read.dtype == np.float32
+    np.testing.assert_array_equal(read[0], values)  # every hundredth, 1.00 among them, exactly as written
+    assert np.isnan(read[1, 0, :4]).all() and (read[1, 0, 4:] == values[0, 4:]).all()
+    assert (read[0] >= 1.0).sum() == (values >= 1.0).sum()
