@@ -127,31 +127,49 @@ def promote(
 @app.command()
 def evaluate(
     product: Annotated[str, typer.Option(help="Product to verify against.")],
-    model: Annotated[list[str], typer.Option(help="persistence, optical_flow, a checkpoint, or a shipped model.")],
     out: Annotated[Path, typer.Option(help="JSON report; .md, _csi.png and _case.gif are written beside it.")],
+    model: Annotated[list[str] | None, typer.Option(
+        help="persistence, optical_flow, a checkpoint, or a shipped model (or use --forecasts).")] = None,
+    forecasts: Annotated[list[str] | None, typer.Option(
+        help="A forecast store from nowcast backfill, scored without rerunning its model (instead of --model).")
+    ] = None,
     store: StoreOption = "data/archive.zarr",
     start: Annotated[str | None, typer.Option(help="First init time (UTC, ISO).")] = None,
     end: Annotated[str | None, typer.Option(help="Last init time (UTC, ISO).")] = None,
     crop: Annotated[int | None, typer.Option(help="Centred N x N window.")] = None,
     stride: Annotated[int, typer.Option(help="Every K-th init time.")] = 1,
     lead_steps: Annotated[
-        int | None, typer.Option(help="Lead steps (default: the trained models' output steps).")
+        int | None, typer.Option(
+            help="Lead steps (default: the trained models' output steps; with --forecasts, the stores').")
     ] = None,
 ) -> None:
-    """Verify models against the archive: CSI/POD/FAR, MAE and FSS per lead time."""
-    from nowcast.evaluate import evaluate as run_evaluation
+    """Verify models against the archive: CSI/POD/FAR, MAE and FSS per lead time.
 
+    With --forecasts (repeatable), backfilled forecast stores are scored instead of running models:
+    the init times done in every store, the same case rules and report."""
+    from nowcast.evaluate import evaluate as run_evaluation
+    from nowcast.score_forecasts import evaluate_forecasts
+
+    if bool(model) == bool(forecasts):
+        console.print("[red]error:[/] give --model (models to run) or --forecasts (backfilled forecast stores to "
+                      "score)" + (", not both" if model else ""))
+        raise typer.Exit(2)
     with progress_bar() as progress:
         task = progress.add_task("evaluate", total=None)
+        callbacks = {"on_case": lambda: progress.advance(task), "total": lambda n: progress.update(task, total=n)}
         try:
-            report = run_evaluation(
-                store, product, model, out, start=start, end=end, crop=crop, stride=stride, lead_steps=lead_steps,
-                on_case=lambda: progress.advance(task), total=lambda n: progress.update(task, total=n),
-            )
+            if forecasts:
+                report = evaluate_forecasts(store, forecasts, out, start=start, end=end, crop=crop, stride=stride,
+                                            lead_steps=lead_steps, product=product, **callbacks)
+            else:
+                report = run_evaluation(store, product, model, out, start=start, end=end, crop=crop, stride=stride,
+                                        lead_steps=lead_steps, **callbacks)
         except (LookupError, ValueError, FileNotFoundError) as exc:
             console.print(f"[red]error:[/] {exc.args[0] if exc.args else exc}")
             raise typer.Exit(2) from exc
-    console.print(f"{report['n_cases']} cases ({report['n_dry_cases_skipped']} dry skipped); wrote "
+    awaiting = report.get("n_cases_awaiting_observations")
+    console.print(f"{report['n_cases']} cases ({report['n_dry_cases_skipped']} dry skipped"
+                  + (f", {awaiting} awaiting observations" if awaiting else "") + "); wrote "
                   + ", ".join(report.get("files", {}).values()))
     console.print(Path(report["files"]["markdown"]).read_text())
     for label, entry in report["models"].items():

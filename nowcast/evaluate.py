@@ -41,6 +41,13 @@ def select_cases(
     return [Case(int(s), init) for s, init in zip(windows.starts, windows.inits, strict=True)]
 
 
+def is_dry(last: np.ndarray) -> bool:
+    """The dry-case rule, shared with ``nowcast.score_forecasts`` so both skip the same cases:
+    under MIN_WET_FRACTION of the valid pixels of the last observed frame reach DRY_THRESHOLD_MM_H."""
+    valid = np.isfinite(last)
+    return bool(not valid.any() or np.mean(last[valid] >= DRY_THRESHOLD_MM_H) < MIN_WET_FRACTION)
+
+
 def pixel_size_km(grid: Grid) -> float:
     dx, dy = grid.pixel_size
     size = (dx + dy) / 2
@@ -89,9 +96,7 @@ def evaluate(
     for case in cases:
         window = archive_array.isel(time=slice(case.start, case.start + history + leads), y=ys, x=xs).values
         past, future = window[:history], window[history:]
-        last = past[-1]
-        valid = np.isfinite(last)
-        if not valid.any() or np.mean(last[valid] >= DRY_THRESHOLD_MM_H) < MIN_WET_FRACTION:
+        if is_dry(past[-1]):
             dry += 1
             if on_case:
                 on_case()
