@@ -48,6 +48,14 @@ def is_dry(last: np.ndarray) -> bool:
     return bool(not valid.any() or np.mean(last[valid] >= DRY_THRESHOLD_MM_H) < MIN_WET_FRACTION)
 
 
+def report_header(store: str, product: str, step: float, leads: int, km: float, crop: int | None, stride: int,
+                  start: str | None, end: str | None, n_cases: int, n_dry: int) -> dict[str, Any]:
+    """What every verification report (models run here, or stored forecasts) starts with."""
+    return {"store": store, "product": product, "step_minutes": step,
+            "lead_minutes": [(k + 1) * step for k in range(leads)], "pixel_size_km": km, "crop": crop,
+            "stride": stride, "start": start, "end": end, "n_cases": n_cases, "n_dry_cases_skipped": n_dry}
+
+
 def pixel_size_km(grid: Grid) -> float:
     dx, dy = grid.pixel_size
     size = (dx + dy) / 2
@@ -115,17 +123,7 @@ def evaluate(
             on_case()
     results = {label: v.result() for label, v in verifiers.items()}
     report = {
-        "store": store,
-        "product": product,
-        "step_minutes": step,
-        "lead_minutes": [(k + 1) * step for k in range(leads)],
-        "pixel_size_km": km,
-        "crop": crop,
-        "stride": stride,
-        "start": start,
-        "end": end,
-        "n_cases": len(used),
-        "n_dry_cases_skipped": dry,
+        **report_header(store, product, step, leads, km, crop, stride, start, end, len(used), dry),
         "cases": used,
         "models": {
             label: {"name": f.name, "source": f.source, "input_steps": f.input_steps, "scores": results[label],

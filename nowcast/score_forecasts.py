@@ -21,7 +21,7 @@ import xarray as xr
 import zarr
 
 from nowcast.backfill import open_forecasts
-from nowcast.evaluate import Case, is_dry, pixel_size_km, write_outputs
+from nowcast.evaluate import Case, is_dry, pixel_size_km, report_header, write_outputs
 from nowcast.verification import LeadTimeVerifier
 from pipelines.grid import Grid
 from pipelines.query import centre_crop, parse_utc, time_step_minutes, utc_text
@@ -190,17 +190,7 @@ def _evaluate(
             on_case()
     results = {label: v.result() for label, v in verifiers.items()}
     report = {
-        "store": store,
-        "product": product,
-        "step_minutes": step,
-        "lead_minutes": [(k + 1) * step for k in range(leads)],
-        "pixel_size_km": km,
-        "crop": crop,
-        "stride": stride,
-        "start": start,
-        "end": end,
-        "n_cases": len(used),
-        "n_dry_cases_skipped": dry,
+        **report_header(store, product, step, leads, km, crop, stride, start, end, len(used), dry),
         "n_cases_awaiting_observations": awaiting,
         "cases": used,
         "forecasts": {
