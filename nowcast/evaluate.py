@@ -56,6 +56,17 @@ def report_header(store: str, product: str, step: float, leads: int, km: float, 
             "stride": stride, "start": start, "end": end, "n_cases": n_cases, "n_dry_cases_skipped": n_dry}
 
 
+def archive_layout(archive: ProductArchive) -> tuple[np.ndarray, Grid, float]:
+    """A product's times, grid and step, refusing one with too few frames to have a step."""
+    with archive.open() as ds:
+        times = ds["time"].values.astype("datetime64[s]")
+        grid = Grid.from_dataset(ds)
+    step = time_step_minutes(times)
+    if step is None:
+        raise ValueError(f"product {archive.product!r} has fewer than two frames")
+    return times, grid, step
+
+
 def pixel_size_km(grid: Grid) -> float:
     dx, dy = grid.pixel_size
     size = (dx + dy) / 2
@@ -79,12 +90,7 @@ def evaluate(
         if label in forecasters:
             raise ValueError(f"model {spec!r} is given twice")
         forecasters[label] = loaded
-    with archive.open() as ds:
-        times = ds["time"].values.astype("datetime64[s]")
-        grid = Grid.from_dataset(ds)
-    step = time_step_minutes(times)
-    if step is None:
-        raise ValueError(f"product {product!r} has fewer than two frames")
+    times, grid, step = archive_layout(archive)
     for label, f in forecasters.items():
         check_step(step, f.step_minutes, label)
     # by default the shortest any network was trained for, so every model is scored on its own leads

@@ -21,10 +21,10 @@ import xarray as xr
 import zarr
 
 from nowcast.backfill import open_forecasts
-from nowcast.evaluate import Case, is_dry, pixel_size_km, report_header, write_outputs
+from nowcast.evaluate import Case, archive_layout, is_dry, pixel_size_km, report_header, write_outputs
 from nowcast.verification import LeadTimeVerifier
 from pipelines.grid import Grid
-from pipelines.query import centre_crop, parse_utc, time_step_minutes, utc_text
+from pipelines.query import centre_crop, parse_utc, utc_text
 from pipelines.store import ProductArchive
 
 #: what a forecast store must carry to be scored
@@ -131,12 +131,7 @@ def _evaluate(
     archive = ProductArchive(store, product)
     if not archive.exists():
         raise KeyError(f"no product {product!r} in {store} (the forecasts were made from {product!r})")
-    with archive.open() as ds:
-        times = ds["time"].values.astype("datetime64[s]")
-        grid = Grid.from_dataset(ds)
-    step = time_step_minutes(times)
-    if step is None:
-        raise ValueError(f"product {product!r} has fewer than two frames")
+    times, grid, step = archive_layout(archive)
     for path, ds in zip(paths, opened, strict=True):
         check_made_from(path, ds, product, store, step, grid)
     labels = forecast_labels(paths, [ds.attrs["model"] for ds in opened])

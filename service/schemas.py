@@ -79,13 +79,18 @@ class GridInfo(BaseModel):
     y: list[float] | None = Field(None, description="Pixel-centre y coordinates (product requests)")
 
 
-class ForecastResponse(BaseModel):
+class ForecastTimes(BaseModel):
+    """What every forecast answer starts with: the model, the unit and the times of its leads."""
+
     model: str
     units: str = "mm/h"
     init_time: str
     step_minutes: float
     lead_minutes: list[float]
     times: list[str]
+
+
+class ForecastResponse(ForecastTimes):
     frames: list[list[list[float | None]]]  # null where the forecast is nodata (outside the last frame's coverage)
     grid: GridInfo
 
@@ -196,15 +201,9 @@ class ProductTimesResponse(BaseModel):
     truncated: bool = Field(description="True when older times in [start, end] were left out")
 
 
-class ForecastFramesResponse(BaseModel):
+class ForecastFramesResponse(ForecastTimes):
     """A forecast as one picture per lead: what a viewer animates, at a fraction of the JSON's size."""
 
-    model: str
-    units: str = "mm/h"
-    init_time: str
-    step_minutes: float
-    lead_minutes: list[float]
-    times: list[str]
     frames: list[str] = Field(description="One PNG per lead (data: URL), 1 pixel per grid cell, row 0 = north; "
                                           "transparent where dry, grey where nodata")
     grid: GridInfo = Field(description="ny, nx and (product requests) the CRS; no coordinates")
