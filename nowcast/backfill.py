@@ -122,9 +122,13 @@ def run_task(task: Task) -> TaskDone:
 def backfill(
     model: str, store: str, product: str, start: str, end: str, out: str, every: int = 1,
     lead_steps: int | None = None, scheduler: str = "local", workers: int = 2, batch: int = 4,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None, verify: bool = True,
 ) -> dict[str, Any]:
-    """Run (or resume) a backfill; returns a summary."""
+    """Run (or resume) a backfill; returns a summary.
+
+    ``verify``: register the store with the archive's verification ledger and score the init
+    times whose observations are in (``summary["verification"]``); the rest are scored by later
+    passes (the service's, or ``nowcast verify``) as their frames are ingested."""
     forecaster = _forecaster(model)
     archive = ProductArchive(store, product)
     if not archive.exists():
@@ -169,6 +173,14 @@ def backfill(
                "last": utc_text(inits[-1])}
     if forecaster.auxiliary:  # init times written with zeros-plus-mask for a missing auxiliary frame
         summary["auxiliary_cases_missing"] = missing
+    if verify:
+        from nowcast.live_verification import VerificationLedger
+
+        ledger = VerificationLedger(store, product)
+        ledger.add_source(out)
+        done = ledger.verify()
+        summary["verification"] = {"scored": done.scored, "dry": done.dry, "waiting": done.waiting,
+                                   "missing_observations": done.missing_observations}
     return summary
 
 

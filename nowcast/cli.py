@@ -1,4 +1,4 @@
-"""The model commands: ``nowcast train``, ``promote``, ``evaluate``, ``backfill`` and ``demo``.
+"""The model commands: ``nowcast train``, ``promote``, ``evaluate``, ``backfill``, ``verify`` and ``demo``.
 
 ``nowcast_cli.main`` composes this app with the archive's (``pipelines.cli``) and the service's.
 """
@@ -194,6 +194,9 @@ def backfill(
         Path | None, typer.Option("--registry", "--model-store", help="Model store, for --model production.",
                                   envvar="NOWCAST_REGISTRY")
     ] = None,
+    verify: Annotated[bool, typer.Option(
+        help="Score the forecasts whose observations are in, and leave the rest to later verification passes "
+             "(GET /v1/skill).")] = True,
 ) -> None:
     """Forecast every init time of a range into a Zarr forecast store (resumable, idempotent).
 
@@ -214,7 +217,7 @@ def backfill(
         try:
             summary = run_backfill(
                 model, store, product, start, end, out, every=every, lead_steps=lead_steps, scheduler=scheduler,
-                workers=workers, batch=batch,
+                workers=workers, batch=batch, verify=verify,
                 on_progress=lambda done, total: progress.update(task, completed=done, total=total),
             )
         except (LookupError, ValueError, FileNotFoundError) as exc:
@@ -226,6 +229,47 @@ def backfill(
     )
     if "auxiliary_cases_missing" in summary:  # written with zeros-plus-mask for the missing frames
         console.print(f"init times lacking an auxiliary frame: {json.dumps(summary['auxiliary_cases_missing'])}")
+    if "verification" in summary:
+        v = summary["verification"]
+        console.print(f"verified: {v['scored']} scored, {v['dry']} dry, {v['waiting']} awaiting observations, "
+                      f"{v['missing_observations']} given up (nowcast verify, or the service, scores the rest)")
+
+
+@app.command()
+def verify(
+    store: StoreOption = "data/archive.zarr",
+    product: Annotated[str | None, typer.Option(help="Only this product's ledger (default: every product's).")
+                       ] = None,
+    hours: Annotated[float, typer.Option(help="Window of the scores printed after the pass.")] = 24.0,
+    grace_minutes: Annotated[float, typer.Option(
+        help="How long past its last lead a forecast waits for missing observations.")] = 120.0,
+    out: Annotated[Path | None, typer.Option(help="Write the rolling scores (GET /v1/skill's JSON) here.")] = None,
+) -> None:
+    """Score the kept forecasts whose observations are now in: one pass of the service's live
+    verification (for cron, or without a service), then the rolling scores per model and lead."""
+    from nowcast.live_verification import VerificationLedger, verify_store
+    from nowcast.verification import scores_table_markdown
+
+    with store_errors(store), progress_bar() as progress:
+        task = progress.add_task("verify", total=None)
+        passes = verify_store(store, product, grace_minutes=grace_minutes,
+                              on_case=lambda model, outcome: progress.advance(task))
+    if not passes:
+        console.print(f"nothing to verify: no forecast of {product or 'any product'} is kept in {store} "
+                      "(the service keeps those it makes from the archive; nowcast backfill registers its stores)")
+        return
+    answers = {}
+    for name, done in passes.items():
+        console.print(f"{name}: {done.scored} scored, {done.dry} dry, {done.waiting} awaiting observations, "
+                      f"{done.missing_observations} given up")
+        answers[name] = VerificationLedger(store, name).rolling(hours)
+        scored = {m["model"]: m["scores"] for m in answers[name]["models"] if m["scores"]}
+        if scored:
+            console.print(f"last {hours:g} h to {answers[name]['end']}:")
+            console.print(scores_table_markdown(scored))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(answers if product is None else answers[product], indent=1))
 
 
 @app.command()

@@ -16,15 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from nowcast.cases import archive_layout, is_dry, pixel_size_km
 from nowcast.forecaster import DEFAULT_LEAD_STEPS, LoadedForecaster, load_forecaster
 from nowcast.verification import LeadTimeVerifier, scores_table_markdown
 from pipelines.channels import AuxiliaryInputs
-from pipelines.grid import Grid
-from pipelines.query import centre_crop, check_step, plan_windows, time_step_minutes, utc_text
+from pipelines.query import centre_crop, check_step, plan_windows, utc_text
 from pipelines.store import ProductArchive
-
-DRY_THRESHOLD_MM_H = 0.1
-MIN_WET_FRACTION = 0.01
 
 
 @dataclass
@@ -41,36 +38,12 @@ def select_cases(
     return [Case(int(s), init) for s, init in zip(windows.starts, windows.inits, strict=True)]
 
 
-def is_dry(last: np.ndarray) -> bool:
-    """The dry-case rule, shared with ``nowcast.score_forecasts`` so both skip the same cases:
-    under MIN_WET_FRACTION of the valid pixels of the last observed frame reach DRY_THRESHOLD_MM_H."""
-    valid = np.isfinite(last)
-    return bool(not valid.any() or np.mean(last[valid] >= DRY_THRESHOLD_MM_H) < MIN_WET_FRACTION)
-
-
 def report_header(store: str, product: str, step: float, leads: int, km: float, crop: int | None, stride: int,
                   start: str | None, end: str | None, n_cases: int, n_dry: int) -> dict[str, Any]:
     """What every verification report (models run here, or stored forecasts) starts with."""
     return {"store": store, "product": product, "step_minutes": step,
             "lead_minutes": [(k + 1) * step for k in range(leads)], "pixel_size_km": km, "crop": crop,
             "stride": stride, "start": start, "end": end, "n_cases": n_cases, "n_dry_cases_skipped": n_dry}
-
-
-def archive_layout(archive: ProductArchive) -> tuple[np.ndarray, Grid, float]:
-    """A product's times, grid and step, refusing one with too few frames to have a step."""
-    with archive.open() as ds:
-        times = ds["time"].values.astype("datetime64[s]")
-        grid = Grid.from_dataset(ds)
-    step = time_step_minutes(times)
-    if step is None:
-        raise ValueError(f"product {archive.product!r} has fewer than two frames")
-    return times, grid, step
-
-
-def pixel_size_km(grid: Grid) -> float:
-    dx, dy = grid.pixel_size
-    size = (dx + dy) / 2
-    return size * 111.2 if grid.is_geographic else size / 1000.0
 
 
 def evaluate(

@@ -21,7 +21,8 @@ import xarray as xr
 import zarr
 
 from nowcast.backfill import open_forecasts
-from nowcast.evaluate import Case, archive_layout, is_dry, pixel_size_km, report_header, write_outputs
+from nowcast.cases import archive_layout, is_dry, pixel_size_km
+from nowcast.evaluate import Case, report_header, write_outputs
 from nowcast.verification import LeadTimeVerifier
 from pipelines.grid import Grid
 from pipelines.query import centre_crop, parse_utc, utc_text

@@ -139,6 +139,55 @@ class LeadTimeVerifier:
                 o_fss = np.where(valid, o2d, 0.0)
             spatialscores.fss_accum(self._fss[lead], f_fss, o_fss)
 
+    def state(self) -> dict:
+        """Everything the scores are computed from, as JSON-able lists (one entry per lead).
+
+        The sums are additive: ``merge_state`` of the states of single cases gives the same pooled
+        scores as ``accumulate`` of those cases, which is how live verification stores one record per
+        forecast and pools any time window later (``nowcast.live_verification``)."""
+        return {
+            "thresholds": list(self.thresholds), "fss_threshold": self.fss_threshold,
+            "fss_window_km": self.fss_window_km, "fss_window_px": self.fss_window_px,
+            "pixel_size_km": self.pixel_size_km, "step_minutes": self.step_minutes,
+            "hits": self._hits.tolist(), "misses": self._misses.tolist(),
+            "false_alarms": self._false_alarms.tolist(), "correct_negatives": self._correct_negatives.tolist(),
+            "abs_err_sum": self._abs_err_sum.tolist(), "n_pixels": self._n_pixels.tolist(),
+            "n_cases": self._n_cases.tolist(),
+            **{f"fss_{k}": [float(s[k]) for s in self._fss] for k in ("sum_fct_sq", "sum_fct_obs", "sum_obs_sq")},
+        }
+
+    @classmethod
+    def like(cls, state: dict, n_leads: int) -> LeadTimeVerifier:
+        """An empty verifier counting as ``state`` was counted, over ``n_leads`` leads."""
+        return cls(n_leads, state["step_minutes"], state["pixel_size_km"], thresholds=state["thresholds"],
+                   fss_threshold=state["fss_threshold"], fss_window_km=state["fss_window_km"])
+
+    def compatible(self, state: dict) -> bool:
+        """Whether ``state`` was counted with this verifier's thresholds, FSS window and step."""
+        return (tuple(float(t) for t in state["thresholds"]) == self.thresholds
+                and float(state["fss_threshold"]) == self.fss_threshold
+                and int(state["fss_window_px"]) == self.fss_window_px
+                and abs(float(state["step_minutes"]) - self.step_minutes) < 1e-9)
+
+    def merge_state(self, state: dict) -> None:
+        """Add another verifier's ``state()`` (same thresholds, FSS window and step; as many leads
+        or fewer: a shorter forecast adds to the first leads only)."""
+        if not self.compatible(state):
+            raise ValueError("cannot pool scores counted with other thresholds, FSS window or step")
+        n = len(state["n_cases"])
+        if n > self.n_leads:
+            raise ValueError(f"a state of {n} leads does not fit a verifier of {self.n_leads}")
+        self._hits[:n] += np.asarray(state["hits"], dtype=np.int64)
+        self._misses[:n] += np.asarray(state["misses"], dtype=np.int64)
+        self._false_alarms[:n] += np.asarray(state["false_alarms"], dtype=np.int64)
+        self._correct_negatives[:n] += np.asarray(state["correct_negatives"], dtype=np.int64)
+        self._abs_err_sum[:n] += np.asarray(state["abs_err_sum"], dtype=np.float64)
+        self._n_pixels[:n] += np.asarray(state["n_pixels"], dtype=np.int64)
+        self._n_cases[:n] += np.asarray(state["n_cases"], dtype=np.int64)
+        for lead in range(n):
+            for key in ("sum_fct_sq", "sum_fct_obs", "sum_obs_sq"):
+                self._fss[lead][key] += float(state[f"fss_{key}"][lead])
+
     def _categorical(self, lead: int) -> dict[str, dict[str, float | None]]:
         """CSI/POD/FAR for one lead from the pooled counts, computed by pysteps from our contingency table."""
         contab = detcatscores.det_cat_fct_init(self.thresholds[0])

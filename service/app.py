@@ -13,9 +13,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from nowcast import __version__
 from service.auth import key_problem, offered_key
 from service.errors import error_body, install_error_handlers
+from service.live_verification import LiveVerification, watch_verification
 from service.metrics import Metrics
 from service.reload import reload_production, watch_production
-from service.routers import forecast, health, models, products, viewer
+from service.routers import forecast, health, models, products, skill, viewer
 from service.routers.forecast import RETRY_AFTER_S
 from service.serving import load_models
 from service.settings import ServiceSettings, load_settings
@@ -121,9 +122,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         if settings.registry:
             await reload_production(app)
             watcher = asyncio.create_task(watch_production(app))
+        verifier = asyncio.create_task(watch_verification(app)) if settings.verify_forecasts else None
         yield
-        if watcher is not None:
-            watcher.cancel()
+        for task in (watcher, verifier):
+            if task is not None:
+                task.cancel()
+        await app.state.verification.drain()  # forecasts answered are kept, even on the way out
         for served in app.state.models.values():
             await served.batcher.stop()
 
@@ -132,11 +136,13 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         description="Precipitation nowcasts: forecast frame sequences in mm/h from the archive or uploaded frames.",
     )
     app.state.settings, app.state.metrics, app.state.archives, app.state.models = settings, metrics, {}, {}
+    app.state.verification = LiveVerification(settings, metrics)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(forecast.router)
     app.include_router(products.router)
+    app.include_router(skill.router)
     app.include_router(viewer.router)
 
     @app.middleware("http")

@@ -35,6 +35,8 @@ class Inputs:
     grid: Grid | None = None
     #: a multi-source model's auxiliary products, each [T, H, W] mm/h like ``frames`` (NaN = no value)
     auxiliary: dict[str, np.ndarray] | None = None
+    #: the archive product these frames are, whole-grid: its forecasts are verified live
+    product: str | None = None
 
 
 def pick_model(models: dict[str, ServedModel], name: str) -> ServedModel:
@@ -138,7 +140,8 @@ def archive_inputs(archive: ProductArchive, body: ForecastRequest, model: Served
     except WindowUnavailable as exc:
         raise ApiError(422, exc.code, str(exc)) from exc
     check_step(window.step_minutes, model)
-    inputs = Inputs(window.frames, window.step_minutes, window.end, window.grid)  # nodata stays NaN
+    inputs = Inputs(window.frames, window.step_minutes, window.end, window.grid,  # nodata stays NaN
+                    product=archive.product if body.bbox is None else None)
     if model.forecaster.auxiliary:
         inputs.auxiliary = archive_auxiliary(archive, body, model, window.times)
     return inputs

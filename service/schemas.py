@@ -207,3 +207,39 @@ class ForecastFramesResponse(ForecastTimes):
     frames: list[str] = Field(description="One PNG per lead (data: URL), 1 pixel per grid cell, row 0 = north; "
                                           "transparent where dry, grey where nodata")
     grid: GridInfo = Field(description="ny, nx and (product requests) the CRS; no coordinates")
+
+
+class LeadSkill(BaseModel):
+    """Scores of one lead time, pooled over the window's verified forecasts (``nowcast evaluate``'s row)."""
+
+    lead_minutes: float
+    n_cases: int = Field(description="Verified forecasts pooled at this lead")
+    csi: dict[str, float | None] = Field(description="Critical success index per threshold (mm/h, as text)")
+    pod: dict[str, float | None] = Field(description="Probability of detection per threshold")
+    far: dict[str, float | None] = Field(description="False alarm ratio per threshold")
+    hits: dict[str, int]
+    misses: dict[str, int]
+    false_alarms: dict[str, int]
+    mae_mm_h: float | None = Field(description="Mean absolute error over valid pixels")
+    fss_1mm_10km: float | None = Field(description="Fractions skill score, 1 mm/h, 10 km neighbourhood")
+
+
+class ModelSkill(BaseModel):
+    model: str = Field(description="The served name (or the backfill store's model)")
+    n_cases: int = Field(description="Forecasts scored in the window")
+    n_dry_cases_skipped: int = Field(description="Forecasts from a dry init frame, left out as evaluate does")
+    n_missing_observations: int = Field(description="Forecasts given up: observations of a lead never came")
+    first_init: str
+    last_init: str
+    scores: list[LeadSkill]
+
+
+class SkillResponse(BaseModel):
+    """Rolling verification of the forecasts made from one product (GET /v1/skill)."""
+
+    product: str
+    hours: float
+    start: str | None = Field(description="Window start (exclusive), UTC: end minus hours")
+    end: str | None = Field(description="Window end (inclusive), UTC: the product's newest frame unless given")
+    models: list[ModelSkill] = Field(description="Per model, sorted by name; empty until a forecast is verified")
+    pending: dict[str, int] = Field(description="Forecasts per model waiting for the observations of their leads")

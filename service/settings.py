@@ -38,6 +38,13 @@ class ServiceSettings(BaseSettings):
     registry: str | None = Field(
         None, description="Model store (nowcast train --registry): its production version is served as 'production'")
     reload_interval_s: float = Field(5.0, description="How often to check the model store's production pointer")
+    verify_forecasts: bool = Field(
+        True, description="Keep every whole-grid forecast made from the archive and score it once its leads "
+                          "are ingested (GET /v1/skill, the nowcast_skill_* gauges)")
+    verification_interval_s: float = Field(30.0, gt=0, description="How often to look for newly observed leads")
+    verification_grace_minutes: float = Field(
+        120.0, ge=0, description="How long past its last lead a forecast waits for missing observations")
+    skill_hours: float = Field(24.0, gt=0, description="Window of the nowcast_skill_* gauges")
 
 
 def load_settings(config: Path | None = None, **overrides: object) -> ServiceSettings:

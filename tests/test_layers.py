@@ -43,7 +43,8 @@ def test_the_entry_module_composes_every_layer_command_line() -> None:
     from nowcast_cli.main import app
 
     program = typer.main.get_command(app)
-    assert set(program.commands) == {"ingest", "store", "train", "promote", "evaluate", "backfill", "demo", "serve"}
+    assert set(program.commands) == {"ingest", "store", "train", "promote", "evaluate", "backfill", "verify", "demo",
+                                     "serve"}
     assert set(program.commands["store"].commands) == {"info", "show"}
 
 

@@ -55,10 +55,26 @@ def _blocks(mask: np.ndarray, n: int = 8) -> np.ndarray:
     return np.array([[mask[np.ix_(r, c)].mean() for c in cols] for r in rows])
 
 
+#: init times of the forecasts kept before the service starts: it verifies them at once (skill panel)
+VERIFIED_INITS = ("2016-09-28T15:00:00", "2016-09-28T15:10:00")
+
+
 @pytest.fixture(scope="module")
 def viewer_store(workdir: Path) -> str:
+    """13 FMI frames, and persistence and optical-flow forecasts (6 leads) from two of them kept for
+    verification, as the service keeps those it is asked for."""
+    from nowcast.forecaster import load_forecaster
+    from nowcast.live_verification import VerificationLedger
+
     store = str(workdir / "viewer.zarr")
     ingest(sample_files("fmi", FIRST_FRAMES), store, "fmi", fmt="fmi_pgm", workers=1)  # no pool to start: faster
+    archive, ledger = ProductArchive(store, "fmi"), VerificationLedger(store, "fmi")
+    for name in ("persistence", "optical_flow"):
+        model = load_forecaster(name)
+        for init in VERIFIED_INITS:
+            window = archive.window(end=init, frames_needed=model.frames_needed)
+            ledger.register(name, window.end, model.predict(window.frames, 6, window.step_minutes),
+                            window.step_minutes)
     return store
 
 
@@ -145,7 +161,21 @@ def test_the_page_shows_products_models_legend_and_the_latest_frame(page: Any, v
     assert "rain rate (mm/h)" in legend and "no data" in legend and "0.1" in legend
     assert len(page.find_elements("css selector", "#panels .panel[data-panel=observed] svg polyline")) >= 5
     assert "60°N" in page.find_element("css selector", "#panels .panel[data-panel=observed] .labels").text
-    wait_for(lambda: page.find_element("id", "skill-body").text == "no skill data yet", "the empty skill panel")
+    # the skill panel: CSI at 1 mm/h against lead for both models, from the forecasts the service verified
+    # (the service verifies them at start-up; the panel refreshes on each poll)
+    wait_for(lambda: "(cases: optical_flow: 2, persistence: 2)" in page.find_element("id", "skill-body").text,
+             "the skill chart of both models' 2 verified forecasts", timeout=30)
+    lines = page.find_elements("css selector", "#skill-body svg polyline")
+    assert sorted(line.get_attribute("data-model") for line in lines) == ["optical_flow", "persistence"]
+    assert all(len(line.get_attribute("points").split()) == 6 for line in lines)  # one point per lead
+    if os.environ.get("NOWCAST_VIEWER_SCREENSHOT"):  # the skill panel for the docs, beside the page's picture
+        target = Path(os.environ["NOWCAST_VIEWER_SCREENSHOT"])
+        section = page.find_element("id", "skill")
+        page.execute_script("arguments[0].scrollIntoView()", section)
+        panel_png = Image.open(io.BytesIO(section.screenshot_as_png)).convert("RGB")
+        page.execute_script("window.scrollTo(0, 0)")
+        panel_png.quantize(64, method=Image.Quantize.FASTOCTREE).save(
+            target.with_name(f"{target.stem}_skill.png"), optimize=True)
     # offline: every resource the page loaded came from the service itself
     urls = page.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert urls and all(u.startswith(viewer_server) or u.startswith(("blob:", "data:")) for u in urls), urls

@@ -65,18 +65,23 @@ def media_type(accept: str | None) -> str:
 
 async def compute_forecast(request: Request, model: ServedModel, inputs: Inputs, lead_steps: int,
                            settings: ServiceSettings) -> np.ndarray:
-    """The checked inputs through the model's micro-batcher: [lead_steps, H, W] mm/h (NaN = nodata)."""
+    """The checked inputs through the model's micro-batcher: [lead_steps, H, W] mm/h (NaN = nodata).
+    A whole-grid forecast from the archive is kept for live verification."""
     frames = check_frames(inputs.frames, model, settings, inputs.step_minutes)
     auxiliary = check_auxiliary(inputs, model, kept=frames.shape[0])
     try:
-        return await model.batcher.submit(frames, lead_steps, inputs.step_minutes,
-                                          timeout_s=settings.inference_timeout_s, auxiliary=auxiliary)
+        result = await model.batcher.submit(frames, lead_steps, inputs.step_minutes,
+                                            timeout_s=settings.inference_timeout_s, auxiliary=auxiliary)
     except TimeoutError as exc:
         raise ApiError(504, "inference_timeout", f"no forecast within {settings.inference_timeout_s:g} s") from exc
     except Overloaded as exc:
         request.app.state.metrics.shed.labels(model.name).inc()
         raise ApiError(503, "overloaded", f"{exc}; retry in a few seconds",
                        headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
+    if inputs.product is not None and settings.verify_forecasts:  # verified once its leads are observed
+        request.app.state.verification.keep_soon(inputs.product, model.name, inputs.init, result,
+                                                 inputs.step_minutes)
+    return result
 
 
 async def run_forecast(request: Request, model: ServedModel, inputs: Inputs, lead_steps: int, media: str,

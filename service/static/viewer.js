@@ -6,7 +6,7 @@
 //   GET  v1/products/{p}/frame?time=T     one observed frame (PNG, transparent where dry)
 //   GET  v1/models                        the served models
 //   POST v1/forecast/frames               a forecast (POST v1/forecast's body) as one PNG per lead
-//   GET  v1/skill                         CSI against lead per model (404 until verification exists)
+//   GET  v1/skill?product=P&hours=24      CSI at 1 mm/h against lead per model, last 24 h (live verification)
 // with the API key (X-API-Key) when the user gave one. URLs are relative, so the page also works
 // behind a reverse proxy that serves the service under a prefix.
 "use strict";
@@ -18,6 +18,8 @@ const POLL_S = Math.max(1, Number(params.get("poll")) || 30);
 const FRAME_MS = Math.max(50, Number(params.get("frame_ms")) || 700);
 /** how much observed history and forecast the loops show */
 const LOOP_MINUTES = 60;
+/** the skill panel's window: the hours of verified forecasts before the product's newest frame */
+const SKILL_HOURS = 24;
 const STORAGE = { key: "nowcast.apiKey", models: "nowcast.models", product: "nowcast.product" };
 
 const $ = (selector) => document.querySelector(selector);
@@ -450,19 +452,31 @@ function drawSkill(series) {
     const colour = colours[k % colours.length];
     add("polyline", { points: s.points.map(([l, c]) => `${x(l)},${y(c)}`).join(" "), fill: "none", stroke: colour,
       "stroke-width": 2, "data-model": s.name });
-    add("text", { x: width - right + 8, y: top + 14 + 16 * k, fill: colour }, s.name);
+    const row = top + 14 + 16 * k; // a swatch and the name, in the line's colour (CSS would override fill=)
+    add("line", { x1: width - right + 8, x2: width - right + 24, y1: row - 4, y2: row - 4, stroke: colour,
+      "stroke-width": 3 });
+    add("text", { x: width - right + 30, y: row, style: `fill: ${colour}` }, s.name);
   });
   return svg;
 }
 
 async function loadSkill() {
   const body = $("#skill-body");
+  if (!state.product) return;
+  const product = state.product.name;
   try {
-    const series = skillSeries(await (await api("v1/skill")).json());
+    const answer = await (await api(`v1/skill?product=${encodeURIComponent(product)}&hours=${SKILL_HOURS}`)).json();
+    if (state.product.name !== product) return; // the user picked another product meanwhile
+    const series = skillSeries(answer);
     if (!series.length) {
-      body.textContent = "no skill data yet";
+      const waiting = Object.values(answer.pending || {}).reduce((a, b) => a + b, 0);
+      body.textContent = "no skill data yet" + (waiting ? ` (${waiting} forecasts waiting for their observations)` : "");
     } else {
-      body.replaceChildren(drawSkill(series));
+      const cases = (answer.models || []).map((m) => `${m.model}: ${m.n_cases}`).join(", ");
+      const caption = document.createElement("p");
+      caption.textContent = `CSI at 1 mm/h of the forecasts made in the ${answer.hours} h to ` +
+        `${utcLabel(parseTime(answer.end))}, verified against the radar (cases: ${cases})`;
+      body.replaceChildren(drawSkill(series), caption);
     }
     body.dataset.state = series.length ? "chart" : "empty";
   } catch (err) {
@@ -488,8 +502,8 @@ async function poll() {
     say("");
     await loadInitTimes();
     refresh();
-    loadSkill();
   }
+  loadSkill(); // forecasts are verified as their leads come in, not only when a frame arrives
   showLatest();
 }
 
@@ -531,6 +545,7 @@ function wire() {
     state.init = "latest";
     await loadInitTimes();
     refresh({ keepLead: false });
+    loadSkill();
   });
   $("#init").addEventListener("change", (event) => {
     state.init = event.target.value;

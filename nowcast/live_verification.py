@@ -1,0 +1,405 @@
+"""Live verification: every forecast made from the archive is scored once its leads are observed.
+
+The ledger lives in the archive's store, beside the product, under ``_verification/<product>``:
+
+- ``pending/<model>/<init>``: a forecast the service made from the archive, kept exactly as it
+  was served (float32 mm/h, ``[lead, y, x]``, NaN = nodata) until the frames at its leads are
+  ingested. Its data are written first, then its ``complete`` flag; an incomplete one is never
+  scored (a later request rewrites it).
+- ``scores/<model>/<YYYYMMDD>/<init>``: one record per (model, init time): a group whose
+  attributes hold the case's additive sums (``LeadTimeVerifier.state``), or why it is not scored
+  (a dry init frame, as ``nowcast evaluate`` skips it; observations that never came). A record
+  is one key, written atomically, and writing it again replaces it: a case is counted once,
+  whatever is repeated or killed.
+- attribute ``sources`` of ``_verification/<product>``: backfill stores whose done init times are
+  verified the same way, read from the store rather than copied.
+
+A pass (``verify``) writes the record of every forecast whose observations are all in, then
+drops the pending forecast (flagged incomplete first, so a half-deleted one is never read): a
+kill between the two only makes the next pass write the same record again. ``rolling`` pools
+the records of a time window. Cases, the dry rule and the scores are ``nowcast evaluate``'s,
+so the two agree on the same cases.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from nowcast.cases import archive_layout, is_dry, pixel_size_km
+from nowcast.verification import LeadTimeVerifier
+from pipelines.query import parse_utc, utc_text
+from pipelines.store import ProductArchive, open_zarr_store
+from pipelines.zarr_groups import require_group
+
+LEDGER_GROUP = "_verification"
+#: how long past its last lead a forecast waits for missing observations before it is given up
+DEFAULT_GRACE_MINUTES = 120.0
+#: outcomes of one case, as its record's ``status``
+SCORED, DRY, MISSING = "scored", "dry", "missing_observations"
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+_NOT_THERE = (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError)
+
+
+def model_key(name: str) -> str:
+    """The model's name as a key in the store; names that are not plain (paths, '=') are hashed."""
+    if _SAFE_NAME.fullmatch(name):
+        return name
+    return "m-" + hashlib.sha1(name.encode()).hexdigest()[:16]
+
+
+def init_key(init: np.datetime64) -> str:
+    return np.datetime_as_string(np.datetime64(init, "s"), unit="s").replace("-", "").replace(":", "")
+
+
+def _parse_init_key(key: str) -> np.datetime64 | None:
+    match = re.fullmatch(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})", key)
+    if not match:
+        return None
+    y, mo, d, h, mi, s = match.groups()
+    return np.datetime64(f"{y}-{mo}-{d}T{h}:{mi}:{s}", "s")
+
+
+@dataclass
+class PassResult:
+    """What one ``verify`` pass did, per outcome."""
+
+    scored: int = 0
+    dry: int = 0
+    missing_observations: int = 0
+    waiting: int = 0
+    by_model: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def count(self, model: str, outcome: str) -> None:
+        key = "missing_observations" if outcome == MISSING else outcome
+        setattr(self, key, getattr(self, key) + 1)
+        per = self.by_model.setdefault(model, {})
+        per[key] = per.get(key, 0) + 1
+
+
+@dataclass
+class _Case:
+    model: str
+    init: np.datetime64
+    n_leads: int
+    read: Callable[[], np.ndarray]  # the forecast [n_leads, y, x] in mm/h
+    done: Callable[[], None] = lambda: None  # called once its record is written
+    current: Callable[[], bool] = lambda: True  # still the forecast listed (not replaced by a longer one)
+    source: str = "service"
+
+
+class VerificationLedger:
+    """Forecasts awaiting their observations and the scores of those verified, for one product."""
+
+    def __init__(self, store: str, product: str, storage_options: dict | None = None,
+                 grace_minutes: float = DEFAULT_GRACE_MINUTES):
+        self.store, self.product = str(store), product
+        self.storage_options = storage_options
+        self.grace_minutes = float(grace_minutes)
+        self._zstore = open_zarr_store(self.store, storage_options)
+        self._root = f"{LEDGER_GROUP}/{product}"
+        self._held: set[tuple[str, str, int]] = set()  # (model, init, leads) already registered here
+
+    # -- the store --------------------------------------------------------------------------
+    def _open(self, path: str = "") -> zarr.Group | None:
+        try:
+            return zarr.open_group(self._zstore, path=self._join(path), mode="r", zarr_format=3,
+                                   use_consolidated=False)
+        except _NOT_THERE:
+            return None
+
+    def _require(self, path: str = "") -> zarr.Group:
+        return require_group(self._zstore, self._join(path))
+
+    def _join(self, path: str) -> str:
+        return f"{self._root}/{path}" if path else self._root
+
+    def exists(self) -> bool:
+        return self._open() is not None
+
+    # -- registering forecasts ----------------------------------------------------------------
+    def register(self, model: str, init: np.datetime64, forecast: np.ndarray, step_minutes: float) -> bool:
+        """Keep a forecast made from the archive at ``init`` until it can be verified.
+
+        Returns False, writing nothing, when this (model, init) is already held with as many leads
+        or more (pending or scored): the service answers the same forecast many times."""
+        forecast = np.asarray(forecast, dtype=np.float32)
+        if forecast.ndim != 3 or forecast.shape[0] < 1:
+            raise ValueError(f"a forecast is [lead, y, x]; got shape {forecast.shape}")
+        leads = forecast.shape[0]
+        key = (model, init_key(init), leads)
+        if key in self._held or self.held_leads(model, init) >= leads:
+            self._held.add(key)
+            return False
+        pending = self._require(f"pending/{model_key(model)}")
+        _, ny, nx = forecast.shape
+        array = pending.create_array(
+            init_key(init), shape=forecast.shape, dtype="float32", chunks=(1, ny, nx), fill_value=np.nan,
+            compressors=(BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),), overwrite=True,
+            attributes={"model": model, "init_time": utc_text(init), "step_minutes": float(step_minutes),
+                        "complete": False})
+        array[...] = forecast
+        array.attrs.update({"complete": True})  # data first, then the flag: never a half-written forecast
+        self._held.add(key)
+        return True
+
+    def held_leads(self, model: str, init: np.datetime64) -> int:
+        """Leads of this (model, init) already recorded or pending complete; 0 when neither."""
+        record = self._record(model, init)
+        held = int(record.get("n_leads", 0)) if record else 0
+        pending = self._open(f"pending/{model_key(model)}")
+        if pending is not None:
+            try:
+                array = pending[init_key(init)]
+            except KeyError:
+                return held
+            if array.attrs.get("complete") is True:
+                held = max(held, int(array.shape[0]))
+        return held
+
+    def add_source(self, path: str) -> None:
+        """Verify a backfill forecast store's init times as its observations come in."""
+        path = path if "://" in path else str(Path(path).resolve())
+        group = self._require()
+        sources = list(group.attrs.get("sources", []))
+        if path not in sources:
+            group.attrs.update({"sources": [*sources, path]})
+
+    def sources(self) -> list[str]:
+        group = self._open()
+        return list(group.attrs.get("sources", [])) if group is not None else []
+
+    # -- records --------------------------------------------------------------------------------
+    def _record_path(self, model: str, init: np.datetime64) -> tuple[str, str]:
+        day = np.datetime_as_string(np.datetime64(init, "D")).replace("-", "")
+        return f"scores/{model_key(model)}/{day}", init_key(init)
+
+    def _record(self, model: str, init: np.datetime64) -> dict[str, Any] | None:
+        folder, name = self._record_path(model, init)
+        group = self._open(f"{folder}/{name}")
+        return dict(group.attrs) if group is not None else None
+
+    def _write_record(self, model: str, init: np.datetime64, attrs: dict[str, Any]) -> None:
+        """One key (the record group's zarr.json), written whole; a second write replaces it."""
+        folder, name = self._record_path(model, init)
+        day = self._require(folder)
+        try:
+            day.create_group(name, attributes=attrs, overwrite=True)
+        except zarr.errors.ContainsGroupError:  # another verifier wrote it this instant: the same sums
+            pass
+
+    def _unchanged(self, folder: str, name: str, n_leads: int) -> bool:
+        group = self._open(f"pending/{folder}")
+        try:
+            array = group[name] if group is not None else None
+        except KeyError:
+            return False
+        return array is not None and array.attrs.get("complete") is True and array.shape[0] == n_leads
+
+    def _drop(self, folder: str, name: str) -> None:
+        """Delete a verified pending forecast: flagged incomplete first, so a delete cut short by a
+        kill leaves nothing that a pass would read as a forecast."""
+        group = self._require(folder)
+        try:
+            group[name].attrs.update({"complete": False})
+            del group[name]
+        except KeyError:
+            pass  # another verifier dropped it
+
+    # -- verifying ------------------------------------------------------------------------------
+    def pending_count(self) -> dict[str, int]:
+        """Complete pending forecasts per model."""
+        counts: dict[str, int] = {}
+        for case in self._pending_cases():
+            counts[case.model] = counts.get(case.model, 0) + 1
+        return counts
+
+    def _pending_cases(self) -> Iterator[_Case]:
+        pending = self._open("pending")
+        if pending is None:
+            return
+        for folder, per_model in pending.groups():
+            for name, array in per_model.arrays():
+                attrs = dict(array.attrs)
+                init = _parse_init_key(name)
+                if attrs.get("complete") is not True or init is None:
+                    continue
+                yield _Case(attrs["model"], init, int(array.shape[0]), read=lambda a=array: a[...],
+                            done=lambda f=folder, n=name: self._drop(f"pending/{f}", n),
+                            current=lambda f=folder, n=name, k=int(array.shape[0]): self._unchanged(f, n, k))
+
+    def _source_cases(self, product_step: float, opened: contextlib.ExitStack) -> Iterator[_Case]:
+        """Done init times of the registered backfill stores that have no record yet (the stores
+        stay open in ``opened`` until their cases are read)."""
+        from nowcast.score_forecasts import done_init_times, open_forecast_store
+
+        for path in self.sources():
+            try:
+                ds = opened.enter_context(open_forecast_store(path))
+            except (FileNotFoundError, ValueError):
+                continue  # moved or deleted since; nothing to verify from it
+            if ds.attrs.get("product") != self.product or abs(float(ds.attrs["step_minutes"]) - product_step) > 1e-6:
+                continue
+            model = str(ds.attrs["model"])
+            recorded = self._recorded_inits(model)
+            index = {t: i for i, t in enumerate(ds["init_time"].values.astype("datetime64[s]"))}
+            n_leads = ds.sizes["lead_time"]
+            for init in done_init_times(ds):
+                if init_key(init) in recorded:
+                    continue
+                yield _Case(model, init, n_leads, source=path,
+                            read=lambda i=index[init], d=ds: d["precip"].isel(init_time=i).values)
+
+    def _recorded_inits(self, model: str) -> set[str]:
+        scores = self._open(f"scores/{model_key(model)}")
+        if scores is None:
+            return set()
+        return {name for _, day in scores.groups() for name in day.group_keys()}
+
+    def verify(self, on_case: Callable[[str, str], None] | None = None,
+               lock: contextlib.AbstractContextManager | None = None) -> PassResult:
+        """Score every forecast whose observations are all in the archive; give up on those whose
+        observations are still missing ``grace_minutes`` after their last lead.
+
+        ``lock`` is held around each case (the service's, so that a forecast being kept is never
+        rewritten while it is read), not around the whole pass."""
+        lock = lock if lock is not None else contextlib.nullcontext()
+        result = PassResult()
+        archive = ProductArchive(self.store, self.product, self.storage_options)
+        if not self.exists() or not archive.exists():
+            return result
+        times, grid, step = archive_layout(archive)
+        seconds = times.astype("datetime64[s]").astype(np.int64)
+        index = {int(t): i for i, t in enumerate(seconds)}
+        newest = int(seconds[-1])
+        km = pixel_size_km(grid)
+        with contextlib.ExitStack() as opened:
+            precip = opened.enter_context(archive.open())["precip"]
+            for case in self._cases(step, opened):
+                with lock:
+                    self._verify_case(case, precip, index, newest, step, km, result, on_case)
+        return result
+
+    def _cases(self, step: float, opened: contextlib.ExitStack) -> Iterator[_Case]:
+        """Pending service forecasts, then backfilled init times not also pending."""
+        seen = set()
+        for case in self._pending_cases():
+            seen.add((case.model, init_key(case.init)))
+            yield case
+        for case in self._source_cases(step, opened):
+            if (case.model, init_key(case.init)) not in seen:
+                yield case
+
+    def _verify_case(self, case: _Case, precip: Any, index: dict[int, int], newest: int, step: float, km: float,
+                     result: PassResult, on_case: Callable[[str, str], None] | None) -> None:
+        """Write ``case``'s record when its observations are all in (or given up on), then drop it."""
+        if not case.current():  # replaced since it was listed: the next pass verifies the new one
+            result.count(case.model, "waiting")
+            return
+        step_s = int(round(step * 60))
+        t0 = int(np.datetime64(case.init, "s").astype(np.int64))
+        wanted = [index.get(t0 + k * step_s) for k in range(case.n_leads + 1)]  # the init frame, then each lead's
+        base = {"model": case.model, "init_time": utc_text(case.init), "n_leads": case.n_leads,
+                "step_minutes": step, "source": case.source}
+        if None in wanted:
+            if newest < t0 + case.n_leads * step_s + self.grace_minutes * 60:
+                result.count(case.model, "waiting")
+                return
+            outcome, record = MISSING, {**base, "status": MISSING}
+        else:
+            observed = precip.isel(time=wanted).values
+            if is_dry(observed[0]):  # evaluate's rule: no case from a dry init frame
+                outcome, record = DRY, {**base, "status": DRY}
+            else:
+                verifier = LeadTimeVerifier(case.n_leads, step, km)
+                verifier.accumulate(case.read(), observed[1:])
+                outcome, record = SCORED, {**base, "status": SCORED, "sums": verifier.state()}
+        self._write_record(case.model, case.init, record)
+        case.done()
+        result.count(case.model, outcome)
+        if on_case:
+            on_case(case.model, outcome)
+
+    # -- reading scores -------------------------------------------------------------------------
+    def rolling(self, hours: float, end: Any = None) -> dict[str, Any]:
+        """Scores pooled over the records whose init time lies in ``(end - hours, end]``; ``end``
+        defaults to the product's newest frame (so an archive replayed from the past reads alike)."""
+        if hours <= 0:
+            raise ValueError(f"hours must be positive, got {hours:g}")
+        archive = ProductArchive(self.store, self.product, self.storage_options)
+        last = parse_utc(end) if end is not None else None
+        if last is None:
+            times = archive.times() if archive.exists() else np.array([], dtype="datetime64[s]")
+            last = times[-1].astype("datetime64[s]") if len(times) else None
+        answer: dict[str, Any] = {"product": self.product, "hours": hours, "start": None,
+                                  "end": utc_text(last) if last is not None else None, "models": []}
+        scores = self._open("scores")
+        if last is None or scores is None:
+            answer["pending"] = self.pending_count()
+            return answer
+        first = last - np.timedelta64(int(round(hours * 3600)), "s")
+        answer["start"] = utc_text(first)
+        days = {np.datetime_as_string(d).replace("-", "")
+                for d in np.arange(first.astype("datetime64[D]"), last.astype("datetime64[D]") + 1)}
+        for _, per_model in sorted(scores.groups()):
+            records = [dict(rec.attrs) for day_name, day in per_model.groups() if day_name in days
+                       for name, rec in day.groups() if _in_window(name, first, last)]
+            if records:
+                answer["models"].append(_pool(records))
+        answer["models"].sort(key=lambda m: m["model"])
+        answer["pending"] = self.pending_count()
+        return answer
+
+
+def _in_window(name: str, first: np.datetime64, last: np.datetime64) -> bool:
+    init = _parse_init_key(name)
+    return init is not None and first < init <= last
+
+
+def _pool(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One model's records pooled: its scores per lead, and how many cases each outcome had."""
+    scored = [r for r in records if r.get("status") == SCORED]
+    inits = sorted(r["init_time"] for r in records)
+    out: dict[str, Any] = {"model": records[0]["model"], "n_cases": len(scored),
+                           "n_dry_cases_skipped": sum(r.get("status") == DRY for r in records),
+                           "n_missing_observations": sum(r.get("status") == MISSING for r in records),
+                           "first_init": inits[0], "last_init": inits[-1], "scores": []}
+    if scored:
+        sums = [r["sums"] for r in scored]
+        n_leads = max(len(s["n_cases"]) for s in sums)
+        verifier = LeadTimeVerifier.like(sums[-1], n_leads)
+        for state in sums:
+            if verifier.compatible(state):  # records counted by an older release with other thresholds are left out
+                verifier.merge_state(state)
+        out["scores"] = verifier.result()
+    return out
+
+
+def open_ledgers(store: str, storage_options: dict | None = None,
+                 grace_minutes: float = DEFAULT_GRACE_MINUTES) -> list[VerificationLedger]:
+    """The ledger of every product that has one in ``store``."""
+    try:
+        root = zarr.open_group(open_zarr_store(store, storage_options), path=LEDGER_GROUP, mode="r",
+                               zarr_format=3, use_consolidated=False)
+    except _NOT_THERE:
+        return []
+    return [VerificationLedger(store, name, storage_options, grace_minutes) for name in sorted(root.group_keys())]
+
+
+def verify_store(store: str, product: str | None = None, storage_options: dict | None = None,
+                 grace_minutes: float = DEFAULT_GRACE_MINUTES,
+                 on_case: Callable[[str, str], None] | None = None) -> dict[str, PassResult]:
+    """One pass over every ledger of ``store`` (or ``product``'s): what ``nowcast verify`` runs."""
+    ledgers = open_ledgers(store, storage_options, grace_minutes)
+    if product is not None:
+        ledgers = [ledger for ledger in ledgers if ledger.product == product]
+    return {ledger.product: ledger.verify(on_case) for ledger in ledgers}

@@ -1,0 +1,89 @@
+"""Live verification in the service: each whole-grid forecast made from the archive is kept, and
+scored once the observations of its leads are ingested (``nowcast.live_verification``).
+
+The forecast routes hand every such forecast to ``LiveVerification.keep_soon``, which writes it to
+the ledger off the request path; ``watch_verification`` runs a pass over every product's ledger
+each ``verification_interval_s`` (and once at start-up, so a restart picks up where the last
+process stopped) and refreshes the skill gauges. A failure is logged and counted
+(``nowcast_verification_errors_total``), never passed to a client: verification must not take
+forecasts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+import numpy as np
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+
+from nowcast.live_verification import PassResult, VerificationLedger, open_ledgers
+from service.metrics import Metrics
+from service.settings import ServiceSettings
+
+log = logging.getLogger("nowcast.service")
+
+
+class LiveVerification:
+    """The service's ledgers (one per product) and its verification passes."""
+
+    def __init__(self, settings: ServiceSettings, metrics: Metrics):
+        self.settings, self.metrics = settings, metrics
+        self._ledgers: dict[str, VerificationLedger] = {}
+        self._pass_lock = threading.Lock()  # one pass at a time per process
+        # a kept forecast is never rewritten (a longer one for the same init) while a pass reads it
+        self._ledger_lock = threading.Lock()
+        self._writes: set[asyncio.Task] = set()
+
+    def ledger(self, product: str) -> VerificationLedger:
+        if product not in self._ledgers:
+            self._ledgers[product] = VerificationLedger(self.settings.store, product,
+                                                        grace_minutes=self.settings.verification_grace_minutes)
+        return self._ledgers[product]
+
+    def keep(self, product: str, model: str, init: np.datetime64, forecast: np.ndarray, step_minutes: float
+             ) -> None:
+        try:
+            with self._ledger_lock:
+                self.ledger(product).register(model, init, forecast, step_minutes)
+        except Exception:
+            self.metrics.verification_errors.labels("keep").inc()
+            log.exception("could not keep the %s forecast of %s from %s for verification", model, product, init)
+
+    def keep_soon(self, product: str, model: str, init: np.datetime64, forecast: np.ndarray,
+                  step_minutes: float) -> None:
+        """``keep`` in a worker thread, after the answer; ``drain`` waits for those under way."""
+        task = asyncio.ensure_future(run_in_threadpool(self.keep, product, model, init, forecast, step_minutes))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def drain(self) -> None:
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+
+    def run_pass(self) -> dict[str, PassResult]:
+        """Verify what can be verified in every product's ledger, then refresh the gauges."""
+        with self._pass_lock:
+            ledgers = open_ledgers(self.settings.store, grace_minutes=self.settings.verification_grace_minutes)
+            results, rolling = {}, {}
+            for ledger in ledgers:
+                results[ledger.product] = ledger.verify(
+                    on_case=lambda model, outcome, p=ledger.product: self.metrics.verified.labels(
+                        p, model, outcome).inc(), lock=self._ledger_lock)
+                rolling[ledger.product] = ledger.rolling(self.settings.skill_hours)
+            self.metrics.set_skill(rolling)
+            return results
+
+
+async def watch_verification(app: FastAPI) -> None:
+    """A pass at start-up, then one every ``verification_interval_s``."""
+    live: LiveVerification = app.state.verification
+    while True:
+        try:
+            await run_in_threadpool(live.run_pass)
+        except Exception:  # an unreadable ledger or archive must not stop the next pass
+            live.metrics.verification_errors.labels("verify").inc()
+            log.exception("live verification pass failed")
+        await asyncio.sleep(app.state.settings.verification_interval_s)
