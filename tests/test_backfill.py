@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,6 +31,7 @@ def test_backfill_writes_cf_forecasts_and_a_rerun_skips_them(fmi_archive: str, t
     first = nowcast_cli(*args)
     assert first.returncode == 0, first.stderr
     assert "5 init times" in flat(first.stderr) and "5 written" in flat(first.stderr)
+    assert re.search(r"verified: \d+ scored, \d+ dry, 0 awaiting observations", flat(first.stderr)), first.stderr
     with open_forecasts(out) as ds:
         assert ds["precip"].dims == ("init_time", "lead_time", "y", "x") and ds["precip"].attrs["units"] == "mm/h"
         assert ds.attrs["model"] == "optical_flow" and "crs_wkt" in ds["crs"].attrs
@@ -55,8 +57,8 @@ def test_killed_backfill_stays_readable_and_a_rerun_completes_it(fmi_archive: st
     out = str(tmp_path / "forecasts.zarr")
     exe = str(Path(sys.executable).with_name("nowcast"))
     cmd = [exe, "backfill", "--model", "optical_flow", "--store", fmi_archive, "--product", "fmi", "--start",
-           "2016-09-28T15:00:00Z", "--end", "2016-09-28T15:45:00Z", "--lead-steps", "2", "--out", out,
-           "--workers", "1", "--batch", "1"]
+           "2016-09-28T15:00:00Z", "--end", "2016-09-28T15:25:00Z", "--lead-steps", "2", "--out", out,
+           "--workers", "1", "--batch", "1", "--no-verify"]  # the kill, not verification, is tested here
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     try:
@@ -91,7 +93,7 @@ def test_backfill_through_a_dask_cluster(fmi_archive: str, tmp_path: Path) -> No
     out = str(tmp_path / "forecasts.zarr")
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         summary = backfill("persistence", fmi_archive, "fmi", "2016-09-28T15:00:00Z", "2016-09-28T15:55:00Z", out,
-                           lead_steps=2, scheduler=cluster.scheduler_address, batch=3)
+                           lead_steps=2, scheduler=cluster.scheduler_address, batch=3, verify=False)
     assert summary["written"] == 12
     with open_forecasts(out) as ds:
         assert ds["done"].values.all()

@@ -93,30 +93,30 @@ def service(tmp_path: Path) -> Iterator[tuple[str, Path, dict]]:
 
 def test_scores_of_forecasts_asked_for_while_frames_arrive_equal_evaluate(service) -> None:
     store, tmp, settings = service
-    files = sample_files("mch", 12)
+    files = sample_files("mch", 10)
     server = start_server(tmp, settings)
     url = next(server)
     try:
         assert skill(url).json()["models"] == []  # nothing verified yet: an empty answer, not an error
-        for new_frame in files[4:10]:  # forecasts from the latest frame, then one more frame comes in
+        for new_frame in files[4:8]:  # forecasts from the latest frame, then one more frame comes in
             for model in MODELS:
                 forecast(url, model)
             ingest([new_frame], store, "mch", fmt="mch_gif", workers=1)
-        first = wait_for_cases(url, 4)  # inits 4..7 have their 3 leads; 8 and 9 wait for frames 11 and 12
+        first = wait_for_cases(url, 2)  # frames 4 and 5 have their 3 leads; 6 and 7 wait for frames 9 and 10
         assert first["pending"] == {model: 2 for model in MODELS}
         times = ProductArchive(store, "mch").times()
         report = evaluate(store, "mch", MODELS, tmp / "evaluate.json", lead_steps=LEADS, start=utc_text(times[3]))
-        assert report["n_cases"] == 4 and report["n_dry_cases_skipped"] == 0
+        assert report["n_cases"] == 2 and report["n_dry_cases_skipped"] == 0
         for entry in first["models"]:
             same_scores(entry["scores"], report["models"][entry["model"]]["scores"])
-            assert entry["first_init"] == utc_text(times[3]) and entry["last_init"] == utc_text(times[6])
+            assert entry["first_init"] == utc_text(times[3]) and entry["last_init"] == utc_text(times[4])
         # the Prometheus gauges carry the same numbers
         metrics = httpx.get(f"{url}/metrics").text
         flow = next(m for m in first["models"] if m["model"] == "optical_flow")["scores"]
         line = next(x for x in metrics.splitlines() if x.startswith("nowcast_skill_csi{")
                     and 'model="optical_flow"' in x and 'lead="10"' in x and 'threshold="1.0"' in x)
         assert math.isclose(float(line.split()[-1]), flow[1]["csi"]["1.0"], rel_tol=1e-12)
-        assert 'nowcast_skill_cases{lead="15",model="persistence",product="mch"} 4.0' in metrics
+        assert 'nowcast_skill_cases{lead="15",model="persistence",product="mch"} 2.0' in metrics
         # hostile or wrong queries: clear errors, small bodies
         for params, status, word in [({"hours": 0}, 422, "hours"), ({"hours": "a day"}, 422, "hours"),
                                      ({"end": "1800-01-01T00:00:00Z"}, 422, "1800"),
@@ -134,16 +134,16 @@ def test_scores_of_forecasts_asked_for_while_frames_arrive_equal_evaluate(servic
     server = start_server(tmp, settings)
     url = next(server)
     try:
-        again = wait_for_cases(url, 4)
+        again = wait_for_cases(url, 2)
         same_models(again["models"], first["models"])
         forecast(url, "persistence", utc_text(times[4]))
         forecast(url, "optical_flow", utc_text(times[5]))
-        ingest(files[10:12], store, "mch", fmt="mch_gif", workers=1)
-        final = wait_for_cases(url, 6)  # the two forecasts kept before the restart are scored now
+        ingest(files[8:10], store, "mch", fmt="mch_gif", workers=1)
+        final = wait_for_cases(url, 4)  # the two forecasts kept before the restart are scored now
         assert final["pending"] == {}
         report = evaluate(store, "mch", ["persistence"], tmp / "evaluate6.json", lead_steps=LEADS,
-                          start=utc_text(times[3]), end=utc_text(times[8]))
-        assert report["n_cases"] == 6
+                          start=utc_text(times[3]), end=utc_text(times[6]))
+        assert report["n_cases"] == 4
         same_scores(next(m for m in final["models"] if m["model"] == "persistence")["scores"],
                     report["models"]["persistence"]["scores"])
         metrics = httpx.get(f"{url}/metrics").text

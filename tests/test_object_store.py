@@ -69,7 +69,7 @@ def test_merge_on_s3_survives_kill_9_at_many_points(s3_server: S3Server, tmp_pat
     ProductArchive(probe, "p").write([frames[i] for i in STORED])
     total = int(run(probe, 0, LATE).stdout)
     assert total > 20
-    points = sorted({*range(1, total - 4, max(1, total // 3)), *range(total - 2, total + 1)})
+    points = sorted({*range(1, total - 4, max(1, total // 2)), total - 1, total})  # start, middle, the commit
 
     def kill_at(point: int) -> str | None:
         store = s3_server.bucket(f"merge-kill-{point}") + "/archive.zarr"
@@ -153,8 +153,8 @@ def test_serving_from_s3_and_readiness_follows_the_store(s3_server: S3Server, s3
 def test_backfill_to_s3_resumes_after_a_kill(fmi_archive: str, s3_server: S3Server) -> None:
     out = s3_server.bucket("backfill-out") + "/forecasts.zarr"
     cmd = [NOWCAST, "backfill", "--store", fmi_archive, "--product", "fmi", "--model", "optical_flow",
-           "--start", "2016-09-28T15:00:00Z", "--end", "2016-09-28T15:25:00Z", "--lead-steps", "3",
-           "--workers", "1", "--batch", "1", "--out", out]
+           "--start", "2016-09-28T15:00:00Z", "--end", "2016-09-28T15:15:00Z", "--lead-steps", "3",
+           "--workers", "1", "--batch", "1", "--out", out, "--no-verify"]  # the kill, not verification, is tested
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     from nowcast.backfill import open_forecasts
 
