@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 
 import numpy as np
 from fastapi import FastAPI
@@ -24,6 +25,8 @@ from service.metrics import Metrics
 from service.settings import ServiceSettings
 
 log = logging.getLogger("nowcast.service")
+#: pauses (s) before each new try to keep a forecast in a store that did not answer
+KEEP_RETRY_S = (1.0, 4.0, 15.0)
 
 
 class LiveVerification:
@@ -45,12 +48,20 @@ class LiveVerification:
 
     def keep(self, product: str, model: str, init: np.datetime64, forecast: np.ndarray, step_minutes: float
              ) -> None:
-        try:
-            with self._ledger_lock:
-                self.ledger(product).register(model, init, forecast, step_minutes)
-        except Exception:
-            self.metrics.verification_errors.labels("keep").inc()
-            log.exception("could not keep the %s forecast of %s from %s for verification", model, product, init)
+        """Write the forecast to the ledger, retrying a store that is briefly unreachable; give up
+        (logged and counted) after KEEP_RETRY_S: the client has its answer either way."""
+        for attempt, pause in enumerate((*KEEP_RETRY_S, None)):
+            try:
+                with self._ledger_lock:
+                    self.ledger(product).register(model, init, forecast, step_minutes)
+                return
+            except Exception:
+                if pause is None:
+                    self.metrics.verification_errors.labels("keep").inc()
+                    log.exception("could not keep the %s forecast of %s from %s for verification (%d tries)",
+                                  model, product, init, attempt + 1)
+                    return
+                time.sleep(pause)
 
     def keep_soon(self, product: str, model: str, init: np.datetime64, forecast: np.ndarray,
                   step_minutes: float) -> None:

@@ -175,7 +175,7 @@ def test_a_verification_pass_killed_at_many_points_ends_as_an_uninterrupted_one(
     assert [m["n_cases"] for m in expected["models"]] == [13, 13] and expected["pending"] == {
         "persistence": 3, "persistence_again": 3}
 
-    for after in (1, 7, 13, 19):  # SIGKILL once this many records are written
+    for after in (1, 10, 19):  # SIGKILL once this many records are written
         proc = subprocess.Popen([str(Path(sys.executable).with_name("nowcast")), "verify", "--store", store],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         kill_9_when(proc, lambda n=after: _records(store) >= n, f"nowcast verify up to {after} records")
