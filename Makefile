@@ -27,5 +27,6 @@ bench: venv
 	$(BIN)/python bench/storage_encoding.py
 	$(BIN)/python bench/dataset_throughput.py
 	for m in convlstm predrnn sa_convlstm; do $(BIN)/python bench/models.py --model $$m --workload W1; done
+	$(BIN)/python bench/live_verification.py
 
 .PHONY: venv demo test bench weights
