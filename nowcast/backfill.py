@@ -13,6 +13,7 @@ local processes or on a Dask distributed cluster.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -178,9 +179,7 @@ def backfill(
 
         ledger = VerificationLedger(store, product)
         ledger.add_source(out)
-        done = ledger.verify()
-        summary["verification"] = {"scored": done.scored, "dry": done.dry, "waiting": done.waiting,
-                                   "missing_observations": done.missing_observations}
+        summary["verification"] = dataclasses.asdict(ledger.verify())
     return summary
 
 

@@ -27,7 +27,8 @@ import contextlib
 import hashlib
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from zarr.codecs import BloscCodec
 
 from nowcast.cases import archive_layout, is_dry, pixel_size_km
 from nowcast.verification import LeadTimeVerifier
+from pipelines.grid import Grid
 from pipelines.query import parse_utc, utc_text
 from pipelines.store import ProductArchive, open_zarr_store
 from pipelines.zarr_groups import require_group
@@ -45,7 +47,8 @@ LEDGER_GROUP = "_verification"
 #: how long past its last lead a forecast waits for missing observations before it is given up
 DEFAULT_GRACE_MINUTES = 120.0
 #: outcomes of one case, as its record's ``status``
-SCORED, DRY, MISSING = "scored", "dry", "missing_observations"
+SCORED, DRY, MISSING, WAITING = "scored", "dry", "missing_observations", "waiting"
+INIT_FORMAT = "%Y%m%dT%H%M%S"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _NOT_THERE = (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError)
 
@@ -58,15 +61,15 @@ def model_key(name: str) -> str:
 
 
 def init_key(init: np.datetime64) -> str:
-    return np.datetime_as_string(np.datetime64(init, "s"), unit="s").replace("-", "").replace(":", "")
+    return np.datetime64(init, "s").item().strftime(INIT_FORMAT)
 
 
 def _parse_init_key(key: str) -> np.datetime64 | None:
-    match = re.fullmatch(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})", key)
-    if not match:
+    """``init_key`` read back; None for a name that is not one."""
+    try:
+        return np.datetime64(datetime.strptime(key, INIT_FORMAT), "s")
+    except ValueError:
         return None
-    y, mo, d, h, mi, s = match.groups()
-    return np.datetime64(f"{y}-{mo}-{d}T{h}:{mi}:{s}", "s")
 
 
 @dataclass
@@ -77,13 +80,9 @@ class PassResult:
     dry: int = 0
     missing_observations: int = 0
     waiting: int = 0
-    by_model: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def count(self, model: str, outcome: str) -> None:
-        key = "missing_observations" if outcome == MISSING else outcome
-        setattr(self, key, getattr(self, key) + 1)
-        per = self.by_model.setdefault(model, {})
-        per[key] = per.get(key, 0) + 1
+    def count(self, outcome: str) -> None:
+        setattr(self, outcome, getattr(self, outcome) + 1)
 
 
 @dataclass
@@ -191,11 +190,7 @@ class VerificationLedger:
     def _write_record(self, model: str, init: np.datetime64, attrs: dict[str, Any]) -> None:
         """One key (the record group's zarr.json), written whole; a second write replaces it."""
         folder, name = self._record_path(model, init)
-        day = self._require(folder)
-        try:
-            day.create_group(name, attributes=attrs, overwrite=True)
-        except zarr.errors.ContainsGroupError:  # another verifier wrote it this instant: the same sums
-            pass
+        self._require(folder).create_group(name, attributes=attrs, overwrite=True)
 
     def _unchanged(self, folder: str, name: str, n_leads: int) -> bool:
         group = self._open(f"pending/{folder}")
@@ -237,18 +232,17 @@ class VerificationLedger:
                             done=lambda f=folder, n=name: self._drop(f"pending/{f}", n),
                             current=lambda f=folder, n=name, k=int(array.shape[0]): self._unchanged(f, n, k))
 
-    def _source_cases(self, product_step: float, opened: contextlib.ExitStack) -> Iterator[_Case]:
+    def _source_cases(self, step: float, grid: Grid, opened: contextlib.ExitStack) -> Iterator[_Case]:
         """Done init times of the registered backfill stores that have no record yet (the stores
         stay open in ``opened`` until their cases are read)."""
-        from nowcast.score_forecasts import done_init_times, open_forecast_store
+        from nowcast.score_forecasts import check_made_from, done_init_times, open_forecast_store
 
         for path in self.sources():
             try:
                 ds = opened.enter_context(open_forecast_store(path))
+                check_made_from(path, ds, self.product, self.store, step, grid)
             except (FileNotFoundError, ValueError):
-                continue  # moved or deleted since; nothing to verify from it
-            if ds.attrs.get("product") != self.product or abs(float(ds.attrs["step_minutes"]) - product_step) > 1e-6:
-                continue
+                continue  # moved, deleted or remade from another product since: nothing to verify from it
             model = str(ds.attrs["model"])
             recorded = self._recorded_inits(model)
             index = {t: i for i, t in enumerate(ds["init_time"].values.astype("datetime64[s]"))}
@@ -284,18 +278,18 @@ class VerificationLedger:
         km = pixel_size_km(grid)
         with contextlib.ExitStack() as opened:
             precip = opened.enter_context(archive.open())["precip"]
-            for case in self._cases(step, opened):
+            for case in self._cases(step, grid, opened):
                 with lock:
                     self._verify_case(case, precip, index, newest, step, km, result, on_case)
         return result
 
-    def _cases(self, step: float, opened: contextlib.ExitStack) -> Iterator[_Case]:
+    def _cases(self, step: float, grid: Grid, opened: contextlib.ExitStack) -> Iterator[_Case]:
         """Pending service forecasts, then backfilled init times not also pending."""
         seen = set()
         for case in self._pending_cases():
             seen.add((case.model, init_key(case.init)))
             yield case
-        for case in self._source_cases(step, opened):
+        for case in self._source_cases(step, grid, opened):
             if (case.model, init_key(case.init)) not in seen:
                 yield case
 
@@ -303,7 +297,7 @@ class VerificationLedger:
                      result: PassResult, on_case: Callable[[str, str], None] | None) -> None:
         """Write ``case``'s record when its observations are all in (or given up on), then drop it."""
         if not case.current():  # replaced since it was listed: the next pass verifies the new one
-            result.count(case.model, "waiting")
+            result.count(WAITING)
             return
         step_s = int(round(step * 60))
         t0 = int(np.datetime64(case.init, "s").astype(np.int64))
@@ -312,7 +306,7 @@ class VerificationLedger:
                 "step_minutes": step, "source": case.source}
         if None in wanted:
             if newest < t0 + case.n_leads * step_s + self.grace_minutes * 60:
-                result.count(case.model, "waiting")
+                result.count(WAITING)
                 return
             outcome, record = MISSING, {**base, "status": MISSING}
         else:
@@ -325,7 +319,7 @@ class VerificationLedger:
                 outcome, record = SCORED, {**base, "status": SCORED, "sums": verifier.state()}
         self._write_record(case.model, case.init, record)
         case.done()
-        result.count(case.model, outcome)
+        result.count(outcome)
         if on_case:
             on_case(case.model, outcome)
 

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from fastapi import FastAPI
@@ -27,6 +28,9 @@ from service.settings import ServiceSettings
 log = logging.getLogger("nowcast.service")
 #: pauses (s) before each new try to keep a forecast in a store that did not answer
 KEEP_RETRY_S = (1.0, 4.0, 15.0)
+#: forecasts waiting to be kept, at most; beyond it one is dropped (counted): each holds a whole
+#: forecast in memory, and a slow store must not grow the service without bound
+MAX_QUEUED_KEEPS = 8
 
 
 class LiveVerification:
@@ -38,7 +42,10 @@ class LiveVerification:
         self._pass_lock = threading.Lock()  # one pass at a time per process
         # a kept forecast is never rewritten (a longer one for the same init) while a pass reads it
         self._ledger_lock = threading.Lock()
-        self._writes: set[asyncio.Task] = set()
+        self._writes: set[asyncio.Future] = set()
+        # keeps run on their own thread, never on the request threadpool: a store that stalls them
+        # (retries included) cannot take the threads that answer requests
+        self._keeper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nowcast-keep")
 
     def ledger(self, product: str) -> VerificationLedger:
         if product not in self._ledgers:
@@ -65,10 +72,17 @@ class LiveVerification:
 
     def keep_soon(self, product: str, model: str, init: np.datetime64, forecast: np.ndarray,
                   step_minutes: float) -> None:
-        """``keep`` in a worker thread, after the answer; ``drain`` waits for those under way."""
-        task = asyncio.ensure_future(run_in_threadpool(self.keep, product, model, init, forecast, step_minutes))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        """``keep`` on the keeper thread, after the answer; ``drain`` waits for those under way.
+        With MAX_QUEUED_KEEPS already waiting, this one is dropped, logged and counted."""
+        if len(self._writes) >= MAX_QUEUED_KEEPS:
+            self.metrics.verification_errors.labels("keep_dropped").inc()
+            log.warning("%d forecasts already wait to be kept; the %s forecast of %s from %s is not verified",
+                        len(self._writes), model, product, init)
+            return
+        future = asyncio.get_running_loop().run_in_executor(self._keeper, self.keep, product, model, init,
+                                                            forecast, step_minutes)
+        self._writes.add(future)
+        future.add_done_callback(self._writes.discard)
 
     async def drain(self) -> None:
         if self._writes:

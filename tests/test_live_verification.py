@@ -223,3 +223,62 @@ def test_a_forecast_whose_observations_never_come_is_given_up_after_the_grace(tm
     answer = ledger.rolling(24)
     assert answer["pending"] == {} and answer["models"][0]["n_missing_observations"] == 1
     assert answer["models"][0]["n_cases"] == 0 and answer["models"][0]["scores"] == []
+
+
+def test_forecasts_waiting_to_be_kept_are_bounded_and_the_overflow_is_counted(tmp_path: Path) -> None:
+    """A burst of archive forecasts faster than the store takes them: at most MAX_QUEUED_KEEPS wait
+    (each holds a whole forecast in memory); the rest are dropped, counted, and never block."""
+    import asyncio
+
+    from service.live_verification import MAX_QUEUED_KEEPS, LiveVerification
+    from service.metrics import Metrics
+    from service.settings import ServiceSettings
+
+    store = str(tmp_path / "burst.zarr")
+    metrics = Metrics()
+    live = LiveVerification(ServiceSettings(store=store, models=["persistence"]), metrics)
+    forecast = np.ones((LEADS, 640, 710), np.float32)
+    inits = np.datetime64("2016-07-11T12:00:00") + np.arange(20) * np.timedelta64(5, "m")
+
+    async def burst() -> None:
+        for init in inits:
+            live.keep_soon("mch", "persistence", init, forecast, 5.0)
+        await live.drain()
+
+    asyncio.run(burst())
+    dropped = metrics.registry.get_sample_value("nowcast_verification_errors_total", {"stage": "keep_dropped"})
+    assert dropped == len(inits) - MAX_QUEUED_KEEPS
+    assert VerificationLedger(store, "mch").pending_count() == {"persistence": MAX_QUEUED_KEEPS}
+
+
+KEEP_EVERY_FRAME = """
+import sys
+import numpy as np
+from nowcast.live_verification import VerificationLedger
+from pipelines.store import ProductArchive
+store, name, leads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+archive, ledger = ProductArchive(store, "mch"), VerificationLedger(store, "mch")
+for init in archive.times():
+    last = archive.window(length=1, end=init).frames
+    ledger.register(name, init, np.repeat(last, leads, axis=0), 5.0)
+"""
+
+
+def test_a_kill_while_forecasts_are_kept_never_scores_half_a_forecast(tmp_path: Path) -> None:
+    """Persistence forecasts kept under two names: one by a process killed twice mid-way (then
+    kept again), one whole. Both must end with the same scores: no half-written forecast scored."""
+    store = str(tmp_path / "keep.zarr")
+    ingest(sample_files("mch", 10), store, "mch", fmt="mch_gif", workers=1)
+    keep = [sys.executable, "-c", KEEP_EVERY_FRAME, store]
+    subprocess.run([*keep, "whole", str(LEADS)], check=True)
+    pending = Path(store) / "_verification" / "mch" / "pending" / "killed"
+    for after in (2, 5):  # SIGKILL once this many forecasts have started to be written
+        proc = subprocess.Popen([*keep, "killed", str(LEADS)])
+        kill_9_when(proc, lambda n=after: len(list(pending.glob("*/zarr.json"))) >= n, f"keeping {after} forecasts")
+        assert proc.returncode == -9
+        VerificationLedger(store, "mch").verify()  # a pass between kills reads only whole forecasts
+    subprocess.run([*keep, "killed", str(LEADS)], check=True)  # kept again: the rest, and any left half-written
+    VerificationLedger(store, "mch").verify()
+    models = VerificationLedger(store, "mch").rolling(24)["models"]
+    assert [m["model"] for m in models] == ["killed", "whole"] and models[0]["n_cases"] == models[1]["n_cases"] == 7
+    same_scores(models[0]["scores"], models[1]["scores"])
