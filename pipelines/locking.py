@@ -152,8 +152,10 @@ class _LeaseLock:
     def __init__(self, store: str, product: str, storage_options: dict | None):
         import fsspec
 
+        from pipelines.store import fsspec_options
+
         self.store, self.product = store, product
-        self.fs, _, paths = fsspec.get_fs_token_paths(store, storage_options=storage_options or {})
+        self.fs, _, paths = fsspec.get_fs_token_paths(store, storage_options=fsspec_options(storage_options))
         self.path = f"{paths[0].rstrip('/')}/{LOCK_GROUP}/{product}.json"
         self.token = uuid.uuid4().hex
         self._stop = threading.Event()

@@ -151,11 +151,20 @@ def frames_to_dataset(frames: Sequence[Frame], product: str) -> xr.Dataset:
     return ds
 
 
+def fsspec_options(storage_options: dict | None = None) -> dict:
+    """fsspec storage options with the listings cache off unless the caller turns it on.
+
+    fsspec keeps one filesystem per thread, each caching the directory listings it has read: a
+    listing cached before another thread or process (a replica, ``nowcast verify``, an ingest)
+    wrote a key would hide that key from this process for good."""
+    return {"use_listings_cache": False, **(storage_options or {})}
+
+
 def open_zarr_store(store: str, storage_options: dict | None = None, read_only: bool = False) -> Any:
     """A zarr Store for a local path (atomic writes) or an fsspec URL (s3://, gs://, ...)."""
     if "://" in store and not store.startswith("file://"):
         return zarr.storage.FsspecStore.from_url(
-            store, storage_options=storage_options or {}, read_only=read_only
+            store, storage_options=fsspec_options(storage_options), read_only=read_only
         )
     return zarr.storage.LocalStore(store.removeprefix("file://"), read_only=read_only)
 
@@ -426,7 +435,7 @@ class ProductArchive:
         """Bytes under the product's group (local directory walk or fsspec ``du``)."""
         import fsspec
 
-        fs, _, paths = fsspec.get_fs_token_paths(self.store, storage_options=self.storage_options or {})
+        fs, _, paths = fsspec.get_fs_token_paths(self.store, storage_options=fsspec_options(self.storage_options))
         root = paths[0].rstrip("/") + "/" + self.product
         if fs.protocol in ("file", ("file", "local")) or "file" in fs.protocol:
             total = 0

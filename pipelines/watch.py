@@ -21,11 +21,12 @@ import fsspec
 
 from pipelines.ingest import IngestReport, discover, ingest
 from pipelines.locking import WriterBusy
+from pipelines.store import fsspec_options
 
 
 class Ledger:
     def __init__(self, store: str, product: str, storage_options: dict | None = None):
-        self.fs, _, (root,) = fsspec.get_fs_token_paths(store, storage_options=storage_options or {})
+        self.fs, _, (root,) = fsspec.get_fs_token_paths(store, storage_options=fsspec_options(storage_options))
         self.path = f"{root.rstrip('/')}/_ingest_ledger/{product}.json"
         self.entries: dict[str, str] = {}
         if self.fs.exists(self.path):

@@ -40,6 +40,23 @@ def nowcast_cli(*args: str, check: bool = False, **kwargs) -> subprocess.Complet
     return subprocess.run([str(exe), *args], capture_output=True, text=True, check=check, **kwargs)
 
 
+#: what dask's LocalCluster writes into this process's environment for its workers
+THREAD_LIMITS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+
+
+@pytest.fixture(autouse=True)
+def _thread_limits_restored() -> Iterator[None]:
+    """Undo a test's LocalCluster setting OMP_NUM_THREADS=1 here: every later ``nowcast``
+    subprocess would run torch on one thread, and the suite take minutes longer."""
+    saved = {name: os.environ.get(name) for name in THREAD_LIMITS}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> str:
     return str(tmp_path / "archive.zarr")
