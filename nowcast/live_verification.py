@@ -361,19 +361,24 @@ def _in_window(name: str, first: np.datetime64, last: np.datetime64) -> bool:
 
 def _pool(records: list[dict[str, Any]]) -> dict[str, Any]:
     """One model's records pooled: its scores per lead, and how many cases each outcome had."""
-    scored = [r for r in records if r.get("status") == SCORED]
+    scored = sorted((r for r in records if r.get("status") == SCORED), key=lambda r: r["init_time"])
     inits = sorted(r["init_time"] for r in records)
-    out: dict[str, Any] = {"model": records[0]["model"], "n_cases": len(scored),
+    out: dict[str, Any] = {"model": records[0]["model"], "n_cases": 0,
                            "n_dry_cases_skipped": sum(r.get("status") == DRY for r in records),
                            "n_missing_observations": sum(r.get("status") == MISSING for r in records),
-                           "first_init": inits[0], "last_init": inits[-1], "scores": []}
+                           "n_other_settings": 0, "first_init": inits[0], "last_init": inits[-1], "scores": []}
     if scored:
         sums = [r["sums"] for r in scored]
         n_leads = max(len(s["n_cases"]) for s in sums)
+        # pooled on the newest record's thresholds, FSS window and step: records counted with
+        # others (an older release, a regridded product) cannot be added, and are counted apart
         verifier = LeadTimeVerifier.like(sums[-1], n_leads)
         for state in sums:
-            if verifier.compatible(state):  # records counted by an older release with other thresholds are left out
+            if verifier.compatible(state):
                 verifier.merge_state(state)
+                out["n_cases"] += 1
+            else:
+                out["n_other_settings"] += 1
         out["scores"] = verifier.result()
     return out
 

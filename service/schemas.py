@@ -229,6 +229,8 @@ class ModelSkill(BaseModel):
     n_cases: int = Field(description="Forecasts scored in the window")
     n_dry_cases_skipped: int = Field(description="Forecasts from a dry init frame, left out as evaluate does")
     n_missing_observations: int = Field(description="Forecasts given up: observations of a lead never came")
+    n_other_settings: int = Field(0, description="Forecasts scored with other thresholds, FSS window or step "
+                                                 "than the newest (an older release): left out of the scores")
     first_init: str
     last_init: str
     scores: list[LeadSkill]

@@ -25,6 +25,7 @@ from nowcast.evaluate import evaluate
 from nowcast.forecaster import load_forecaster
 from nowcast.live_verification import VerificationLedger
 from nowcast.score_forecasts import evaluate_forecasts
+from nowcast.verification import LeadTimeVerifier
 from pipelines.ingest import ingest
 from pipelines.query import utc_text
 from pipelines.store import ProductArchive
@@ -223,6 +224,30 @@ def test_a_forecast_whose_observations_never_come_is_given_up_after_the_grace(tm
     answer = ledger.rolling(24)
     assert answer["pending"] == {} and answer["models"][0]["n_missing_observations"] == 1
     assert answer["models"][0]["n_cases"] == 0 and answer["models"][0]["scores"] == []
+
+
+def test_records_scored_with_other_thresholds_are_counted_apart_not_pooled(tmp_path: Path) -> None:
+    store = str(tmp_path / "old.zarr")
+    ingest(sample_files("mch", 6), store, "mch", fmt="mch_gif", workers=1)
+    archive = ProductArchive(store, "mch")
+    times = archive.times()
+    ledger = VerificationLedger(store, "mch")
+    for init in times[1:3]:
+        frames = archive.window(length=1, end=init).frames
+        ledger.register("persistence", init, np.repeat(frames[-1:], LEADS, axis=0), 5.0)
+    assert ledger.verify().scored == 2
+    both = ledger.rolling(24)["models"][0]
+    # the older record as a release with other thresholds would have kept it
+    old = ledger._record("persistence", times[1])
+    old["sums"] = {**old["sums"], "thresholds": [0.3, 3.0]}
+    ledger._write_record("persistence", times[1], old)
+    answer = ledger.rolling(24)["models"][0]
+    assert (answer["n_cases"], answer["n_other_settings"]) == (1, 1)
+    assert [lead["n_cases"] for lead in answer["scores"]] == [1] * LEADS
+    newer = LeadTimeVerifier.like(ledger._record("persistence", times[2])["sums"], LEADS)
+    newer.merge_state(ledger._record("persistence", times[2])["sums"])
+    same_scores(answer["scores"], newer.result())  # the newer record's scores alone
+    assert both["n_cases"] == 2 and both["n_other_settings"] == 0
 
 
 def test_forecasts_waiting_to_be_kept_are_bounded_and_the_overflow_is_counted(tmp_path: Path) -> None:
