@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -42,6 +43,15 @@ def service_log(tmp: Path) -> str:
     """The tail of the test service's log, for a failure message (warnings and errors only)."""
     lines = "".join(p.read_text() for p in sorted(tmp.glob("service-*.log"))).splitlines()
     return "\n".join(line for line in lines if "HTTP/1.1" not in line)[-3000:]
+
+
+def skill_when(url: str, tmp: Path, done: Callable[[list[dict]], bool], timeout: float = 60) -> dict:
+    """Poll ``/v1/skill`` for fmi until ``done(models)``; on timeout, fail with the service's log."""
+    deadline = time.monotonic() + timeout
+    while not done((skill := httpx.get(f"{url}/v1/skill", params={"product": "fmi"}, timeout=30).json())["models"]):
+        assert time.monotonic() < deadline, (skill, service_log(tmp))
+        time.sleep(0.5)
+    return skill
 
 
 def test_ingest_into_s3_survives_kill_9_mid_append(s3_store: str, tmp_path: Path) -> None:
@@ -160,21 +170,14 @@ def test_serving_from_s3_and_readiness_follows_the_store(s3_server: S3Server, s3
                                                          "time": "2016-09-28T15:10:00Z"}, timeout=120)
         assert again.status_code == 200, again.text[:500]
         ingest(sample_files("fmi", 8)[6:], s3_store, "fmi", fmt="fmi_pgm")
-        deadline = time.monotonic() + 60
-        while not (skill := httpx.get(f"{url}/v1/skill", params={"product": "fmi"}, timeout=30).json())["models"]:
-            assert time.monotonic() < deadline, (skill, service_log(tmp_path))
-            time.sleep(0.5)
+        skill = skill_when(url, tmp_path, lambda models: len(models) > 0)
         assert [(m["model"], m["n_cases"], len(m["scores"])) for m in skill["models"]] == [("optical_flow", 1, 2)]
         # a second forecast, kept and scored after the service has listed the ledger: listings are
         # never served from a cache that other threads' and processes' writes do not reach
         earlier = httpx.post(f"{url}/v1/forecast", json={"model": "optical_flow", "lead_steps": 2, "product": "fmi",
                                                            "time": "2016-09-28T15:05:00Z"}, timeout=120)
         assert earlier.status_code == 200, earlier.text[:500]
-        deadline = time.monotonic() + 60
-        while (skill := httpx.get(f"{url}/v1/skill", params={"product": "fmi"}, timeout=30).json())["models"][0][
-                "n_cases"] < 2:
-            assert time.monotonic() < deadline, (skill, service_log(tmp_path))
-            time.sleep(0.5)
+        skill_when(url, tmp_path, lambda models: models[0]["n_cases"] == 2)
 
 
 def test_backfill_to_s3_resumes_after_a_kill(fmi_archive: str, s3_server: S3Server) -> None:
