@@ -300,7 +300,15 @@ class ProductArchive:
     def _to_zarr(self, ds: xr.Dataset, zstore: Any, **kwargs: Any) -> None:
         """Write, then commit by consolidating the group's metadata (its one atomic key)."""
         ds.to_zarr(zstore, consolidated=False, zarr_format=3, **kwargs)
+        self._fence()
         zarr.consolidate_metadata(zstore, zarr_format=3)
+
+    def _fence(self) -> None:
+        """Right before a commit: stop if this writer's lease on an object store was lost (another
+        writer took the product over after it expired), so two writers never both commit."""
+        from pipelines.locking import assert_held
+
+        assert_held(self.store, self.product)
 
     def _create(self, ds: xr.Dataset) -> None:
         encoding = {VARIABLE: precip_encoding(ds[VARIABLE].shape[1:]), "time": TIME_ENCODING}
@@ -330,6 +338,7 @@ class ProductArchive:
         # (same CF encoding: int64 seconds since the epoch) before the commit.
         seconds = ds["time"].values.astype("datetime64[s]").astype(np.int64)
         zarr.open_array(self._zstore, path="time", mode="r+", zarr_format=3)[region["time"]] = seconds
+        self._fence()
         zarr.consolidate_metadata(self._zstore, zarr_format=3)
 
     def writer_lock(self, timeout: float | None = None) -> Any:
@@ -388,6 +397,7 @@ class ProductArchive:
         require_group(self._root_store, STAGING_GROUP)  # zarr v3 has no implicit parent groups
         self._to_zarr(merged, self._staging_store, mode="w", encoding=encoding)
         # The journal counts only once this flag is written (one atomic key).
+        self._fence()
         self._root()[self._staging].attrs.update({"complete": True})
         self._apply_staging()
         return int(new.sizes["time"])

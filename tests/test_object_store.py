@@ -129,6 +129,97 @@ def test_one_writer_per_product_on_s3(s3_store: str, tmp_path: Path) -> None:
     assert_same_archive(s3_store, reference, "fmi")
 
 
+def _race_for_lease(args: tuple[str, object, float]) -> bool:
+    """One of several writer processes that have all read "no lease" (they wait for each other at
+    the barrier after that read) and then write theirs one after another, each ``stall`` seconds
+    late: a stall between read and write longer than the settle wait, the case a lease taken by
+    write-then-read-back cannot exclude. Only the store's conditional write keeps them apart."""
+    from pipelines import locking
+
+    store, barrier, stall = args
+    locking.SETTLE_SECONDS = 0.1
+    lease = locking._LeaseLock(store, "p", None)
+    read, stalled = lease._read, False
+
+    def read_then_stall() -> tuple[dict | None, str | None]:
+        nonlocal stalled
+        seen = read()
+        if not stalled:  # only the first read, the one acquire decides on
+            stalled = True
+            barrier.wait()  # type: ignore[attr-defined]
+            time.sleep(stall)
+        return seen
+
+    lease._read = read_then_stall  # type: ignore[method-assign]
+    try:
+        lease.acquire(timeout=0)
+    except locking.WriterBusy:
+        return False
+    time.sleep(4.0)  # held while the others are still trying
+    lease.release()
+    return True
+
+
+def test_racing_writers_get_the_s3_lease_exactly_once(s3_store: str) -> None:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager:
+        barrier = manager.Barrier(5)
+        with context.Pool(5) as pool:
+            won = pool.map(_race_for_lease, [(s3_store, barrier, 0.4 * k) for k in range(5)])
+    assert won == [True, False, False, False, False]
+
+
+PAUSED_WRITER = """
+import sys
+from pipelines.locking import LeaseLost
+from pipelines.store import ProductArchive
+from pipelines.synthetic import synthetic_frames
+archive = ProductArchive(sys.argv[1], "p")
+with archive.writer_lock():
+    print("held", flush=True)
+    sys.stdin.readline()  # paused here (SIGSTOP) past its lease, then told to write
+    try:
+        archive.write(synthetic_frames(n_frames=3, shape=(16, 16)))
+    except LeaseLost as lost:
+        print(lost, flush=True)
+        sys.exit(75)
+"""
+
+
+def test_a_writer_paused_past_its_s3_lease_neither_steals_it_back_nor_commits(s3_server: S3Server,
+                                                                             s3_store: str) -> None:
+    """The case a plain lease gets wrong: a holder stalls (here SIGSTOP) past its expiry, another
+    writer takes the product over, the first wakes up. Its heartbeat must not overwrite the new
+    holder's lease, and its write must stop before the commit."""
+    import fsspec
+
+    lease_seconds = float(s3_server.env["NOWCAST_LEASE_SECONDS"])  # what the writer processes use
+    ProductArchive(s3_store, "p").write(synthetic_frames(n_frames=2, shape=(16, 16)))
+    paused = subprocess.Popen([sys.executable, "-c", PAUSED_WRITER, s3_store], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    holder = None
+    try:
+        assert paused.stdout.readline().strip() == "held"
+        os.kill(paused.pid, signal.SIGSTOP)
+        time.sleep(lease_seconds + 1.0)
+        holder = hold_writer_lock(s3_store, "p")  # the lease expired: a second writer takes it
+        os.kill(paused.pid, signal.SIGCONT)
+        time.sleep(lease_seconds / 2)  # the woken heartbeat has tried to renew by now
+        lease = fsspec.filesystem("s3", skip_instance_cache=True).cat_file(f"{s3_store}/_locks/p.json")
+        assert f'"pid": {holder.pid}' in lease.decode(), lease
+        output = paused.communicate("write\n", timeout=60)[0]
+        assert paused.returncode == 75, output
+        assert "lease is lost" in output and "taken over by pid" in output and "Traceback" not in output, output
+    finally:
+        for proc in (paused, holder):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert ProductArchive(s3_store, "p").times().size == 2  # the stalled writer committed nothing
+
+
 def test_a_missing_bucket_or_credentials_is_one_clear_message(s3_server: S3Server) -> None:
     file = str(sample_files("fmi", 1)[0])
     missing = nowcast_cli("ingest", "--format", "fmi_pgm", "--store", "s3://no-such-bucket/archive.zarr",
