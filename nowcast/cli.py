@@ -142,6 +142,9 @@ def evaluate(
         int | None, typer.Option(
             help="Lead steps (default: the trained models' output steps; with --forecasts, the stores').")
     ] = None,
+    precision: Annotated[str, typer.Option(
+        help="32, or bf16: the networks under bfloat16 autocast (fast on GPUs; on CPUs without AVX-512 BF16 "
+             "it is emulated and slow).")] = "32",
 ) -> None:
     """Verify models against the archive: CSI/POD/FAR, MAE and FSS per lead time.
 
@@ -163,7 +166,7 @@ def evaluate(
                                             lead_steps=lead_steps, product=product, **callbacks)
             else:
                 report = run_evaluation(store, product, model, out, start=start, end=end, crop=crop, stride=stride,
-                                        lead_steps=lead_steps, **callbacks)
+                                        lead_steps=lead_steps, precision=precision, **callbacks)
         except (LookupError, ValueError, FileNotFoundError) as exc:
             console.print(f"[red]error:[/] {exc.args[0] if exc.args else exc}")
             raise typer.Exit(2) from exc

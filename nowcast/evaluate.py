@@ -50,13 +50,14 @@ def evaluate(
     store: str, product: str, models: list[str], out: str | Path, start: str | None = None, end: str | None = None,
     crop: int | None = None, stride: int = 1, lead_steps: int | None = None,
     on_case: Callable[[], None] | None = None, total: Callable[[int], None] | None = None,
+    precision: str = "32",
 ) -> dict[str, Any]:
     archive = ProductArchive(store, product)
     if not archive.exists():
         raise KeyError(f"no product {product!r} in {store}")
     forecasters: dict[str, LoadedForecaster] = {}
     for spec in models:
-        loaded = load_forecaster(spec)
+        loaded = load_forecaster(spec, precision=precision)
         label = spec if spec == loaded.name else f"{loaded.name} ({Path(spec).name})"
         if label in forecasters:  # e.g. two model store versions, both called model.ckpt
             label = f"{loaded.name} ({Path(spec).parent.name}/{Path(spec).name})"
@@ -105,7 +106,8 @@ def evaluate(
         **report_header(store, product, step, leads, km, crop, stride, start, end, len(used), dry),
         "cases": used,
         "models": {
-            label: {"name": f.name, "source": f.source, "input_steps": f.input_steps, "scores": results[label],
+            label: {"name": f.name, "source": f.source, "input_steps": f.input_steps,
+                    **({"precision": f.precision} if f.trainable else {}), "scores": results[label],
                     **({"auxiliary_cases_missing": auxiliary[label].cases_missing} if label in auxiliary else {})}
             for label, f in forecasters.items()
         },

@@ -31,6 +31,8 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 BASELINE_MAX_LEAD_STEPS = 24
 #: lead steps of a baseline forecast when the caller does not say (1 h at 5 min)
 DEFAULT_LEAD_STEPS = 12
+#: the precisions a network may run at: float32, or bfloat16 autocast (GPUs, CPUs with AVX-512 BF16/AMX)
+PRECISIONS = ("32", "bf16")
 
 
 def interpolate_in_time(frames: np.ndarray, step: float, times: np.ndarray, origin: int | None = None) -> np.ndarray:
@@ -86,6 +88,13 @@ class LoadedForecaster:
     normalizer: RainNormalizer
     source: str
     info: dict[str, Any] = field(default_factory=dict)
+    #: "32", or "bf16": the network's convolutions under bfloat16 autocast; inputs, the hybrids'
+    #: optical flow and the output stay float32 (docs/performance.md measures what it costs in skill)
+    precision: str = "32"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     @property
     def trainable(self) -> bool:
@@ -212,13 +221,18 @@ class LoadedForecaster:
             z = F.pad(z, (0, pad_x, 0, pad_y))  # zeros: dry, and cropped away again below
             ext = None if ext is None else F.pad(ext, (0, pad_x, 0, pad_y))
         device = next(self.model.parameters(), torch.empty(0)).device
-        out = self._forward(z.to(device), lead_steps, None if ext is None else ext.to(device))[:, :, 0, :ny, :nx]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            out = self._forward(z.to(device), lead_steps, None if ext is None else ext.to(device))
+        out = out[:, :, 0, :ny, :nx]
         rain = self.normalizer.inverse(out.float()).cpu().numpy()
         return np.where(nodata[:, None], np.float32(np.nan), rain)
 
 
-def load_forecaster(spec: str, map_location: str | torch.device = "cpu") -> LoadedForecaster:
-    """A baseline by name, a checkpoint path, or a shipped model name."""
+def load_forecaster(spec: str, map_location: str | torch.device = "cpu", precision: str = "32") -> LoadedForecaster:
+    """A baseline by name, a checkpoint path, or a shipped model name; ``precision`` "bf16" runs a
+    network under bfloat16 autocast (baselines are numpy and ignore it)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if spec in BASELINES:
         normalizer = RainNormalizer()
         kwargs = {"normalization": normalizer.to_dict()} if spec in MOTION_BASELINES else {}
@@ -243,5 +257,5 @@ def load_forecaster(spec: str, map_location: str | torch.device = "cpu") -> Load
     return LoadedForecaster(
         name=info["model"], model=model.eval(), input_steps=int(info["t_in"]), max_lead_steps=int(info["t_out"]),
         step_minutes=info.get("step_minutes"), normalizer=RainNormalizer.from_dict(info["normalization"]),
-        source=str(path), info=info,
+        source=str(path), info=info, precision=precision,
     )

@@ -76,7 +76,7 @@ def pick_device(setting: str) -> torch.device:
 
 def serve_model(name: str, spec: str, settings: ServiceSettings, metrics: Metrics,
                 version: str | None = None) -> ServedModel:
-    forecaster = load_forecaster(spec)
+    forecaster = load_forecaster(spec, precision=settings.precision)
     forecaster.model.to(pick_device(settings.device))
     batch = settings.max_batch_size if settings.micro_batching else 1
     wait = settings.batch_wait_ms if settings.micro_batching else 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
@@ -35,6 +36,9 @@ class ServiceSettings(BaseSettings):
                                               "beyond it, 503 with Retry-After before the body is read")
     max_input_frames: int = Field(64, description="Most frames a request may send (checked before decoding)")
     device: str = Field("auto", description="'auto' (GPU when there is one), 'cpu' or 'cuda'")
+    precision: Literal["32", "bf16"] = Field(
+        "32", description="'bf16' runs the networks under bfloat16 autocast: for GPUs (and CPUs with AVX-512 BF16 "
+                          "or AMX); elsewhere it is emulated and slow")
     registry: str | None = Field(
         None, description="Model store (nowcast train --registry): its production version is served as 'production'")
     reload_interval_s: float = Field(5.0, description="How often to check the model store's production pointer")

@@ -58,6 +58,25 @@ def test_best_shipped_model_beats_persistence_on_an_unseen_event() -> None:
     assert scores["best"] > scores["persistence"] + 0.02, scores
 
 
+def test_bf16_autocast_forecasts_like_float32_and_an_unknown_precision_is_refused() -> None:
+    """bf16 is emulated on CPUs without AVX-512 BF16 (slow), so a small crop; nodata stays nodata."""
+    frames = unseen_radar()[4:8, 300:364, 400:464].copy()
+    frames[:, :, :8] = np.nan
+    name = shipped_models()[0]
+    full, half = load_forecaster(name), load_forecaster(name, precision="bf16")
+    assert half.precision == "bf16"
+    reference, forecast = full.predict(frames, 6), half.predict(frames, 6)
+    assert forecast.dtype == np.float32
+    np.testing.assert_array_equal(np.isnan(forecast), np.isnan(reference))
+    covered = np.isfinite(reference)
+    assert (forecast[covered] >= 0).all()
+    assert not np.array_equal(forecast[covered], reference[covered]), "autocast changed nothing: not applied"
+    # bfloat16 keeps 8 bits of mantissa: the rain rates agree to a few per cent of the field's mean
+    assert np.abs(forecast[covered] - reference[covered]).mean() < 0.05 * reference[covered].mean() + 0.01
+    with pytest.raises(ValueError, match="precision must be one of 32, bf16"):
+        load_forecaster(name, precision="fp16")
+
+
 def test_interpolation_in_time_is_exact_on_linear_rain() -> None:
     from nowcast.forecaster import interpolate_in_time
 
