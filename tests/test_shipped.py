@@ -119,3 +119,43 @@ def test_a_registered_network_without_weights_says_so(monkeypatch: pytest.Monkey
     monkeypatch.setattr(nowcast.forecaster, "WEIGHTS_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="no shipped weights for 'predrnn'"):
         load_forecaster("predrnn")
+
+
+def _fake_stage(run_dir, config_dir, stage: str, monitor: str, best_epoch: int, csi_by_lead: list[float]) -> None:
+    """A stage as `nowcast train` leaves it: config, CSV log of each validation, best/last checkpoints."""
+    import torch
+    import yaml
+
+    (config_dir / f"{stage}.yaml").write_text(yaml.safe_dump({"trainer": {"callbacks": [
+        {"class_path": "pytorch_lightning.callbacks.ModelCheckpoint", "init_args": {"monitor": monitor}}]}}))
+    logs = run_dir / stage / "logs" / "version_0"
+    logs.mkdir(parents=True)
+    leads = [f"val/csi_1mm/lead_{5 * (k + 1):03d}min" for k in range(len(csi_by_lead))]
+    rows = ["epoch,step," + ",".join(leads)]
+    for epoch in range(best_epoch + 2):  # the best epoch's scores; the others worse
+        scores = csi_by_lead if epoch == best_epoch else [v / 2 for v in csi_by_lead]
+        rows.append(f"{epoch},{10 * epoch}," + ",".join(map(str, scores)))
+    (logs / "metrics.csv").write_text("\n".join(rows) + "\n")
+    checkpoints = run_dir / stage / "checkpoints"
+    checkpoints.mkdir()
+    for name, epoch in (("best", best_epoch), ("last", best_epoch + 1)):
+        torch.save({"epoch": epoch, "global_step": 10 * epoch, "state_dict": {}, "nowcast": {"stage": stage}},
+                   checkpoints / f"{name}.ckpt")
+
+
+@pytest.mark.parametrize(("tuned_mean", "ships"), [(0.52, "m.tune"), (0.48, "m")])
+def test_a_fine_tuning_stage_ships_only_if_it_beat_its_first_stage(tmp_path, monkeypatch: pytest.MonkeyPatch,
+                                                                   tuned_mean: float, ships: str) -> None:
+    from nowcast import shipping
+
+    config_dir, run_dir = tmp_path / "configs", tmp_path / "runs"
+    config_dir.mkdir()
+    monkeypatch.setattr(shipping, "CONFIG_DIR", config_dir)
+    # stage 1 chose on 30 min (0.60 there, 0.50 averaged over the leads); the fine-tuning on the mean
+    _fake_stage(run_dir, config_dir, "m", "val/csi_1mm/lead_030min", 3, [0.70] * 3 + [0.60] * 3 + [0.35] * 6)
+    _fake_stage(run_dir, config_dir, "m.tune", "val/csi_1mm/mean", 5, [tuned_mean] * 12)
+    stage, checkpoint, scores = shipping._best_stage("m", run_dir)
+    assert (stage, checkpoint["nowcast"]["stage"]) == (ships, ships)
+    assert scores["monitor"] == "val/csi_1mm/mean"
+    assert scores["val/csi_1mm/mean"] == pytest.approx(0.5 if ships == "m" else tuned_mean)
+    assert checkpoint["epoch"] == (3 if ships == "m" else 5)
