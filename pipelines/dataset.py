@@ -196,6 +196,19 @@ class SequenceDataset(Dataset):
                 best, best_fraction = (y0, x0), fraction
         return best
 
+    def _model_space_tables(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray] | None:
+        """For 8/16-bit codes: every code -> normalised value (nodata -> 0) and -> valid. The values
+        come from the same decode and normaliser calls on the same float32 rates, so a gather from
+        them gives the bits the float path gives, without its log1p over every pixel."""
+        if dtype not in (np.uint8, np.uint16):
+            return None
+        key = (np.dtype(dtype).str, self._scale, self._fill, self.normalizer)
+        if getattr(self, "_tables_key", None) != key:
+            rate = decode_table(np.dtype(dtype), self._scale, self._fill)
+            z = self.normalizer.forward(np.nan_to_num(rate, nan=0.0)).astype(np.float32)
+            self._tables, self._tables_key = (z, ~np.isnan(rate)), key
+        return self._tables
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         start = int(self.starts[index])
         epoch = 0 if self.split in ("val", "test") else self._epoch
@@ -203,22 +216,34 @@ class SequenceDataset(Dataset):
         y0, x0 = self._pick_crop(start, rng)
         ny, nx = (self.crop, self.crop) if self.crop else self.shape
         stop = start + self.t_in + self.t_out
-        rate = self._decode(self.array[start:stop, y0 : y0 + ny, x0 : x0 + nx])
-        if self.extrapolation:  # rides along as extra frames so crops and augmentation match
-            ext = self.cache.read(start + self.t_in - 1, self.t_out, slice(y0, y0 + ny), slice(x0, x0 + nx))
-            rate = np.concatenate([rate, ext])
-        own = rate.shape[0]
-        if self.readers:  # the input times' auxiliary frames ride along too
-            times = self.seconds[start : start + self.t_in].astype("datetime64[s]")
-            rate = np.concatenate([rate, *(r.read(times, y0, x0, ny, nx).rain for r in self.readers)])
-        if self.augment:
-            rate = np.rot90(rate, k=int(rng.integers(0, 4)), axes=(1, 2))
-            if rng.integers(0, 2):
-                rate = rate[:, :, ::-1]
-            rate = np.ascontiguousarray(rate)
-        rate, aux = rate[:own], rate[own:]
-        valid = ~np.isnan(rate)
-        z = self.normalizer.forward(np.nan_to_num(rate, nan=0.0)).astype(np.float32)
+        raw = self.array[start:stop, y0 : y0 + ny, x0 : x0 + nx]
+        turns, flip = (int(rng.integers(0, 4)), bool(rng.integers(0, 2))) if self.augment else (0, False)
+
+        def augmented(frames: np.ndarray) -> np.ndarray:
+            """The window's rotation and flip, the same for every stack that rides along."""
+            if not self.augment:
+                return frames
+            frames = np.rot90(frames, k=turns, axes=(1, 2))
+            return np.ascontiguousarray(frames[:, :, ::-1] if flip else frames)
+
+        ext = None
+        if self.extrapolation:  # cut and augmented like the window
+            ext = augmented(self.cache.read(start + self.t_in - 1, self.t_out, slice(y0, y0 + ny), slice(x0, x0 + nx)))
+        tables = None if self.readers else self._model_space_tables(raw.dtype)
+        if tables is not None:  # codes straight to model space (the auxiliary channels need mm/h)
+            codes = augmented(raw)
+            z, valid = np.take(tables[0], codes), np.take(tables[1], codes)
+        else:
+            rate = self._decode(raw)
+            aux = np.empty((0, *rate.shape[1:]), np.float32)
+            if self.readers:  # the input times' auxiliary frames
+                times = self.seconds[start : start + self.t_in].astype("datetime64[s]")
+                aux = np.concatenate([r.read(times, y0, x0, ny, nx).rain for r in self.readers])
+            rate, aux = augmented(rate), augmented(aux)
+            valid = ~np.isnan(rate)
+            z = self.normalizer.forward(np.nan_to_num(rate, nan=0.0)).astype(np.float32)
+        if ext is not None:
+            z = np.concatenate([z, self.normalizer.forward(np.nan_to_num(ext, nan=0.0)).astype(np.float32)])
         z = torch.from_numpy(z[:, None])
         mask = torch.from_numpy(valid[:, None])
         n = self.t_in + self.t_out
