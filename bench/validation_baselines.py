@@ -1,0 +1,69 @@
+"""Any forecaster on a training config's validation windows, scored the way validation scores.
+
+    python bench/validation_baselines.py [--config configs/weights/convlstm.yaml] MODEL [MODEL ...]
+
+MODEL: a baseline (persistence, optical_flow, ...), a shipped model or a checkpoint. Each runs in
+mm/h through ``load_forecaster`` on the same windows (crops included) that ``nowcast train``
+validates on, and gets the CSI at 1 mm/h per lead from contingency counts pooled over the windows,
+then averaged over the leads: the ``val/csi_1mm/mean`` a checkpoint is chosen on. It answers
+whether the validation set ranks models the way the full-grid test events do. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import yaml
+
+from nowcast.forecaster import load_forecaster
+from pipelines.datamodule import RadarDataModule
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+")
+    parser.add_argument("--config", default="configs/weights/convlstm.yaml", help="its data section is used")
+    parser.add_argument("--threshold", type=float, default=1.0, help="mm/h")
+    args = parser.parse_args()
+    data = yaml.safe_load(open(args.config))["data"]
+    module = RadarDataModule(**data)
+    module.setup("fit")
+    windows = module.val_dataloader().dataset
+    normalizer = _dataset_normalizer(windows)  # how the windows were normalised, whatever the model
+    results = {}
+    for name in args.models:
+        forecaster = load_forecaster(name)
+        counts = np.zeros((data["t_out"], 3))  # hits, misses, false alarms per lead
+        for index in range(len(windows)):
+            item = windows[index]
+            rain = _mm_h(item["inputs"], item["input_mask"], normalizer)
+            observed = _mm_h(item["targets"], item["target_mask"], normalizer)
+            forecast = forecaster.predict(rain, data["t_out"])
+            both = np.isfinite(forecast) & np.isfinite(observed)
+            yes_f = (np.nan_to_num(forecast) >= args.threshold) & both
+            yes_o = (np.nan_to_num(observed) >= args.threshold) & both
+            counts[:, 0] += (yes_f & yes_o).sum((1, 2))
+            counts[:, 1] += (~yes_f & yes_o).sum((1, 2))
+            counts[:, 2] += (yes_f & ~yes_o).sum((1, 2))
+        csi = counts[:, 0] / counts.sum(1).clip(min=1)
+        results[name] = {"csi_mean": round(float(csi.mean()), 4), "csi_by_lead": [round(float(c), 4) for c in csi]}
+    print(json.dumps({"config": args.config, "threshold_mm_h": args.threshold, "windows": len(windows),
+                      "models": results}, indent=2))
+
+
+def _dataset_normalizer(windows: object) -> object:
+    first = windows.datasets[0] if hasattr(windows, "datasets") else windows
+    return first.normalizer
+
+
+def _mm_h(z, mask, normalizer) -> np.ndarray:
+    """A window's normalised frames back to mm/h, NaN where the mask says nodata."""
+    rain = normalizer.inverse(z[:, 0]).numpy()
+    rain[~mask[:, 0].numpy()] = np.nan
+    return rain
+
+
+if __name__ == "__main__":
+    main()
