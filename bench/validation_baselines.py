@@ -4,20 +4,23 @@
 
 MODEL: a baseline (persistence, optical_flow, ...), a shipped model or a checkpoint. Each runs in
 mm/h through ``load_forecaster`` on the same windows (crops included) that ``nowcast train``
-validates on, and gets the CSI at 1 mm/h per lead from contingency counts pooled over the windows,
-then averaged over the leads: the ``val/csi_1mm/mean`` a checkpoint is chosen on. It answers
-whether the validation set ranks models the way the full-grid test events do. Prints JSON.
+validates on, and gets the CSI at 1 mm/h per lead from contingency counts pooled over the windows
+(``LeadTimeVerifier``, as ``nowcast evaluate`` scores), then averaged over the leads: the
+``val/csi_1mm/mean`` a checkpoint is chosen on. It answers whether the validation set ranks models
+the way the full-grid test events do. Prints JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 import numpy as np
 import yaml
 
 from nowcast.forecaster import load_forecaster
+from nowcast.verification import LeadTimeVerifier
 from pipelines.datamodule import RadarDataModule
 
 
@@ -31,31 +34,28 @@ def main() -> None:
     module = RadarDataModule(**data)
     module.setup("fit")
     windows = module.val_dataloader().dataset
-    normalizer = _dataset_normalizer(windows)  # how the windows were normalised, whatever the model
+    normalizer = _first(windows).normalizer  # how the windows were normalised, whatever the model
     results = {}
     for name in args.models:
         forecaster = load_forecaster(name)
-        counts = np.zeros((data["t_out"], 3))  # hits, misses, false alarms per lead
+        verifier = LeadTimeVerifier(data["t_out"], windows_step(windows), 1.0, thresholds=(args.threshold,))
         for index in range(len(windows)):
             item = windows[index]
             rain = _mm_h(item["inputs"], item["input_mask"], normalizer)
-            observed = _mm_h(item["targets"], item["target_mask"], normalizer)
-            forecast = forecaster.predict(rain, data["t_out"])
-            both = np.isfinite(forecast) & np.isfinite(observed)
-            yes_f = (np.nan_to_num(forecast) >= args.threshold) & both
-            yes_o = (np.nan_to_num(observed) >= args.threshold) & both
-            counts[:, 0] += (yes_f & yes_o).sum((1, 2))
-            counts[:, 1] += (~yes_f & yes_o).sum((1, 2))
-            counts[:, 2] += (yes_f & ~yes_o).sum((1, 2))
-        csi = counts[:, 0] / counts.sum(1).clip(min=1)
-        results[name] = {"csi_mean": round(float(csi.mean()), 4), "csi_by_lead": [round(float(c), 4) for c in csi]}
+            verifier.accumulate(forecaster.predict(rain, data["t_out"]),
+                                _mm_h(item["targets"], item["target_mask"], normalizer))
+        csi = [lead["csi"][str(float(args.threshold))] for lead in verifier.result()]
+        results[name] = {"csi_mean": round(float(np.mean(csi)), 4), "csi_by_lead": [round(float(c), 4) for c in csi]}
     print(json.dumps({"config": args.config, "threshold_mm_h": args.threshold, "windows": len(windows),
                       "models": results}, indent=2))
 
 
-def _dataset_normalizer(windows: object) -> object:
-    first = windows.datasets[0] if hasattr(windows, "datasets") else windows
-    return first.normalizer
+def _first(windows: Any) -> Any:
+    return windows.datasets[0] if hasattr(windows, "datasets") else windows
+
+
+def windows_step(windows: Any) -> float:
+    return float(_first(windows).step_minutes)
 
 
 def _mm_h(z, mask, normalizer) -> np.ndarray:

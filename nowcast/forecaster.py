@@ -92,10 +92,6 @@ class LoadedForecaster:
     #: optical flow and the output stay float32 (docs/performance.md measures what it costs in skill)
     precision: str = "32"
 
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-
     @property
     def trainable(self) -> bool:
         return self.name not in BASELINES

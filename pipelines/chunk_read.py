@@ -164,3 +164,15 @@ def decode_table(dtype: np.dtype, scale: float, fill: Any) -> np.ndarray:
     table = decode_rain(codes, scale, fill)
     table.flags.writeable = False
     return table
+
+
+@functools.lru_cache(maxsize=8)
+def model_space_tables(dtype: np.dtype, scale: float, fill: Any, normalizer: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Every 8/16-bit code -> normalised value (nodata -> 0), and -> valid. Made by the same decode
+    and ``normalizer.forward`` calls on the same float32 rates as the float path, so a gather from
+    them gives the same bits without a log1p over every pixel of every window."""
+    rate = decode_table(dtype, scale, fill)
+    z = np.asarray(normalizer.forward(np.nan_to_num(rate, nan=0.0)), dtype=np.float32)
+    valid = ~np.isnan(rate)
+    z.flags.writeable = valid.flags.writeable = False
+    return z, valid

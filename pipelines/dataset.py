@@ -18,7 +18,7 @@ import zarr
 from torch.utils.data import Dataset
 
 from pipelines.channels import AuxiliaryReader, AuxiliarySpec, encode_channels
-from pipelines.chunk_read import decode_table, local_chunk_array
+from pipelines.chunk_read import decode_table, local_chunk_array, model_space_tables
 from pipelines.normalization import RainNormalizer
 from pipelines.query import contiguous_starts, time_step_minutes
 from pipelines.store import VARIABLE, ProductArchive, decode_rain
@@ -197,17 +197,14 @@ class SequenceDataset(Dataset):
         return best
 
     def _model_space_tables(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray] | None:
-        """For 8/16-bit codes: every code -> normalised value (nodata -> 0) and -> valid. The values
-        come from the same decode and normaliser calls on the same float32 rates, so a gather from
-        them gives the bits the float path gives, without its log1p over every pixel."""
+        """Lookup tables from stored codes to model space (``chunk_read.model_space_tables``), for
+        8/16-bit codes; None sends the window down the float path."""
         if dtype not in (np.uint8, np.uint16):
             return None
-        key = (np.dtype(dtype).str, self._scale, self._fill, self.normalizer)
-        if getattr(self, "_tables_key", None) != key:
-            rate = decode_table(np.dtype(dtype), self._scale, self._fill)
-            z = self.normalizer.forward(np.nan_to_num(rate, nan=0.0)).astype(np.float32)
-            self._tables, self._tables_key = (z, ~np.isnan(rate)), key
-        return self._tables
+        return model_space_tables(np.dtype(dtype), self._scale, self._fill, self.normalizer)
+
+    def _to_model_space(self, rate: np.ndarray) -> np.ndarray:
+        return self.normalizer.forward(np.nan_to_num(rate, nan=0.0)).astype(np.float32)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         start = int(self.starts[index])
@@ -234,16 +231,10 @@ class SequenceDataset(Dataset):
             codes = augmented(raw)
             z, valid = np.take(tables[0], codes), np.take(tables[1], codes)
         else:
-            rate = self._decode(raw)
-            aux = np.empty((0, *rate.shape[1:]), np.float32)
-            if self.readers:  # the input times' auxiliary frames
-                times = self.seconds[start : start + self.t_in].astype("datetime64[s]")
-                aux = np.concatenate([r.read(times, y0, x0, ny, nx).rain for r in self.readers])
-            rate, aux = augmented(rate), augmented(aux)
-            valid = ~np.isnan(rate)
-            z = self.normalizer.forward(np.nan_to_num(rate, nan=0.0)).astype(np.float32)
+            rate = augmented(self._decode(raw))
+            valid, z = ~np.isnan(rate), self._to_model_space(rate)
         if ext is not None:
-            z = np.concatenate([z, self.normalizer.forward(np.nan_to_num(ext, nan=0.0)).astype(np.float32)])
+            z = np.concatenate([z, self._to_model_space(ext)])
         z = torch.from_numpy(z[:, None])
         mask = torch.from_numpy(valid[:, None])
         n = self.t_in + self.t_out
@@ -257,8 +248,9 @@ class SequenceDataset(Dataset):
         }
         if self.extrapolation:
             item["extrapolation"] = z[n:]
-        if self.readers:
-            frames = [aux[k * self.t_in : (k + 1) * self.t_in] for k in range(len(self.readers))]
+        if self.readers:  # the input times' auxiliary frames, augmented like the window
+            times = self.seconds[start : start + self.t_in].astype("datetime64[s]")
+            frames = [augmented(r.read(times, y0, x0, ny, nx).rain) for r in self.readers]
             channels = torch.from_numpy(encode_channels(rate[: self.t_in], self.auxiliary, frames))
             item["inputs"] = torch.cat([item["inputs"], channels], dim=1)
         return item

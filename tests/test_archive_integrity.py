@@ -183,6 +183,9 @@ def test_object_store_lease_excludes_a_second_writer_until_it_expires(monkeypatc
     first._stop.set()  # the holder "dies": no more renewals
     first._heartbeat.join()
     second.acquire(timeout=3.0)  # the lease expires, the second writer takes it
+    with pytest.raises(locking.LeaseLost, match="expired .* without a renewal"):
+        first.check()  # what a commit of the stalled holder would meet
+    second.check()
     second.release()
     first.release()  # releasing a lease one no longer owns leaves the other's alone
 
