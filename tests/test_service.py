@@ -91,6 +91,13 @@ def forward_passes(url: str, model: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+def dropped_requests(url: str, model: str) -> float:
+    """Queued forecasts the service dropped because their clients had stopped waiting."""
+    text = httpx.get(f"{url}/metrics").text
+    match = re.search(rf'nowcast_dropped_requests_total{{model="{model}"}} ([0-9.e+]+)', text)
+    return float(match.group(1)) if match else 0.0
+
+
 def test_health_readiness_and_metrics(server: str) -> None:
     assert httpx.get(f"{server}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{server}/readyz").json()
