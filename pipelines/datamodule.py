@@ -24,12 +24,18 @@ class RadarDataModule(pl.LightningDataModule):
 
     The split is by time blocks (``block_hours``, ``split_pattern``); training windows are
     randomly cropped (``crop``, ``min_rain_fraction``) and flipped/rotated, evaluation
-    windows are centre-cropped and untouched.
+    windows are untouched, cropped to ``val_crop`` (default: ``crop``) and thinned to every
+    ``val_stride``-th window. Validation crops larger than the training crops are the point: a
+    small crop loses advected rain at its edges, so it ranks a forecaster that does not move rain
+    above one that does, unlike the full-grid test (``bench/validation_baselines.py`` measures it).
 
     ``auxiliary`` names products read as extra input channels (``pipelines.channels``): each entry
     a product name, or a mapping with ``product`` and any of ``tolerance_minutes`` (default 15),
     ``method`` (``bilinear``/``nearest``) and ``normalization`` (a RainNormalizer dict; default:
     the target's). They are regridded onto each target product's grid and aligned in time.
+
+    ``advect_prob`` replaces that share of the training windows by a real frame carried at a random
+    constant speed (``SequenceDataset._advected_codes``): exact, varied motion for plain networks.
     """
 
     def __init__(
@@ -50,6 +56,10 @@ class RadarDataModule(pl.LightningDataModule):
         holdout_hours: float = 0.0,
         motion: bool = False,
         auxiliary: list[str | dict[str, Any]] | None = None,
+        val_crop: int | None = None,
+        val_stride: int = 1,
+        advect_prob: float = 0.0,
+        advect_max_speed: int = 5,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -82,14 +92,17 @@ class RadarDataModule(pl.LightningDataModule):
         return build_cache(self.hparams.store, product, self.hparams.t_out, workers=max(1, self.hparams.num_workers))
 
     def _build(self, split: str) -> Dataset:
+        evaluation = split != "train"
+        crop = self.hparams.val_crop if evaluation and self.hparams.val_crop else self.hparams.crop
         parts = [
             SequenceDataset(
                 self.hparams.store, product, self.hparams.t_in, self.hparams.t_out, split=split,
-                splitter=self.splitter, crop=self.hparams.crop,
+                splitter=self.splitter, crop=crop, stride=self.hparams.val_stride if evaluation else 1,
                 min_rain_fraction=self.hparams.min_rain_fraction,  # val: rainy crops too, fixed per window
                 augment=self.hparams.augment and split == "train", normalizer=self.normalizer,
                 seed=self.hparams.seed, until=self._until(product), extrapolation=self._extrapolation(product),
-                auxiliary=self.auxiliary,
+                auxiliary=self.auxiliary, advect_prob=self.hparams.advect_prob if split == "train" else 0.0,
+                advect_max_speed=self.hparams.advect_max_speed,
             )
             for product in self.products
         ]

@@ -70,7 +70,10 @@ class SequenceDataset(Dataset):
     the cached optical-flow extrapolation of its init frame, cropped and augmented alike. With
     ``auxiliary`` (``pipelines.channels``), each input frame also carries two channels per
     auxiliary product (its normalised rain on this grid, aligned in time, and its validity mask):
-    ``inputs`` is then [t_in, 1 + 2K, H, W], cropped and augmented alike.
+    ``inputs`` is then [t_in, 1 + 2K, H, W], cropped and augmented alike. With ``stride``, only
+    every ``stride``-th window is kept (neighbouring windows share all but one frame). With
+    ``advect_prob``, a training window is replaced, at that rate, by one real frame carried across
+    the crop at a random constant speed (``_advected_codes``).
     """
 
     def __init__(
@@ -93,9 +96,14 @@ class SequenceDataset(Dataset):
         until: np.datetime64 | None = None,
         extrapolation: str | None = None,
         auxiliary: list[AuxiliarySpec] | None = None,
+        stride: int = 1,
+        advect_prob: float = 0.0,
+        advect_max_speed: int = 5,
     ):
         if t_in < 1 or t_out < 1:
             raise ValueError("t_in and t_out must be at least 1")
+        if stride < 1:
+            raise ValueError(f"stride must be at least 1 (every window), got {stride}")
         if split is not None and split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
         self.store, self.product, self.storage_options = store, product, storage_options
@@ -116,6 +124,13 @@ class SequenceDataset(Dataset):
         if until is not None:  # held-out tail: no window may touch frames at or after ``until``
             last_frame = self.seconds[self.starts + t_in + t_out - 1]
             self.starts = self.starts[last_frame < np.datetime64(until, "s").astype(np.int64)]
+        self.starts = self.starts[::stride]
+        if not 0.0 <= advect_prob <= 1.0:
+            raise ValueError(f"advect_prob is a probability, got {advect_prob}")
+        if advect_prob and (crop is None or extrapolation or auxiliary):
+            raise ValueError("advected windows need a crop and no extrapolation or auxiliary channels "
+                             "(a translated frame has no satellite frames, and its extrapolation would be exact)")
+        self.advect_prob, self.advect_max_speed = advect_prob, advect_max_speed
         self._array: zarr.Array | None = None
         self.extrapolation = extrapolation
         self.auxiliary = list(auxiliary or [])
@@ -196,6 +211,28 @@ class SequenceDataset(Dataset):
                 best, best_fraction = (y0, x0), fraction
         return best
 
+    def _advected_codes(self, frame: int, y0: int, x0: int, rng: np.random.Generator) -> np.ndarray:
+        """A window of ``t_in + t_out`` stored frames in which one real frame moves at a constant
+        whole number of pixels per step (up to ``advect_max_speed`` on each axis, in any direction).
+
+        Six real events hold some hundred windows, with the few speeds and directions their days
+        had: a network trained on them alone learns to keep rain where it is (on a fast convective
+        day it falls behind optical flow). Here the motion is exact and varied and the texture is
+        real radar; growth and decay are left to the real windows. The frames are cut from the
+        stored codes at shifted offsets (no interpolation), so nodata moves as the rain does."""
+        n, size = self.t_in + self.t_out, int(self.crop)
+        ny, nx = self.shape
+        speed = max(0, min(self.advect_max_speed, (min(ny, nx) - size) // max(1, n - 1)))
+        vy, vx = (int(v) for v in rng.integers(-speed, speed + 1, size=2))
+        span_y, span_x = abs(vy) * (n - 1), abs(vx) * (n - 1)
+        # the region the moving crop sweeps, centred on the chosen (rainy) crop and kept on the grid
+        top = int(np.clip(y0 - span_y // 2, 0, ny - size - span_y))
+        left = int(np.clip(x0 - span_x // 2, 0, nx - size - span_x))
+        region = self.array[frame, top : top + size + span_y, left : left + size + span_x]
+        oy = [vy * k if vy >= 0 else span_y + vy * k for k in range(n)]
+        ox = [vx * k if vx >= 0 else span_x + vx * k for k in range(n)]
+        return np.stack([region[a : a + size, b : b + size] for a, b in zip(oy, ox, strict=True)])
+
     def _model_space_tables(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray] | None:
         """Lookup tables from stored codes to model space (``chunk_read.model_space_tables``), for
         8/16-bit codes; None sends the window down the float path."""
@@ -213,7 +250,10 @@ class SequenceDataset(Dataset):
         y0, x0 = self._pick_crop(start, rng)
         ny, nx = (self.crop, self.crop) if self.crop else self.shape
         stop = start + self.t_in + self.t_out
-        raw = self.array[start:stop, y0 : y0 + ny, x0 : x0 + nx]
+        if self.advect_prob and self.split not in ("val", "test") and rng.random() < self.advect_prob:
+            raw = self._advected_codes(start + self.t_in - 1, y0, x0, rng)
+        else:
+            raw = self.array[start:stop, y0 : y0 + ny, x0 : x0 + nx]
         turns, flip = (int(rng.integers(0, 4)), bool(rng.integers(0, 2))) if self.augment else (0, False)
 
         def augmented(frames: np.ndarray) -> np.ndarray:

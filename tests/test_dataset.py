@@ -199,3 +199,71 @@ def test_products_at_different_steps_are_refused_by_name(tmp_path) -> None:
                              split_pattern=["train"])
     with pytest.raises(ValueError, match="five every 5 min, ten every 10 min"):
         module.setup("fit")
+
+
+def _shift_between(a: torch.Tensor, b: torch.Tensor, reach: int) -> tuple[int, int] | None:
+    """The whole-pixel shift (dy, dx) that carries frame ``a`` exactly onto frame ``b``, if any."""
+    size = a.shape[-1]
+    for dy in range(-reach, reach + 1):
+        for dx in range(-reach, reach + 1):
+            h, w = size - abs(dy), size - abs(dx)
+            moved = b[max(0, -dy) : max(0, -dy) + h, max(0, -dx) : max(0, -dx) + w]
+            if torch.equal(a[max(0, dy) : max(0, dy) + h, max(0, dx) : max(0, dx) + w], moved):
+                return dy, dx
+    return None
+
+
+def test_advected_windows_carry_one_real_frame_at_a_constant_speed(store: str) -> None:
+    """Every frame of an advected window is the last input frame moved k steps at one constant
+    whole-pixel velocity within the speed limit, its nodata moving with it; evaluation windows never
+    are, and windows without the option are the real sequence."""
+    ingest(sample_files("fmi", 20), store, "fmi", fmt="fmi_pgm")
+    speed, t_in, t_out = 3, 2, 3
+    ds = SequenceDataset(store, "fmi", t_in, t_out, crop=64, min_rain_fraction=0.05, advect_prob=1.0,
+                         advect_max_speed=speed, seed=2)
+    velocities = set()
+    for index in range(len(ds)):
+        item = ds[index]
+        frames = torch.cat([item["inputs"], item["targets"]])[:, 0]
+        masks = torch.cat([item["input_mask"], item["target_mask"]])[:, 0]
+        shift = _shift_between(frames[0], frames[1], speed)
+        assert shift is not None, index
+        for k in range(1, t_in + t_out):
+            carried = (shift[0] * k, shift[1] * k)
+            h, w = 64 - abs(carried[0]), 64 - abs(carried[1])
+            a = frames[0][max(0, carried[0]) : max(0, carried[0]) + h, max(0, carried[1]) : max(0, carried[1]) + w]
+            b = frames[k][max(0, -carried[0]) : max(0, -carried[0]) + h, max(0, -carried[1]) : max(0, -carried[1]) + w]
+            assert torch.equal(a, b), (index, k, carried)
+            ma = masks[0][max(0, carried[0]) : max(0, carried[0]) + h, max(0, carried[1]) : max(0, carried[1]) + w]
+            mb = masks[k][max(0, -carried[0]) : max(0, -carried[0]) + h, max(0, -carried[1]) : max(0, -carried[1]) + w]
+            assert torch.equal(ma, mb), (index, k)
+        velocities.add(shift)
+    assert len(velocities) > 2, velocities  # random speeds and directions, not one
+    real = SequenceDataset(store, "fmi", t_in, t_out, crop=64, min_rain_fraction=0.05, seed=2)[0]
+    frames = torch.cat([real["inputs"], real["targets"]])[:, 0]
+    assert _shift_between(frames[0], frames[-1], speed * 4) is None  # real rain does not move rigidly
+    held_out = SequenceDataset(store, "fmi", t_in, t_out, split="val", splitter=TimeBlockSplit(24, ("val",)),
+                               crop=64, min_rain_fraction=0.05, advect_prob=1.0)
+    plain = SequenceDataset(store, "fmi", t_in, t_out, split="val", splitter=TimeBlockSplit(24, ("val",)),
+                            crop=64, min_rain_fraction=0.05)
+    assert torch.equal(held_out[0]["targets"], plain[0]["targets"])
+    with pytest.raises(ValueError, match="advected windows need a crop"):
+        SequenceDataset(store, "fmi", t_in, t_out, advect_prob=0.5)
+    with pytest.raises(ValueError, match="probability"):
+        SequenceDataset(store, "fmi", t_in, t_out, crop=64, advect_prob=2.0)
+
+
+def test_validation_windows_take_their_own_crop_and_stride(store: str) -> None:
+    ProductArchive(store, "synth").write(synthetic_frames(n_frames=60, shape=(96, 96)))
+    kwargs = dict(t_in=3, t_out=3, crop=32, min_rain_fraction=0.0, block_hours=1, split_pattern=["train", "val"])
+    every = RadarDataModule(store, ["synth"], **kwargs)
+    every.setup("fit")
+    wide = RadarDataModule(store, ["synth"], val_crop=80, val_stride=4, **kwargs)
+    wide.setup("fit")
+    assert len(wide.datasets["train"]) == len(every.datasets["train"])  # training windows untouched
+    starts = every.datasets["val"].datasets[0].starts
+    assert wide.datasets["val"].datasets[0].starts.tolist() == starts[::4].tolist()
+    assert wide.datasets["val"][0]["targets"].shape[-2:] == (80, 80)
+    assert wide.datasets["train"][0]["targets"].shape[-2:] == (32, 32)
+    with pytest.raises(ValueError, match="stride must be at least 1"):
+        SequenceDataset(store, "synth", 3, 3, stride=0)
