@@ -35,3 +35,19 @@ def test_data_configs_build_a_datamodule(path: Path, store: str) -> None:
     t_in, t_out, crop = (section["init_args"][k] for k in ("t_in", "t_out", "crop"))
     assert batch["inputs"].shape[1:] == (t_in, 1, crop, crop)
     assert batch["targets"].shape[1:] == (t_out, 1, crop, crop)
+
+
+TRAINING_CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "trainer" in (yaml.safe_load(p.read_text()) or {}))
+
+
+@pytest.mark.parametrize("path", TRAINING_CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_training_configs_keep_a_last_checkpoint_after_every_validation(path: Path) -> None:
+    """``--ckpt_path last`` resumes from last.ckpt: it must be the latest epoch, not the best one (a
+    monitored ModelCheckpoint's save_last only moves with its best), and in the directory the
+    monitored checkpoints go to."""
+    callbacks = yaml.safe_load(path.read_text())["trainer"].get("callbacks", [])
+    checkpoints = [c.get("init_args", {}) for c in callbacks if c["class_path"].endswith("ModelCheckpoint")]
+    latest = [c for c in checkpoints if c.get("filename") == "last" and not c.get("monitor")]
+    assert latest, f"{path.name}: no ModelCheckpoint with filename 'last' and no monitor"
+    assert not any(c.get("save_last") for c in checkpoints), f"{path.name}: save_last would write last-v1.ckpt"
+    assert {c["dirpath"] for c in checkpoints} == {latest[0]["dirpath"]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -27,8 +28,9 @@ def synthetic_store(tmp_path: Path) -> str:
     return store
 
 
-def write_overrides(tmp_path: Path, store: str, epochs: int, extra_callbacks: list[dict] | None = None) -> Path:
-    """Small data and model, CPU, logs and checkpoints under tmp_path."""
+def write_overrides(tmp_path: Path, store: str, epochs: int, extra_callbacks: list[dict] | None = None,
+                    checkpoints: list[dict] | None = None) -> Path:
+    """Small data and model, CPU, logs and checkpoints under tmp_path (by default every epoch's)."""
     run = tmp_path / "run"
     config = {
         "trainer": {
@@ -37,9 +39,9 @@ def write_overrides(tmp_path: Path, store: str, epochs: int, extra_callbacks: li
             "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
                        "init_args": {"save_dir": str(run), "name": "logs"}},
             "callbacks": [
-                {"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
-                 "init_args": {"dirpath": str(run / "checkpoints"), "save_last": True, "save_top_k": -1,
-                               "filename": "{epoch:03d}"}},
+                *(checkpoints or [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
+                                   "init_args": {"dirpath": str(run / "checkpoints"), "save_last": True,
+                                                 "save_top_k": -1, "filename": "{epoch:03d}"}}]),
                 *(extra_callbacks or []),
             ],
         },
@@ -104,6 +106,35 @@ def test_training_resumes_from_the_last_checkpoint_after_a_kill(tmp_path: Path, 
     steps_per_epoch = step // (epoch + 1)
     assert final["epoch"] == epoch + 2
     assert final["global_step"] == steps_per_epoch * (epoch + 3)
+
+
+def test_last_checkpoint_follows_every_epoch_while_best_stays_behind(tmp_path: Path, synthetic_store: str) -> None:
+    """The shipped configs' pair of checkpoints: ``best`` on a monitored score, ``last`` after every
+    validation. A monitored checkpoint's own save_last only moves when its best does, so a run
+    stopped after its best epoch would resume from the best and redo the rest."""
+    run = tmp_path / "run" / "checkpoints"
+    checkpoint = "pytorch_lightning.callbacks.ModelCheckpoint"
+    pair = [  # a score that never improves after epoch 0 (no scheduled sampling: always 1.0)
+        {"class_path": checkpoint, "init_args": {"dirpath": str(run), "filename": "best", "save_top_k": 1,
+                                                 "monitor": "train/input_truth_prob", "mode": "max"}},
+        {"class_path": checkpoint, "init_args": {"dirpath": str(run), "filename": "last",
+                                                 "enable_version_counter": False}},
+    ]
+    overrides = write_overrides(tmp_path, synthetic_store, epochs=3, checkpoints=pair)
+    first = subprocess.run(train_command(overrides, "--model.sampling", "none"), capture_output=True, text=True,
+                           cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    epoch_of = {name: torch.load(run / f"{name}.ckpt", map_location="cpu", weights_only=False)["epoch"]
+                for name in ("best", "last")}
+    assert epoch_of == {"best": 0, "last": 2}
+    resumed = subprocess.run(train_command(overrides, "--model.sampling", "none", "--trainer.max_epochs", "4"),
+                             capture_output=True, text=True, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(run / "last.ckpt", map_location="cpu", weights_only=False)["epoch"] == 3
+    assert sorted(p.name for p in run.iterdir()) == ["best.ckpt", "last.ckpt"]
+    with (tmp_path / "run" / "logs" / "version_1" / "metrics.csv").open() as log:
+        epochs = {int(row["epoch"]) for row in csv.DictReader(log) if row.get("epoch")}
+    assert epochs == {3}, f"the resumed run trained epochs {sorted(epochs)}, not only the one left"
 
 
 def test_two_process_ddp_on_cpu_trains_each_rank_on_different_windows(tmp_path: Path, synthetic_store: str) -> None:
