@@ -26,8 +26,8 @@ class RadarDataModule(pl.LightningDataModule):
     randomly cropped (``crop``, ``min_rain_fraction``) and flipped/rotated, evaluation
     windows are untouched, cropped to ``val_crop`` (default: ``crop``) and thinned to every
     ``val_stride``-th window. Validation crops larger than the training crops are the point: a
-    small crop loses advected rain at its edges, so it ranks a forecaster that does not move rain
-    above one that does, unlike the full-grid test (``bench/validation_baselines.py`` measures it).
+    small crop loses advected rain at its edges, which penalises the forecasters that move rain
+    (``bench/validation_baselines.py`` scores any forecaster on a config's validation windows).
 
     ``auxiliary`` names products read as extra input channels (``pipelines.channels``): each entry
     a product name, or a mapping with ``product`` and any of ``tolerance_minutes`` (default 15),

@@ -215,11 +215,10 @@ class SequenceDataset(Dataset):
         """A window of ``t_in + t_out`` stored frames in which one real frame moves at a constant
         whole number of pixels per step (up to ``advect_max_speed`` on each axis, in any direction).
 
-        Six real events hold some hundred windows, with the few speeds and directions their days
-        had: a network trained on them alone learns to keep rain where it is (on a fast convective
-        day it falls behind optical flow). Here the motion is exact and varied and the texture is
-        real radar; growth and decay are left to the real windows. The frames are cut from the
-        stored codes at shifted offsets (no interpolation), so nodata moves as the rain does."""
+        The training days hold about a hundred windows, each day with one or two prevailing
+        motions; here the motion is exact and varied and the texture is real radar, while growth
+        and decay are left to the real windows. The frames are cut from the stored codes at shifted
+        offsets (no interpolation), so nodata moves as the rain does."""
         n, size = self.t_in + self.t_out, int(self.crop)
         ny, nx = self.shape
         speed = max(0, min(self.advect_max_speed, (min(ny, nx) - size) // max(1, n - 1)))
