@@ -116,15 +116,18 @@ def _stage_record(stage: str, run_dir: Path) -> dict[str, Any]:
             "epochs": max(epochs, int(last["epoch"]) + 1), "steps": max(steps, int(last["global_step"]))}
 
 
-def _monitor(stage: str) -> str:
-    """The metric a stage's config chooses its best checkpoint on (its ModelCheckpoint's monitor)."""
+def _monitor(stage: str) -> str | None:
+    """The metric a stage's config chooses its best checkpoint on (its ModelCheckpoint's monitor);
+    None for a fixed-budget stage, whose only ModelCheckpoint keeps the last epoch."""
     import yaml
 
     config = yaml.safe_load((CONFIG_DIR / f"{stage}.yaml").read_text())
-    for callback in config.get("trainer", {}).get("callbacks", []):
-        if callback.get("class_path", "").endswith("ModelCheckpoint"):
-            return callback["init_args"]["monitor"]
-    return "val/csi_1mm/lead_030min"
+    checkpoints = [c.get("init_args", {}) for c in config.get("trainer", {}).get("callbacks", [])
+                   if c.get("class_path", "").endswith("ModelCheckpoint")]
+    monitors = [c["monitor"] for c in checkpoints if c.get("monitor")]
+    if monitors:
+        return monitors[0]
+    return None if checkpoints else "val/csi_1mm/lead_030min"
 
 
 def _validation_scores(run: Path, epoch: int) -> dict[str, float]:
@@ -147,9 +150,19 @@ def _validation_scores(run: Path, epoch: int) -> dict[str, float]:
 
 def _best_stage(name: str, run_dir: Path) -> tuple[str, dict[str, Any], dict[str, float]]:
     """The stage whose best checkpoint scores highest on the last stage's monitor: a fine-tuning
-    stage ships only if it beat the stage it started from, on the metric it was chosen by."""
+    stage ships only if it beat the stage it started from, on the metric it was chosen by.
+
+    A last stage with no monitor is a fixed budget whose last epoch ships: its config says why its
+    validation set cannot choose (``configs/weights/convlstm.tune.yaml``)."""
     runs = stages(name)
     monitor = _monitor(runs[-1])
+    if monitor is None:
+        source = run_dir / runs[-1] / "checkpoints" / "last.ckpt"
+        if not source.is_file():
+            raise FileNotFoundError(f"no checkpoint for {name} under {run_dir}: train it first")
+        checkpoint = torch.load(source, map_location="cpu", weights_only=False)
+        scores = _validation_scores(run_dir / runs[-1], int(checkpoint["epoch"]))
+        return runs[-1], checkpoint, dict(scores, monitor="last epoch of a fixed budget")
     candidates = []
     for stage in runs:
         checkpoints = run_dir / stage / "checkpoints"
@@ -253,11 +266,16 @@ def model_card(reports: dict[str, dict]) -> str:
              "All shipped models saw the same windows, in mm/h (log-normalised), 4 input frames, 12 x 5 min leads:",
              "",
              "- training: FMI 2017-05-09 (40 frames), MeteoSwiss AQC 2017-01-31 (40), KNMI 2010-08-26 (92);",
-             "  random 128 x 128 crops with at least 10 % rain, rotations and flips;",
+             "  random 128 x 128 crops with at least 10 % rain, rotations and flips; `convlstm`'s fine-tuning stage",
+             "  also draws half its windows as advected windows (one real frame carried at a random constant speed,",
+             "  `data.advect_prob`);",
              "- validation (early stopping and checkpoint choice): MeteoSwiss AQC 2015-05-15 (whole day,",
              "  `block_hours: 24`, pattern train/train/val/train), 25 windows of 128 x 128 pixels. Checkpoints are",
              "  chosen on the CSI at 1 mm/h at 30 min, or, for the plain networks' fine-tuning stages, averaged",
-             "  over the 12 leads; a fine-tuning stage ships only if it beat its first stage on that score;",
+             "  over the 12 leads; a fine-tuning stage ships only if it beat its first stage on that score. The",
+             "  exception is `convlstm`'s fine-tuning stage, a fixed budget whose last epoch ships: on the validation",
+             "  day optical flow is no better than persistence at 60 min, so it cannot choose a network that moves",
+             "  rain (its config and docs/skill.md give the figures);",
              "- test, never seen in training or validation: FMI 2016-09-28 and MeteoSwiss AQC 2016-07-11.",
              "", "## Models", ""]
     for name in SHIPPED:
@@ -272,7 +290,7 @@ def model_card(reports: dict[str, dict]) -> str:
                   f"- config: `{record.get('config')}`",
                   f"- trained on: {record.get('trained_on')}, wall time {record.get('wall_time_s')} s, "
                   f"{record.get('epochs')} epochs / {record.get('steps')} steps "
-                  f"(best epoch {record.get('best_epoch')})",
+                  f"(shipped epoch {record.get('best_epoch')})",
                   f"- validation CSI at 1 mm/h, 30/60 min {record.get('val_csi_1mm_30min')}/"
                   f"{record.get('val_csi_1mm_60min')}, mean over the leads {record.get('val_csi_1mm_mean')}; "
                   f"CSI 5 mm/h 30 min {record.get('val_csi_5mm_30min')} (chosen on `{record.get('selected_on')}`)"]

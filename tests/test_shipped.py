@@ -121,13 +121,16 @@ def test_a_registered_network_without_weights_says_so(monkeypatch: pytest.Monkey
         load_forecaster("predrnn")
 
 
-def _fake_stage(run_dir, config_dir, stage: str, monitor: str, best_epoch: int, csi_by_lead: list[float]) -> None:
-    """A stage as `nowcast train` leaves it: config, CSV log of each validation, best/last checkpoints."""
+def _fake_stage(run_dir, config_dir, stage: str, monitor: str | None, best_epoch: int,
+                csi_by_lead: list[float]) -> None:
+    """A stage as `nowcast train` leaves it: config, CSV log of each validation, best/last checkpoints
+    (``monitor`` None: a fixed-budget stage, whose config keeps only the last epoch)."""
     import torch
     import yaml
 
+    checkpoint = {"monitor": monitor} if monitor else {"filename": "last"}
     (config_dir / f"{stage}.yaml").write_text(yaml.safe_dump({"trainer": {"callbacks": [
-        {"class_path": "pytorch_lightning.callbacks.ModelCheckpoint", "init_args": {"monitor": monitor}}]}}))
+        {"class_path": "pytorch_lightning.callbacks.ModelCheckpoint", "init_args": checkpoint}]}}))
     logs = run_dir / stage / "logs" / "version_0"
     logs.mkdir(parents=True)
     leads = [f"val/csi_1mm/lead_{5 * (k + 1):03d}min" for k in range(len(csi_by_lead))]
@@ -159,3 +162,19 @@ def test_a_fine_tuning_stage_ships_only_if_it_beat_its_first_stage(tmp_path, mon
     assert scores["monitor"] == "val/csi_1mm/mean"
     assert scores["val/csi_1mm/mean"] == pytest.approx(0.5 if ships == "m" else tuned_mean)
     assert checkpoint["epoch"] == (3 if ships == "m" else 5)
+
+
+def test_a_fixed_budget_stage_ships_its_last_epoch(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A last stage without a monitored checkpoint ships its last epoch, even where its validation
+    scores are below the first stage's (its config says why validation cannot choose there)."""
+    from nowcast import shipping
+
+    config_dir, run_dir = tmp_path / "configs", tmp_path / "runs"
+    config_dir.mkdir()
+    monkeypatch.setattr(shipping, "CONFIG_DIR", config_dir)
+    _fake_stage(run_dir, config_dir, "m", "val/csi_1mm/lead_030min", 3, [0.70] * 12)
+    _fake_stage(run_dir, config_dir, "m.tune", None, 5, [0.40] * 12)
+    stage, checkpoint, scores = shipping._best_stage("m", run_dir)
+    assert (stage, checkpoint["nowcast"]["stage"], checkpoint["epoch"]) == ("m.tune", "m.tune", 6)
+    assert scores["monitor"] == "last epoch of a fixed budget"
+    assert scores["val/csi_1mm/mean"] == pytest.approx(0.20)  # the last epoch's, as logged
