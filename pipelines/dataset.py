@@ -221,7 +221,7 @@ class SequenceDataset(Dataset):
         offsets (no interpolation), so nodata moves as the rain does."""
         n, size = self.t_in + self.t_out, int(self.crop)
         ny, nx = self.shape
-        speed = max(0, min(self.advect_max_speed, (min(ny, nx) - size) // max(1, n - 1)))
+        speed = max(0, min(self.advect_max_speed, (min(ny, nx) - size) // (n - 1)))
         vy, vx = (int(v) for v in rng.integers(-speed, speed + 1, size=2))
         span_y, span_x = abs(vy) * (n - 1), abs(vx) * (n - 1)
         # the region the moving crop sweeps, centred on the chosen (rainy) crop and kept on the grid

@@ -201,14 +201,18 @@ def test_products_at_different_steps_are_refused_by_name(tmp_path) -> None:
         module.setup("fit")
 
 
+def _overlap(a: torch.Tensor, b: torch.Tensor, dy: int, dx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The parts of frames ``a`` and ``b`` that coincide if ``b`` is ``a`` moved by (-dy, -dx)."""
+    h, w = a.shape[-2] - abs(dy), a.shape[-1] - abs(dx)
+    return (a[max(0, dy) : max(0, dy) + h, max(0, dx) : max(0, dx) + w],
+            b[max(0, -dy) : max(0, -dy) + h, max(0, -dx) : max(0, -dx) + w])
+
+
 def _shift_between(a: torch.Tensor, b: torch.Tensor, reach: int) -> tuple[int, int] | None:
     """The whole-pixel shift (dy, dx) that carries frame ``a`` exactly onto frame ``b``, if any."""
-    size = a.shape[-1]
     for dy in range(-reach, reach + 1):
         for dx in range(-reach, reach + 1):
-            h, w = size - abs(dy), size - abs(dx)
-            moved = b[max(0, -dy) : max(0, -dy) + h, max(0, -dx) : max(0, -dx) + w]
-            if torch.equal(a[max(0, dy) : max(0, dy) + h, max(0, dx) : max(0, dx) + w], moved):
+            if torch.equal(*_overlap(a, b, dy, dx)):
                 return dy, dx
     return None
 
@@ -229,14 +233,8 @@ def test_advected_windows_carry_one_real_frame_at_a_constant_speed(store: str) -
         shift = _shift_between(frames[0], frames[1], speed)
         assert shift is not None, index
         for k in range(1, t_in + t_out):
-            carried = (shift[0] * k, shift[1] * k)
-            h, w = 64 - abs(carried[0]), 64 - abs(carried[1])
-            a = frames[0][max(0, carried[0]) : max(0, carried[0]) + h, max(0, carried[1]) : max(0, carried[1]) + w]
-            b = frames[k][max(0, -carried[0]) : max(0, -carried[0]) + h, max(0, -carried[1]) : max(0, -carried[1]) + w]
-            assert torch.equal(a, b), (index, k, carried)
-            ma = masks[0][max(0, carried[0]) : max(0, carried[0]) + h, max(0, carried[1]) : max(0, carried[1]) + w]
-            mb = masks[k][max(0, -carried[0]) : max(0, -carried[0]) + h, max(0, -carried[1]) : max(0, -carried[1]) + w]
-            assert torch.equal(ma, mb), (index, k)
+            assert torch.equal(*_overlap(frames[0], frames[k], shift[0] * k, shift[1] * k)), (index, k)
+            assert torch.equal(*_overlap(masks[0], masks[k], shift[0] * k, shift[1] * k)), (index, k)
         velocities.add(shift)
     assert len(velocities) > 2, velocities  # random speeds and directions, not one
     real = SequenceDataset(store, "fmi", t_in, t_out, crop=64, min_rain_fraction=0.05, seed=2)[0]

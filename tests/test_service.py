@@ -85,17 +85,20 @@ def inline(model: str = "persistence", lead: int = 3, t: int = 4, h: int = 8, w:
             "end_time": "2021-07-01T12:00:00Z", **extra}
 
 
-def forward_passes(url: str, model: str) -> float:
+def model_counter(url: str, metric: str, model: str) -> float:
+    """A per-model Prometheus counter from the service's /metrics (0 before its first increment)."""
     text = httpx.get(f"{url}/metrics").text
-    match = re.search(rf'nowcast_forward_passes_total{{model="{model}"}} ([0-9.e+]+)', text)
+    match = re.search(rf'{metric}{{model="{model}"}} ([0-9.e+]+)', text)
     return float(match.group(1)) if match else 0.0
+
+
+def forward_passes(url: str, model: str) -> float:
+    return model_counter(url, "nowcast_forward_passes_total", model)
 
 
 def dropped_requests(url: str, model: str) -> float:
     """Queued forecasts the service dropped because their clients had stopped waiting."""
-    text = httpx.get(f"{url}/metrics").text
-    match = re.search(rf'nowcast_dropped_requests_total{{model="{model}"}} ([0-9.e+]+)', text)
-    return float(match.group(1)) if match else 0.0
+    return model_counter(url, "nowcast_dropped_requests_total", model)
 
 
 def test_health_readiness_and_metrics(server: str) -> None:
