@@ -61,13 +61,19 @@ def stages(name: str) -> list[str]:
     return [name, f"{name}.tune"] if tune.is_file() else [name]
 
 
-def train(name: str, run_dir: Path = Path("runs/weights")) -> None:
-    for stage in stages(name):
-        train_stage(stage, run_dir)
+#: the GPU overlay (``--gpu``): bf16-mixed and no epoch cap, so each stage's max_time is its budget
+GPU_OVERLAY = Path("configs/gpu.yaml")
 
 
-def train_stage(name: str, run_dir: Path = Path("runs/weights")) -> None:
-    """Train (or resume) one stage; its wall time, summed over resumed runs, goes to wall_time.json."""
+def train(name: str, run_dir: Path = Path("runs/weights"), overrides: dict[str, list[str]] | None = None) -> None:
+    """Every stage of ``name`` in order; ``overrides`` maps "first"/"tune" to extra LightningCLI arguments."""
+    for i, stage in enumerate(stages(name)):
+        train_stage(stage, run_dir, (overrides or {}).get("tune" if i else "first", []))
+
+
+def train_stage(name: str, run_dir: Path = Path("runs/weights"), extra: list[str] | None = None) -> None:
+    """Train (or resume) one stage; its wall time, summed over resumed runs, and the device it ran on
+    go to wall_time.json (the export may run on another machine)."""
     import json
     import time
 
@@ -75,8 +81,46 @@ def train_stage(name: str, run_dir: Path = Path("runs/weights")) -> None:
     ledger = run_dir / name / "wall_time.json"
     spent = json.loads(ledger.read_text())["seconds"] if ledger.is_file() else (_logged_seconds(run_dir / name) or 0.0)
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "nowcast_cli", "train", "--config", str(config)], check=True)
-    ledger.write_text(json.dumps({"seconds": spent + time.perf_counter() - started}))
+    # the stage's own run directory holds its lock: two runs of one stage collide, other stages run beside it
+    subprocess.run([sys.executable, "-m", "nowcast_cli", "train", "--config", str(config), "--registry",
+                    str(run_dir / name), *(extra or [])], check=True)
+    ledger.write_text(json.dumps({"seconds": spent + time.perf_counter() - started, "device": device_name()}))
+
+
+def is_hybrid(name: str) -> bool:
+    """Whether a model's first stage reads the cached optical-flow extrapolation (``data.motion``)."""
+    import yaml
+
+    return bool(yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())["data"].get("motion"))
+
+
+def build_extrapolation_caches(names: list[str], workers: int) -> None:
+    """The hybrids' extrapolation caches, built once with ``workers`` processes before their runs
+    start (a run would otherwise build its own with the loader's few workers)."""
+    import yaml
+
+    from pipelines.extrapolation import build_cache
+
+    for name in names:
+        data = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())["data"]
+        for product in data["products"]:
+            build_cache(data["store"], product, data["t_out"], workers=workers)
+
+
+def train_all(names: list[str], run_dir: Path, overrides: dict[str, list[str]], jobs: int) -> None:
+    """Train ``names``, ``jobs`` models at a time (small recurrent nets leave a GPU mostly idle, so
+    several share one). The plain networks start at once; the hybrids once their caches exist."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    hybrids = [n for n in names if is_hybrid(n)]
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        futures = [pool.submit(train, n, run_dir, overrides) for n in names if n not in hybrids]
+        if hybrids:
+            build_extrapolation_caches(hybrids, workers=max(1, (os.cpu_count() or 2) - 2 * len(futures)))
+        futures += [pool.submit(train, n, run_dir, overrides) for n in hybrids]
+        for future in futures:
+            future.result()
 
 
 def _logged_seconds(run: Path) -> float | None:
@@ -112,7 +156,9 @@ def _stage_record(stage: str, run_dir: Path) -> dict[str, Any]:
     ledger = run_dir / stage / "wall_time.json"
     wall = json.loads(ledger.read_text())["seconds"] if ledger.is_file() else _logged_seconds(run_dir / stage)
     epochs, steps = _logged_steps(run_dir / stage)
+    device = json.loads(ledger.read_text()).get("device") if ledger.is_file() else None
     return {"config": f"{CONFIG_DIR}/{stage}.yaml", "wall_time_s": None if wall is None else round(wall, 1),
+            "trained_on": device or device_name(),
             "epochs": max(epochs, int(last["epoch"]) + 1), "steps": max(steps, int(last["global_step"]))}
 
 
@@ -186,7 +232,7 @@ def export(name: str, run_dir: Path = Path("runs/weights")) -> dict[str, Any]:
     records = [_stage_record(s, run_dir) for s in runs]
     walls = [r["wall_time_s"] for r in records]
     record = {
-        "trained_on": device_name(),
+        "trained_on": " + ".join(dict.fromkeys(r["trained_on"] for r in records)),
         # the whole `nowcast train` of every stage, set-up included
         "wall_time_s": None if None in walls else round(sum(walls), 1),
         "epochs": sum(r["epochs"] for r in records),
@@ -420,6 +466,18 @@ def write_skill_file(reports: dict[str, dict]) -> None:
                                       "every 3rd init time, full grids (docs/skill.md)"}, indent=2) + "\n")
 
 
+def stage_overrides(gpu: bool, max_time: str | None) -> dict[str, list[str]]:
+    """The extra ``nowcast train`` arguments of first and fine-tuning stages: the GPU overlay and
+    the wall-clock budgets (``--max-time 00:00:07:00,00:00:09:00``)."""
+    common = ["--config", str(GPU_OVERLAY)] if gpu else []
+    budgets = max_time.split(",") if max_time else []
+    if len(budgets) > 2:
+        raise ValueError(f"--max-time takes one budget or two (first stage, fine-tuning), got {max_time!r}")
+    budgets = budgets + budgets[-1:] if len(budgets) == 1 else budgets
+    return {kind: common + (["--trainer.max_time", budgets[i]] if budgets else [])
+            for i, kind in enumerate(("first", "tune"))}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
@@ -430,14 +488,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", action="store_true", help="verify on the test events, write the docs")
     parser.add_argument("--merge", action="store_true",
                         help="with --report: verify only the --only models, keep every other stored score")
+    parser.add_argument("--gpu", action="store_true",
+                        help=f"train with {GPU_OVERLAY} over each stage's config (bf16-mixed, no epoch cap)")
+    parser.add_argument("--max-time", metavar="DD:HH:MM:SS[,DD:HH:MM:SS]",
+                        help="every first stage's wall-clock budget[, every fine-tuning stage's]")
+    parser.add_argument("--jobs", type=int, default=1, help="models trained at once (one process each)")
     args = parser.parse_args(argv)
     if not args.skip_ingest:
         ingest_events(args.data)
-    for name in args.only:
-        if not args.skip_train:
-            train(name)
-        if not args.skip_export:
-            print(name, export(name), flush=True)
+    overrides = stage_overrides(args.gpu, args.max_time)
+    if not args.skip_train:
+        train_all(args.only, Path("runs/weights"), overrides, args.jobs)
+    for name in [] if args.skip_export else args.only:
+        print(name, export(name), flush=True)
     if args.report:
         from nowcast.forecaster import shipped_models
 

@@ -178,3 +178,49 @@ def test_a_fixed_budget_stage_ships_its_last_epoch(tmp_path, monkeypatch: pytest
     assert (stage, checkpoint["nowcast"]["stage"], checkpoint["epoch"]) == ("m.tune", "m.tune", 6)
     assert scores["monitor"] == "last epoch of a fixed budget"
     assert scores["val/csi_1mm/mean"] == pytest.approx(0.20)  # the last epoch's, as logged
+
+
+def test_export_names_the_device_each_stage_trained_on_not_the_exporting_one(tmp_path, monkeypatch) -> None:
+    """Weights trained on a lent GPU are exported elsewhere: the card must name the GPU (wall_time.json)."""
+    import json
+
+    import torch
+
+    from nowcast import shipping
+
+    config_dir, run_dir = tmp_path / "configs", tmp_path / "runs"
+    config_dir.mkdir()
+    monkeypatch.setattr(shipping, "CONFIG_DIR", config_dir)
+    monkeypatch.setattr(shipping, "WEIGHTS_DIR", tmp_path / "weights")
+    _fake_stage(run_dir, config_dir, "m", "val/csi_1mm/lead_030min", 3, [0.70] * 12)
+    _fake_stage(run_dir, config_dir, "m.tune", None, 5, [0.40] * 12)
+    (run_dir / "m" / "wall_time.json").write_text(json.dumps({"seconds": 110.0, "device": "NVIDIA H100"}))
+    (run_dir / "m.tune" / "wall_time.json").write_text(json.dumps({"seconds": 380.0, "device": "NVIDIA H100"}))
+    record = shipping.export("m", run_dir)
+    assert record["trained_on"] == "NVIDIA H100" and record["wall_time_s"] == 490.0
+    assert [s["trained_on"] for s in record["stages"]] == ["NVIDIA H100", "NVIDIA H100"]
+    shipped = torch.load(tmp_path / "weights" / "m.ckpt", weights_only=False)
+    assert shipped["nowcast"]["training"]["trained_on"] == "NVIDIA H100"
+
+
+def test_the_gpu_overlay_keeps_each_stage_recipe_and_sets_bf16_and_the_budget() -> None:
+    """`shipping --gpu --max-time A,B`: the overlay changes precision and the epoch cap, nothing else of
+    the stage's config (its checkpoints, early stopping, data), and each kind of stage gets its budget."""
+    from nowcast import shipping
+    from nowcast.train_cli import NowcastCLI
+    from nowcast.training import NowcastModule
+    from pipelines.datamodule import RadarDataModule
+
+    overrides = shipping.stage_overrides(True, "00:00:07:00,00:00:09:00")
+    assert overrides["tune"][-2:] == ["--trainer.max_time", "00:00:09:00"]
+    assert shipping.stage_overrides(False, "00:00:05:00") == {
+        kind: ["--trainer.max_time", "00:00:05:00"] for kind in ("first", "tune")}
+    with pytest.raises(ValueError, match="one budget or two"):
+        shipping.stage_overrides(True, "1,2,3")
+    args = ["--config", "configs/weights/convlstm.yaml", *overrides["first"]]
+    config = NowcastCLI(NowcastModule, RadarDataModule, args=args, run=False).config
+    assert (config.trainer.precision, config.trainer.max_epochs, config.trainer.max_time) == (
+        "bf16-mixed", -1, "00:00:07:00")
+    callbacks = [c.class_path.rsplit(".", 1)[1] for c in config.trainer.callbacks]
+    assert callbacks == ["ModelCheckpoint", "ModelCheckpoint", "EarlyStopping"]
+    assert (config.data.num_workers, config.data.crop, config.model.model) == (2, 128, "convlstm")
