@@ -1,6 +1,7 @@
 """Training-step and inference speed of one of our networks on a named workload (one JSON object).
 
     python bench/models.py --model NAME --workload W1|W2 [--device cpu|cuda] [--precision 32|bf16]
+        [--compile none|default|reduce-overhead|max-autotune]
 
 This command line is a contract. Workloads and what a step is: ``bench/harness.py``; the
 public implementations run through the same harness in ``bench/peers.py``.
@@ -43,10 +44,14 @@ def prepare(args: argparse.Namespace) -> tuple[torch.device, Workload, torch.nn.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common_arguments(parser, NETWORKS)
+    parser.add_argument("--compile", default="none", choices=["none", "default", "reduce-overhead", "max-autotune"],
+                        help="torch.compile the network in this mode (reduce-overhead: CUDA graphs of the unroll); "
+                             "compilation happens in the warm-ups, outside the timed steps")
     args = parser.parse_args()
     device, workload, model = prepare(args)
-    result = measure(model, lambda x, _y: model(x, workload.t_out), workload, device, args.precision, args.repeats)
-    print(json.dumps({"model": args.model, "implementation": "nowcast", **result,
+    network = model if args.compile == "none" else torch.compile(model, mode=args.compile)
+    result = measure(model, lambda x, _y: network(x, workload.t_out), workload, device, args.precision, args.repeats)
+    print(json.dumps({"model": args.model, "implementation": "nowcast", "compile": args.compile, **result,
                       "recurrent_steps": recurrent_steps(args.model, workload),
                       "workload_spec": workload_dict(workload), "environment": environment(device)}))
 
