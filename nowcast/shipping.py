@@ -63,6 +63,8 @@ def stages(name: str) -> list[str]:
 
 #: the GPU overlay (``--gpu``): bf16-mixed and no epoch cap, so each stage's max_time is its budget
 GPU_OVERLAY = Path("configs/gpu.yaml")
+#: how the GPU-trained weights were made (one H100, the six models at once; docs/skill.md)
+GPU_COMMAND = "python -m nowcast.shipping --gpu --jobs 6 --max-time 00:00:06:00,00:00:08:00"
 
 
 def train(name: str, run_dir: Path = Path("runs/weights"), overrides: dict[str, list[str]] | None = None) -> None:
@@ -156,10 +158,12 @@ def _stage_record(stage: str, run_dir: Path) -> dict[str, Any]:
     ledger = run_dir / stage / "wall_time.json"
     wall = json.loads(ledger.read_text())["seconds"] if ledger.is_file() else _logged_seconds(run_dir / stage)
     epochs, steps = _logged_steps(run_dir / stage)
-    device = json.loads(ledger.read_text()).get("device") if ledger.is_file() else None
-    return {"config": f"{CONFIG_DIR}/{stage}.yaml", "wall_time_s": None if wall is None else round(wall, 1),
-            "trained_on": device or device_name(),
-            "epochs": max(epochs, int(last["epoch"]) + 1), "steps": max(steps, int(last["global_step"]))}
+    kept = json.loads(ledger.read_text()) if ledger.is_file() else {}
+    record = {"config": f"{CONFIG_DIR}/{stage}.yaml", "wall_time_s": None if wall is None else round(wall, 1),
+              "trained_on": kept.get("device") or device_name(),
+              "epochs": max(epochs, int(last["epoch"]) + 1), "steps": max(steps, int(last["global_step"]))}
+    # what a person wrote into the ledger about the run (e.g. that it was cut off before its budget)
+    return dict(record, note=kept["note"]) if kept.get("note") else record
 
 
 def _monitor(stage: str) -> str | None:
@@ -306,7 +310,8 @@ def skill_table(report: dict) -> str:
 
 def model_card(reports: dict[str, dict]) -> str:
     lines = ["# Shipped models", "",
-             "Rebuilt by `make weights` (`python -m nowcast.shipping`); every figure below is read off the",
+             "Rebuilt by `make weights` (`python -m nowcast.shipping`) on a CPU, or on a GPU by",
+             f"`{GPU_COMMAND}`; each model below says which trained it. Every figure below is read off the",
              "checkpoints and the verification reports that command writes.", "",
              "## Data each model saw", "",
              "All shipped models saw the same windows, in mm/h (log-normalised), 4 input frames, 12 x 5 min leads:",
@@ -342,7 +347,7 @@ def model_card(reports: dict[str, dict]) -> str:
                   f"CSI 5 mm/h 30 min {record.get('val_csi_5mm_30min')} (chosen on `{record.get('selected_on')}`)"]
         for stage in record.get("stages", []):
             lines.append(f"  - stage `{stage['config']}`: {stage['wall_time_s']} s, {stage['epochs']} epochs / "
-                         f"{stage['steps']} steps")
+                         f"{stage['steps']} steps" + (f" ({stage['note']})" if stage.get("note") else ""))
         for product, report in reports.items():
             row = dict(skill_rows(report)).get(name)
             if row:
@@ -350,10 +355,11 @@ def model_card(reports: dict[str, dict]) -> str:
                              f"CSI 5 mm/h 30 min {row[2]:.3f}, FSS 60 min {row[4]:.3f}")
         lines.append("")
     lines += ["## Limitations", "",
-              "- Trained on a 2-core CPU for minutes, on six hours of rain: small networks, few steps. The hybrids",
-              "  start from optical flow (their correction is zero-initialised) and learn a little on top; the plain",
-              "  networks have not learned motion well enough to match optical flow. `make weights` on a GPU with",
-              "  longer `max_time` and wider `hidden` is the way to better weights.",
+              "- Trained for minutes (on a 2-core CPU, or six at once on one H100), on 14 hours of radar: small",
+              "  networks, few steps. The hybrids start from optical flow (their correction is zero-initialised) and",
+              "  learn a little on top; the plain networks have not learned motion well enough to match optical flow.",
+              "  More events, above all a validation set on which optical flow beats persistence, matter more now",
+              "  than more steps (docs/skill.md).",
               "- Trained at 5-minute steps; products at other steps are resampled in time (linear), which costs skill",
               "  (docs/skill.md).",
               "- SA-ConvLSTM's self-attention is quadratic in the grid: on grids over 128 x 128 pixels it runs in",

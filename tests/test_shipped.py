@@ -195,10 +195,12 @@ def test_export_names_the_device_each_stage_trained_on_not_the_exporting_one(tmp
     _fake_stage(run_dir, config_dir, "m", "val/csi_1mm/lead_030min", 3, [0.70] * 12)
     _fake_stage(run_dir, config_dir, "m.tune", None, 5, [0.40] * 12)
     (run_dir / "m" / "wall_time.json").write_text(json.dumps({"seconds": 110.0, "device": "NVIDIA H100"}))
-    (run_dir / "m.tune" / "wall_time.json").write_text(json.dumps({"seconds": 380.0, "device": "NVIDIA H100"}))
+    (run_dir / "m.tune" / "wall_time.json").write_text(json.dumps(
+        {"seconds": 380.0, "device": "NVIDIA H100", "note": "cut off before its budget"}))
     record = shipping.export("m", run_dir)
     assert record["trained_on"] == "NVIDIA H100" and record["wall_time_s"] == 490.0
     assert [s["trained_on"] for s in record["stages"]] == ["NVIDIA H100", "NVIDIA H100"]
+    assert [s.get("note") for s in record["stages"]] == [None, "cut off before its budget"]
     shipped = torch.load(tmp_path / "weights" / "m.ckpt", weights_only=False)
     assert shipped["nowcast"]["training"]["trained_on"] == "NVIDIA H100"
 
