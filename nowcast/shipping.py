@@ -476,16 +476,21 @@ def stage_overrides(gpu: bool, max_time: str | None) -> dict[str, list[str]]:
     """The extra ``nowcast train`` arguments of first and fine-tuning stages: the GPU overlay and
     the wall-clock budgets (``--max-time 00:00:07:00,00:00:09:00``)."""
     common = ["--config", str(GPU_OVERLAY)] if gpu else []
+    import re
+
     budgets = max_time.split(",") if max_time else []
     if len(budgets) > 2:
         raise ValueError(f"--max-time takes one budget or two (first stage, fine-tuning), got {max_time!r}")
+    for budget in budgets:
+        if not re.fullmatch(r"\d{2}:\d{2}:\d{2}:\d{2}", budget):
+            raise ValueError(f"--max-time budgets are DD:HH:MM:SS (Lightning's max_time), got {budget!r}")
     budgets = budgets + budgets[-1:] if len(budgets) == 1 else budgets
     return {kind: common + (["--trainer.max_time", budgets[i]] if budgets else [])
             for i, kind in enumerate(("first", "tune"))}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m nowcast.shipping", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--only", nargs="*", default=list(SHIPPED), choices=SHIPPED)
     parser.add_argument("--skip-ingest", action="store_true")
@@ -500,9 +505,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="every first stage's wall-clock budget[, every fine-tuning stage's]")
     parser.add_argument("--jobs", type=int, default=1, help="models trained at once (one process each)")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    try:
+        overrides = stage_overrides(args.gpu, args.max_time)
+    except ValueError as exc:
+        parser.error(str(exc))
     if not args.skip_ingest:
         ingest_events(args.data)
-    overrides = stage_overrides(args.gpu, args.max_time)
     if not args.skip_train:
         train_all(args.only, Path("runs/weights"), overrides, args.jobs)
     for name in [] if args.skip_export else args.only:

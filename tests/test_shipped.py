@@ -219,6 +219,8 @@ def test_the_gpu_overlay_keeps_each_stage_recipe_and_sets_bf16_and_the_budget() 
         kind: ["--trainer.max_time", "00:00:05:00"] for kind in ("first", "tune")}
     with pytest.raises(ValueError, match="one budget or two"):
         shipping.stage_overrides(True, "1,2,3")
+    with pytest.raises(ValueError, match="DD:HH:MM:SS"):
+        shipping.stage_overrides(True, "7min")
     args = ["--config", "configs/weights/convlstm.yaml", *overrides["first"]]
     config = NowcastCLI(NowcastModule, RadarDataModule, args=args, run=False).config
     assert (config.trainer.precision, config.trainer.max_epochs, config.trainer.max_time) == (
