@@ -89,22 +89,25 @@ def train_stage(name: str, run_dir: Path = Path("runs/weights"), extra: list[str
     ledger.write_text(json.dumps({"seconds": spent + time.perf_counter() - started, "device": device_name()}))
 
 
-def is_hybrid(name: str) -> bool:
-    """Whether a model's first stage reads the cached optical-flow extrapolation (``data.motion``)."""
+def _config(stage: str) -> dict[str, Any]:
+    """A stage's training config (``configs/weights/<stage>.yaml``) as a dict."""
     import yaml
 
-    return bool(yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())["data"].get("motion"))
+    return yaml.safe_load((CONFIG_DIR / f"{stage}.yaml").read_text())
+
+
+def is_hybrid(name: str) -> bool:
+    """Whether a model's first stage reads the cached optical-flow extrapolation (``data.motion``)."""
+    return bool(_config(name)["data"].get("motion"))
 
 
 def build_extrapolation_caches(names: list[str], workers: int) -> None:
     """The hybrids' extrapolation caches, built once with ``workers`` processes before their runs
     start (a run would otherwise build its own with the loader's few workers)."""
-    import yaml
-
     from pipelines.extrapolation import build_cache
 
     for name in names:
-        data = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())["data"]
+        data = _config(name)["data"]
         for product in data["products"]:
             build_cache(data["store"], product, data["t_out"], workers=workers)
 
@@ -156,9 +159,9 @@ def _stage_record(stage: str, run_dir: Path) -> dict[str, Any]:
     checkpoints = run_dir / stage / "checkpoints"
     last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
     ledger = run_dir / stage / "wall_time.json"
-    wall = json.loads(ledger.read_text())["seconds"] if ledger.is_file() else _logged_seconds(run_dir / stage)
-    epochs, steps = _logged_steps(run_dir / stage)
     kept = json.loads(ledger.read_text()) if ledger.is_file() else {}
+    wall = kept["seconds"] if kept else _logged_seconds(run_dir / stage)
+    epochs, steps = _logged_steps(run_dir / stage)
     record = {"config": f"{CONFIG_DIR}/{stage}.yaml", "wall_time_s": None if wall is None else round(wall, 1),
               "trained_on": kept.get("device") or device_name(),
               "epochs": max(epochs, int(last["epoch"]) + 1), "steps": max(steps, int(last["global_step"]))}
@@ -169,10 +172,7 @@ def _stage_record(stage: str, run_dir: Path) -> dict[str, Any]:
 def _monitor(stage: str) -> str | None:
     """The metric a stage's config chooses its best checkpoint on (its ModelCheckpoint's monitor);
     None for a fixed-budget stage, whose only ModelCheckpoint keeps the last epoch."""
-    import yaml
-
-    config = yaml.safe_load((CONFIG_DIR / f"{stage}.yaml").read_text())
-    checkpoints = [c.get("init_args", {}) for c in config.get("trainer", {}).get("callbacks", [])
+    checkpoints = [c.get("init_args", {}) for c in _config(stage).get("trainer", {}).get("callbacks", [])
                    if c.get("class_path", "").endswith("ModelCheckpoint")]
     monitors = [c["monitor"] for c in checkpoints if c.get("monitor")]
     if monitors:
@@ -475,9 +475,9 @@ def write_skill_file(reports: dict[str, dict]) -> None:
 def stage_overrides(gpu: bool, max_time: str | None) -> dict[str, list[str]]:
     """The extra ``nowcast train`` arguments of first and fine-tuning stages: the GPU overlay and
     the wall-clock budgets (``--max-time 00:00:07:00,00:00:09:00``)."""
-    common = ["--config", str(GPU_OVERLAY)] if gpu else []
     import re
 
+    common = ["--config", str(GPU_OVERLAY)] if gpu else []
     budgets = max_time.split(",") if max_time else []
     if len(budgets) > 2:
         raise ValueError(f"--max-time takes one budget or two (first stage, fine-tuning), got {max_time!r}")

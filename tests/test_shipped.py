@@ -228,3 +228,23 @@ def test_the_gpu_overlay_keeps_each_stage_recipe_and_sets_bf16_and_the_budget() 
     callbacks = [c.class_path.rsplit(".", 1)[1] for c in config.trainer.callbacks]
     assert callbacks == ["ModelCheckpoint", "ModelCheckpoint", "EarlyStopping"]
     assert (config.data.num_workers, config.data.crop, config.model.model) == (2, 128, "convlstm")
+
+
+def test_a_stage_locks_its_own_run_directory(tmp_path, monkeypatch) -> None:
+    """`--jobs`: stages of different models train side by side, so each locks its own run directory;
+    a second run of the same stage is still refused (exit 75) and leaves no wall-time ledger."""
+    import subprocess
+
+    from nowcast import shipping
+    from nowcast.model_store import LOCKED, ModelStore
+
+    monkeypatch.chdir(tmp_path)  # `nowcast train` without a registry would lock ./runs
+    monkeypatch.setattr(shipping, "CONFIG_DIR", tmp_path)  # the lock is taken before the config is read
+    run_dir = tmp_path / "runs" / "weights"
+    with ModelStore(run_dir / "m").lock():
+        with pytest.raises(subprocess.CalledProcessError) as refused:
+            shipping.train_stage("m", run_dir)
+        assert refused.value.returncode == LOCKED
+        with ModelStore(tmp_path / "runs").lock(), ModelStore(run_dir / "other").lock():
+            pass  # neither the shared default lock nor another stage's was taken
+    assert not (run_dir / "m" / "wall_time.json").exists()
