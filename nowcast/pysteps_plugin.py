@@ -61,8 +61,10 @@ sa_convlstm = _method("sa_convlstm")
 convlstm_flow = _method("convlstm_flow")
 predrnn_flow = _method("predrnn_flow")
 sa_convlstm_flow = _method("sa_convlstm_flow")
+convlstm_sprog = _method("convlstm_sprog")
 METHODS = {
-    f.__name__: f for f in (convlstm, predrnn, sa_convlstm, convlstm_flow, predrnn_flow, sa_convlstm_flow)
+    f.__name__: f
+    for f in (convlstm, predrnn, sa_convlstm, convlstm_flow, predrnn_flow, sa_convlstm_flow, convlstm_sprog)
 }
 
 

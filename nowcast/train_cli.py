@@ -27,6 +27,10 @@ class NowcastCLI(LightningCLI):
         parser.add_lr_scheduler_args(LRSchedulerTypeTuple)
         parser.set_defaults({"optimizer": DEFAULT_OPTIMIZER})
 
+    def before_fit(self) -> None:
+        # before the datamodule builds an extrapolation cache that the model would refuse
+        self.model.check_extrapolation(self.datamodule)
+
     def _add_subcommands(self, parser, **kwargs) -> None:
         super()._add_subcommands(parser, **kwargs)
         # parse errors end in "run: <prog> --help": name the command that lists every key

@@ -89,8 +89,18 @@ class NowcastModule(pl.LightningModule):
             info = datamodule.describe()
             self.step_minutes = info["step_minutes"]
             self.data_info = info
-        if getattr(self.net, "motion", False):  # a hybrid runs optical flow in mm/h at inference
+        if getattr(self.net, "motion", False):  # a hybrid runs its baseline in mm/h at inference
             self.net.normalization = self.normalizer.to_dict()
+        self.check_extrapolation(datamodule)
+
+    def check_extrapolation(self, datamodule: Any) -> None:
+        """A hybrid must train on the cache of the baseline it corrects (called before any is built)."""
+        if not getattr(self.net, "motion", False):
+            return
+        cached = getattr(getattr(datamodule, "hparams", None), "extrapolation", self.net.baseline)
+        if cached != self.net.baseline:
+            raise ValueError(f"{self.hparams.model} corrects {self.net.baseline!r} forecasts, but "
+                             f"data.extrapolation gives it {cached!r}: set data.extrapolation: {self.net.baseline}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nowcast"] = {

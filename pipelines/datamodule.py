@@ -36,6 +36,10 @@ class RadarDataModule(pl.LightningDataModule):
 
     ``advect_prob`` replaces that share of the training windows by a real frame carried at a random
     constant speed (``SequenceDataset._advected_codes``): exact, varied motion for plain networks.
+
+    ``motion`` gives each window the cached forecast a hybrid corrects; ``extrapolation`` names the
+    baseline that made it (``pipelines.extrapolation.METHODS``: ``optical_flow`` or ``sprog``) and
+    must be the one the model was built to correct.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class RadarDataModule(pl.LightningDataModule):
         seed: int = 0,
         holdout_hours: float = 0.0,
         motion: bool = False,
+        extrapolation: str = "optical_flow",
         auxiliary: list[str | dict[str, Any]] | None = None,
         val_crop: int | None = None,
         val_stride: int = 1,
@@ -62,6 +67,10 @@ class RadarDataModule(pl.LightningDataModule):
         advect_max_speed: int = 5,
     ):
         super().__init__()
+        from pipelines.extrapolation import METHODS
+
+        if extrapolation not in METHODS:
+            raise ValueError(f"data.extrapolation must be one of {', '.join(METHODS)}, got {extrapolation!r}")
         self.save_hyperparameters()
         self.products = products or ["fmi"]
         self.splitter = TimeBlockSplit(
@@ -89,7 +98,8 @@ class RadarDataModule(pl.LightningDataModule):
             return None
         from pipelines.extrapolation import build_cache
 
-        return build_cache(self.hparams.store, product, self.hparams.t_out, workers=max(1, self.hparams.num_workers))
+        return build_cache(self.hparams.store, product, self.hparams.t_out, workers=max(1, self.hparams.num_workers),
+                           method=self.hparams.extrapolation)
 
     def _build(self, split: str) -> Dataset:
         evaluation = split != "train"
@@ -161,6 +171,7 @@ class RadarDataModule(pl.LightningDataModule):
             "holdout_hours": self.hparams.holdout_hours,
             "windows": {split: len(ds) for split, ds in self.datasets.items()},
             "auxiliary": [spec.to_dict() for spec in self.auxiliary],
+            "extrapolation": self.hparams.extrapolation if self.hparams.motion else None,
             "auxiliary_missing": self._auxiliary_missing(),
         }
 

@@ -1,9 +1,11 @@
-"""The optical-flow extrapolation of every init time, computed once and cached in Zarr.
+"""The extrapolation of every init time, computed once and cached in Zarr.
 
 Motion-conditioned networks train on (frames, extrapolation, target) windows. Running pysteps'
-Lucas-Kanade + semi-Lagrangian advection for every window in every epoch would cost more than
-the network itself on CPU, so each init time's extrapolation is computed once, on the full grid,
-and stored beside the archive: ``<archive>.extrapolation.zarr/<product>/`` holds
+Lucas-Kanade + semi-Lagrangian advection (or S-PROG) for every window in every epoch would cost
+more than the network itself on CPU, so each init time's extrapolation is computed once, on the
+full grid, and stored beside the archive, one store per method (``METHODS``):
+``<archive>.extrapolation.zarr/<product>/`` for optical flow, ``<archive>.sprog.zarr/<product>/``
+for S-PROG. Each holds
 
 - ``rain`` [n_frames, t_out, y, x]: uint16 hundredths of mm/h, 65535 = nodata, indexed by the
   archive index of the init (last observed) frame; chunks (1, t_out, 256, 256) so a training
@@ -21,19 +23,33 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from pipelines.motion import MOTION_HISTORY, extrapolate
+from pipelines.motion import MOTION_HISTORY, extrapolate, sprog
 from pipelines.processes import worker_pool
 from pipelines.query import plan_windows
 from pipelines.store import FILL, VARIABLE, ProductArchive, decode_precip, encode_precip
 
 CHUNK = 256
 HISTORY = MOTION_HISTORY
+#: what a hybrid may correct: the baseline's name -> (mm/h frames, leads -> mm/h leads, the store's
+#: suffix, what its attributes say)
+METHODS = {
+    "optical_flow": (extrapolate, ".extrapolation.zarr",
+                     "pysteps Lucas-Kanade (dBR) + semi-Lagrangian extrapolation of the init frame"),
+    "sprog": (sprog, ".sprog.zarr", "pysteps S-PROG: Lucas-Kanade motion, 8 cascade levels, AR(2), dBR"),
+}
 
 
-def cache_path(store: str) -> str:
-    """``data/archive.zarr`` -> ``data/archive.extrapolation.zarr`` (a store of its own)."""
+def _method(method: str) -> tuple:
+    if method not in METHODS:
+        raise ValueError(f"unknown extrapolation method {method!r}; known: {', '.join(METHODS)}")
+    return METHODS[method]
+
+
+def cache_path(store: str, method: str = "optical_flow") -> str:
+    """``data/archive.zarr`` -> ``data/archive.extrapolation.zarr`` (``.sprog.zarr`` for S-PROG),
+    a store of its own."""
     base = store.rstrip("/")
-    return (base.removesuffix(".zarr") if base.endswith(".zarr") else base) + ".extrapolation.zarr"
+    return (base.removesuffix(".zarr") if base.endswith(".zarr") else base) + _method(method)[1]
 
 
 def init_indices(times: np.ndarray, t_out: int, history: int = HISTORY) -> np.ndarray:
@@ -63,7 +79,9 @@ class ExtrapolationCache:
         return decode_precip(self.rain[init_index, :t_out, ys, xs])
 
 
-def _open_for_writing(path: str, product: str, times: np.ndarray, shape: tuple[int, int], t_out: int) -> zarr.Group:
+def _open_for_writing(
+    path: str, product: str, times: np.ndarray, shape: tuple[int, int], t_out: int, method: str,
+) -> zarr.Group:
     root = zarr.open_group(path, mode="a", zarr_format=3)
     seconds = times.astype("datetime64[s]").astype(np.int64)
     if product in root:
@@ -73,13 +91,14 @@ def _open_for_writing(path: str, product: str, times: np.ndarray, shape: tuple[i
             and group["time"].shape == seconds.shape
             and np.array_equal(group["time"][:], seconds)
             and tuple(group["rain"].shape[2:]) == tuple(shape)
+            and group.attrs.get("extrapolation", "optical_flow") == method
         )
         if same:
             return group
         del root[product]  # the archive grew or the window changed: stale, rebuild
     group = root.create_group(product)
-    group.attrs.update({"t_out": t_out, "history": HISTORY, "units": "mm h-1",
-                        "method": "pysteps Lucas-Kanade (dBR) + semi-Lagrangian extrapolation of the init frame"})
+    group.attrs.update({"t_out": t_out, "history": HISTORY, "units": "mm h-1", "extrapolation": method,
+                        "method": _method(method)[2]})
     group.create_array("rain", shape=(len(times), t_out, *shape), chunks=(1, t_out, CHUNK, CHUNK), dtype="uint16",
                        fill_value=int(FILL), compressors=(BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),))
     group.create_array("done", shape=(len(times),), chunks=(len(times),), dtype="uint8", fill_value=0)
@@ -87,25 +106,26 @@ def _open_for_writing(path: str, product: str, times: np.ndarray, shape: tuple[i
     return group
 
 
-def _compute_one(store: str, product: str, path: str, index: int, t_out: int) -> int:
+def _compute_one(store: str, product: str, path: str, index: int, t_out: int, method: str) -> int:
     archive = ProductArchive(store, product)
     source = zarr.open_array(archive._zstore, path=VARIABLE, mode="r", zarr_format=3)
     frames = decode_precip(source[index - HISTORY + 1 : index + 1])
     group = zarr.open_group(f"{path}/{product}", mode="r+", zarr_format=3)
-    group["rain"][index] = encode_precip(extrapolate(frames, t_out, HISTORY))
+    group["rain"][index] = encode_precip(_method(method)[0](frames, t_out, HISTORY))
     return index
 
 
 def build_cache(
     store: str, product: str, t_out: int, workers: int = 2, path: str | None = None, progress: bool = True,
+    method: str = "optical_flow",
 ) -> str:
-    """Compute what is missing of ``product``'s cache (resumable); returns the cache path."""
-    path = path or cache_path(store)
+    """Compute what is missing of ``product``'s cache of ``method`` (resumable); returns the cache path."""
+    path = path or cache_path(store, method)
     archive = ProductArchive(store, product)
     times = archive.times()
     with archive.open() as ds:
         shape = tuple(ds[VARIABLE].shape[1:])
-    group = _open_for_writing(path, product, times, shape, t_out)
+    group = _open_for_writing(path, product, times, shape, t_out, method)
     t_out = int(group.attrs["t_out"])
     done = group["done"][:].astype(bool)
     todo = [int(i) for i in init_indices(times, t_out) if not done[i]]
@@ -115,8 +135,8 @@ def build_cache(
 
     bar = Progress(disable=not progress, transient=False)
     with bar, worker_pool(workers) as pool:
-        task = bar.add_task(f"extrapolating {product}", total=len(todo))
-        futures = [pool.submit(_compute_one, store, product, path, i, t_out) for i in todo]
+        task = bar.add_task(f"{method} of {product}", total=len(todo))
+        futures = [pool.submit(_compute_one, store, product, path, i, t_out, method) for i in todo]
         for future in futures:
             group["done"][future.result()] = 1  # after the data: a flag never claims a frame that is not there
             bar.advance(task)

@@ -1,5 +1,5 @@
-"""Motion and extrapolation with pysteps, in mm/h: the optical-flow core shared by the
-``optical_flow`` baselines, the hybrid networks and the extrapolation cache they train on."""
+"""Motion and extrapolation with pysteps, in mm/h: the optical-flow and S-PROG cores shared by the
+baselines, the hybrid networks and the extrapolation caches they train on."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class _Memo:
         return value
 
 
-_motion_memo, _extrapolation_memo = _Memo(), _Memo()
+_motion_memo, _extrapolation_memo, _sprog_memo = _Memo(), _Memo(), _Memo()
 
 
 def motion_field(rain: np.ndarray, history: int = MOTION_HISTORY) -> np.ndarray:
@@ -78,3 +78,21 @@ def extrapolate(rain: np.ndarray, t_out: int, history: int = MOTION_HISTORY) -> 
     with quiet():
         forecast = nowcasts.get_method("extrapolation")(rain[-1], velocity, t_out)
     return _extrapolation_memo.put(key, np.asarray(forecast, dtype=np.float64))
+
+
+def sprog(rain: np.ndarray, t_out: int, history: int = MOTION_HISTORY) -> np.ndarray:
+    """pysteps S-PROG on the last 3 frames (AR(2)), 8 cascade levels; mm/h in and out, NaN = nodata."""
+    key = _Memo.key(rain[-max(3, history):], t_out, history)
+    cached = _sprog_memo.get(key)
+    if cached is not None:
+        return cached
+    nowcasts = quiet_import("pysteps.nowcasts")
+    velocity = motion_field(rain, history)
+    zero = 10.0 * np.log10(RAIN_THRESHOLD_MM_H)
+    with quiet():
+        forecast = nowcasts.get_method("sprog")(
+            to_dbr(rain[-3:]), velocity, t_out, n_cascade_levels=8, precip_thr=zero, ar_order=2, measure_time=False,
+        )
+    with np.errstate(invalid="ignore"):
+        rain_out = np.where(forecast >= zero, 10.0 ** (forecast / 10.0), 0.0)
+    return _sprog_memo.put(key, np.where(np.isfinite(forecast), rain_out, np.nan))

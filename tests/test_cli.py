@@ -31,7 +31,7 @@ def test_demo_ingests_real_radar_and_prints_the_summary(tmp_path: Path) -> None:
     assert "2016-09-28T14:45:00Z .. 2016-09-28T18:00:00Z" in result.stdout
     # ... and the main job ends in a forecast: baselines verified, with a GIF to look at
     assert "| optical_flow | 30 |" in result.stdout
-    assert "| convlstm_flow | 30 |" in result.stdout  # the best shipped network, beside the baselines
+    assert "| convlstm_sprog | 30 |" in result.stdout  # the best shipped network, beside the baselines
     assert (tmp_path / "data" / "demo_report_case.gif").is_file()
     info = json.loads(nowcast_cli("store", "info", "--store", store, "--json", check=True).stdout)
     assert info["products"][0]["frames"] == 40

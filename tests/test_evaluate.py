@@ -82,7 +82,7 @@ def test_trained_models_are_pysteps_nowcast_methods(small_checkpoint: Path, fmi_
 
     declared = {e.name: e for e in entry_points(group="pysteps.plugins.nowcasts")}
     assert {"nowcast_convlstm", "nowcast_predrnn", "nowcast_sa_convlstm", "nowcast_convlstm_flow",
-            "nowcast_predrnn_flow", "nowcast_sa_convlstm_flow"} <= set(declared)
+            "nowcast_predrnn_flow", "nowcast_sa_convlstm_flow", "nowcast_convlstm_sprog"} <= set(declared)
     assert "nowcast_convlstm" in register()
     method = pysteps.nowcasts.get_method("nowcast_convlstm")
     assert method is declared["nowcast_convlstm"].load()

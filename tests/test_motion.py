@@ -11,11 +11,11 @@ from nowcast.forecaster import load_forecaster
 from nowcast.models import get_model
 from pipelines.dataset import SequenceDataset
 from pipelines.extrapolation import ExtrapolationCache, build_cache, cache_path, init_indices
-from pipelines.motion import extrapolate
+from pipelines.motion import extrapolate, sprog
 from pipelines.normalization import RainNormalizer
 from pipelines.store import ProductArchive
 
-HYBRIDS = ("convlstm_flow", "predrnn_flow", "sa_convlstm_flow")
+HYBRIDS = ("convlstm_flow", "predrnn_flow", "sa_convlstm_flow", "convlstm_sprog")
 CACHED_LEADS = 2
 
 
@@ -43,12 +43,13 @@ def real_frames(store: str, start: int, count: int, box: tuple[slice, slice]) ->
 
 
 @pytest.mark.parametrize("name", HYBRIDS)
-def test_untrained_hybrid_forecasts_exactly_the_optical_flow_it_corrects(name: str, fmi_archive: str) -> None:
+def test_untrained_hybrid_forecasts_exactly_the_baseline_it_corrects(name: str, fmi_archive: str) -> None:
     frames = real_frames(fmi_archive, 0, 4, (slice(500, 628), slice(200, 328)))
     normalizer = RainNormalizer()
     model = get_model(name, hidden=(8, 8), kernel=3, patch=4, normalization=normalizer.to_dict())
+    assert model.baseline == ("sprog" if name.endswith("_sprog") else "optical_flow")
     z = normalizer.forward(torch.from_numpy(np.nan_to_num(frames, nan=0.0)))[None, :, None].float()
-    flow = load_forecaster("optical_flow").predict(frames, 5)
+    flow = load_forecaster(model.baseline).predict(frames, 5)
     hybrid = normalizer.inverse(model(z, 5)[0, :, 0].detach()).numpy()
     covered = np.isfinite(flow)
     assert np.mean(flow[covered] >= 1.0) > 0.01, "pick a rainy crop"
@@ -133,3 +134,45 @@ def test_training_windows_carry_the_cached_extrapolation_cropped_and_turned_alik
         a, b = t["inputs"][-1, 0].numpy(), t["extrapolation"][0, 0].numpy()
         if a.std() > 0 and b.std() > 0:
             assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.5
+
+
+def test_sprog_cache_holds_the_sprog_forecast_in_a_store_of_its_own(
+    short_archive: str, short_cache: str, tmp_path,
+) -> None:
+    assert cache_path("data/a.zarr", "sprog") == "data/a.sprog.zarr"
+    with pytest.raises(ValueError, match="unknown extrapolation method 'lk'"):
+        cache_path("data/a.zarr", "lk")
+    path = build_cache(short_archive, "fmi", CACHED_LEADS, workers=1, path=str(tmp_path / "fmi.sprog.zarr"),
+                       progress=False, method="sprog")
+    cache = ExtrapolationCache(path, "fmi")
+    assert cache.group.attrs["extrapolation"] == "sprog" and "S-PROG" in cache.group.attrs["method"]
+    index = int(init_indices(ProductArchive(short_archive, "fmi").times(), CACHED_LEADS)[1])
+    frames = real_frames(short_archive, index - 2, 3, (slice(None), slice(None)))
+    direct = sprog(frames, CACHED_LEADS)
+    cached = cache.read(index, CACHED_LEADS, slice(None), slice(None))
+    both = np.isfinite(direct)
+    np.testing.assert_array_equal(np.isnan(cached), ~both)
+    np.testing.assert_allclose(cached[both], direct[both], atol=0.006)
+    # S-PROG is not the optical flow cached beside it: a cache never serves the other method
+    flow = ExtrapolationCache(short_cache, "fmi").read(index, CACHED_LEADS, slice(None), slice(None))
+    assert np.nanmax(np.abs(flow - cached)) > 0.1
+    # building the S-PROG cache into the optical-flow store replaces it (stale), not mixes them
+    build_cache(short_archive, "fmi", CACHED_LEADS, workers=1, path=path, progress=False)
+    assert ExtrapolationCache(path, "fmi").group.attrs["extrapolation"] == "optical_flow"
+
+
+def test_a_capped_hybrid_never_forecasts_above_the_heaviest_observed_rain(fmi_archive: str) -> None:
+    frames = real_frames(fmi_archive, 0, 4, (slice(500, 628), slice(200, 328)))
+    normalizer = RainNormalizer()
+    z = normalizer.forward(torch.from_numpy(np.nan_to_num(frames, nan=0.0)))[None, :, None].float()
+    estimate = z[:, -1:].repeat(1, 6, 1, 1, 1)  # the last frame as every lead's estimate
+    top = float(z.max())
+    for ceiling in (False, True):
+        model = get_model("convlstm_sprog", hidden=(8,), patch=4, ceiling=ceiling)
+        with torch.no_grad():
+            model.lead_bias.fill_(-1.0)  # every scale weight near -1: the head sharpens at all scales
+        out = model(z, 6, extrapolation=estimate)
+        if ceiling:
+            assert float(out.max()) <= top and float(out.max()) >= top - 1e-6  # capped, and the cap is reached
+        else:
+            assert float(out.max()) > top + 0.1  # what the cap is for: sharpening overshoots the peak

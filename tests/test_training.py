@@ -231,3 +231,27 @@ def test_a_model_is_never_trained_on_less_history_than_it_reads() -> None:
     with pytest.raises(ValueError, match=r"convlstm_flow needs at least 3 input frames \(data.t_in\), got 2"):
         NowcastModule(model="convlstm_flow", t_in=2)
     NowcastModule(model="convlstm", t_in=2)  # a plain network reads whatever it is given
+
+
+def test_an_sprog_hybrid_trains_on_the_sprog_cache_and_refuses_any_other(tmp_path: Path, synthetic_store: str) -> None:
+    overrides = write_overrides(tmp_path, synthetic_store, epochs=1)
+    hybrid = ("--model.model", "convlstm_sprog", "--data.motion", "true")
+    wrong = subprocess.run(train_command(overrides, *hybrid), capture_output=True, text=True, cwd=tmp_path)
+    assert wrong.returncode != 0
+    said = " ".join((wrong.stdout + wrong.stderr).split())  # rich wraps long lines
+    assert "corrects 'sprog' forecasts, but data.extrapolation gives it 'optical_flow'" in said
+    assert "optical_flow of synth" not in said  # refused before building a cache it would not use
+    unknown = subprocess.run(train_command(overrides, *hybrid, "--data.extrapolation", "lk"), capture_output=True,
+                             text=True, cwd=tmp_path)
+    assert unknown.returncode != 0 and "data.extrapolation must be one of optical_flow, sprog, got 'lk'" in " ".join(
+        (unknown.stdout + unknown.stderr).split())
+    right = subprocess.run(train_command(overrides, *hybrid, "--data.extrapolation", "sprog"), capture_output=True,
+                           text=True, cwd=tmp_path)
+    assert right.returncode == 0, right.stderr[-3000:]
+    assert Path(synthetic_store.removesuffix(".zarr") + ".sprog.zarr", "synth", "done").exists()
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    info = torch.load(checkpoint, map_location="cpu", weights_only=False)["nowcast"]
+    assert info["model"] == "convlstm_sprog" and info["data"]["extrapolation"] == "sprog"
+    frames = ProductArchive(synthetic_store, "synth").open()["precip"].values[:3]
+    forecast = load_forecaster(str(checkpoint)).predict(frames, 4)
+    assert forecast.shape == (4, 64, 64) and np.isfinite(forecast).all() and forecast.min() >= 0.0

@@ -19,6 +19,7 @@ MODELS: dict[str, str] = {
     "convlstm_flow": "nowcast.models.motion:ConvLSTMFlow",
     "predrnn_flow": "nowcast.models.motion:PredRNNFlow",
     "sa_convlstm_flow": "nowcast.models.motion:SAConvLSTMFlow",
+    "convlstm_sprog": "nowcast.models.motion:ConvLSTMSProg",
     "persistence": "nowcast.models.baselines:Persistence",
     "optical_flow": "nowcast.models.baselines:OpticalFlow",
     "optical_flow_smooth": "nowcast.models.baselines:OpticalFlowSmooth",

@@ -18,9 +18,8 @@ from scipy.ndimage import gaussian_filter
 from torch import Tensor
 
 from nowcast.models.base import Forecaster
-from pipelines.motion import MOTION_HISTORY, RAIN_THRESHOLD_MM_H, extrapolate, motion_field, to_dbr
+from pipelines.motion import MOTION_HISTORY, extrapolate, sprog
 from pipelines.normalization import RainNormalizer
-from pipelines.pysteps_import import quiet, quiet_import
 
 
 def smooth_by_lead(forecast: np.ndarray, sigma_per_step: float = 0.5) -> np.ndarray:
@@ -34,21 +33,6 @@ def smooth_by_lead(forecast: np.ndarray, sigma_per_step: float = 0.5) -> np.ndar
         with np.errstate(invalid="ignore", divide="ignore"):
             out[k - 1] = np.where(valid & (den > 1e-6), num / den, np.nan)
     return out
-
-
-def sprog(rain: np.ndarray, t_out: int, history: int = MOTION_HISTORY) -> np.ndarray:
-    """pysteps S-PROG on the last 3 frames (AR(2)), 8 cascade levels; mm/h in and out."""
-    nowcasts = quiet_import("pysteps.nowcasts")
-    dbr = to_dbr(rain[-3:])
-    velocity = motion_field(rain, history)
-    with quiet():
-        forecast = nowcasts.get_method("sprog")(
-            dbr, velocity, t_out, n_cascade_levels=8, precip_thr=10.0 * np.log10(RAIN_THRESHOLD_MM_H),
-            ar_order=2, measure_time=False,
-        )
-    with np.errstate(invalid="ignore"):
-        rain_out = np.where(forecast >= 10.0 * np.log10(RAIN_THRESHOLD_MM_H), 10.0 ** (forecast / 10.0), 0.0)
-    return np.where(np.isfinite(forecast), rain_out, np.nan)
 
 
 class Persistence(Forecaster):

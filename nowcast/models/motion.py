@@ -1,11 +1,14 @@
-"""Motion-conditioned ("hybrid") networks: each plain network, correcting optical flow.
+"""Motion-conditioned ("hybrid") networks: each plain network, correcting a pysteps nowcast.
 
-``convlstm_flow``, ``predrnn_flow`` and ``sa_convlstm_flow`` take the same arguments as their
-plain versions plus ``normalization`` (the normaliser's dict, to run optical flow in mm/h when no
-cached extrapolation is given).
+``convlstm_flow``, ``predrnn_flow`` and ``sa_convlstm_flow`` correct optical flow,
+``convlstm_sprog`` corrects S-PROG. They take the same arguments as their plain versions plus
+``normalization`` (the normaliser's dict, to run the baseline in mm/h when no cached
+extrapolation is given).
 
-Besides the observed frames a hybrid receives ``extrapolation`` [B, T_out, C, H, W]: the optical-
-flow extrapolation of the last frame for each lead (normalised). ConvLSTM's forecaster reads it
+Besides the observed frames a hybrid receives ``extrapolation`` [B, T_out, C, H, W]: its
+``baseline``'s forecast for each lead (normalised): the optical-flow extrapolation of the last
+frame, or S-PROG's cascade forecast, which has already let go of the small scales as their
+predictability decays. ConvLSTM's forecaster reads it
 at each lead; PredRNN and SA-ConvLSTM read, at every step, their frame beside the best estimate
 of the next one (the next observed frame while inputs last, then the extrapolation).
 
@@ -17,9 +20,15 @@ residual and the weights of a scale mix: the forecast is
 with G_s Gaussian blurs (sigma 1, 2, 4, 8 pixels) and b_s(lead) a learned per-lead bias. That
 is S-PROG's insight, that small scales lose predictability first, made learnable and local:
 where and by how much to let go of the small scales at each lead, plus growth and decay. The
-head and the per-lead biases start at zero, so an untrained hybrid *is* optical flow.
-Without ``extrapolation`` (inference) it is computed here with the ``optical_flow`` baseline;
-training passes the cached one (``pipelines.extrapolation``).
+head and the per-lead biases start at zero, so an untrained hybrid *is* its baseline.
+
+With ``ceiling=True`` no forecast pixel exceeds the heaviest rain in the sample's observed frames.
+Negative scale weights sharpen (e + |w| (e - G_s * e)), which can undo S-PROG's smoothing; four
+of them at a peak compound, and a hybrid trained on S-PROG with the balanced loss learned to push
+its cores to several hundred mm/h. Extrapolation and S-PROG never exceed the observed maximum
+either; the cap is in the forward pass, so training sees it too.
+Without ``extrapolation`` (inference) it is computed here with that baseline; training passes
+the cached one (``pipelines.extrapolation``, ``data.extrapolation`` naming the same baseline).
 """
 
 from __future__ import annotations
@@ -56,6 +65,8 @@ class MotionConditioning:
     """What a hybrid adds to its plain network (mixed in before it; see the module docstring)."""
 
     motion = True
+    #: the registered baseline whose forecast this hybrid corrects
+    baseline = "optical_flow"
     normalization: dict | None = None
     #: the optical flow it corrects needs this much history
     min_input_steps = MOTION_HISTORY
@@ -76,10 +87,10 @@ class MotionConditioning:
             if extrapolation.shape[1] < t_out:
                 raise ValueError(f"extrapolation has {extrapolation.shape[1]} leads, {t_out} requested")
             return extrapolation[:, :t_out].to(inputs)
-        from nowcast.models.baselines import OpticalFlow
+        from nowcast.models import model_class
 
         with torch.no_grad():  # of the forecast channels only: auxiliary ones are not advected
-            return OpticalFlow(self.normalization)(inputs[:, :, : self.out_channels], t_out)
+            return model_class(self.baseline)(self.normalization)(inputs[:, :, : self.out_channels], t_out)
 
     def _blur(self, frames: Tensor, i: int) -> Tensor:
         """Separable Gaussian blur of [N, 1, H, W], edges replicated (no dry rim)."""
@@ -115,18 +126,28 @@ class MotionConditioning:
         return stack[:, 0] + (weights * stack[:, 1:]).sum(dim=1) + head[:, 0]
 
 
-def _hybrid(plain: type) -> type:
+def _hybrid(plain: type, baseline: str = "optical_flow") -> type:
     class Hybrid(MotionConditioning, plain):
-        def __init__(self, *args: Any, normalization: dict | None = None, **kwargs: Any):
+        def __init__(self, *args: Any, normalization: dict | None = None, ceiling: bool = False, **kwargs: Any):
             super().__init__(*args, **kwargs)
-            self.normalization = normalization
+            self.normalization, self.ceiling = normalization, ceiling
             self.init_motion_head()
 
-    Hybrid.__name__ = Hybrid.__qualname__ = f"{plain.__name__}Flow"
-    Hybrid.__doc__ = f"{plain.__name__} that corrects the optical-flow extrapolation (see nowcast.models.motion)."
+        def forward(self, inputs: Tensor, t_out: int, targets: Tensor | None = None, **kwargs: Any) -> Tensor:
+            out = super().forward(inputs, t_out, targets, **kwargs)
+            if not self.ceiling:
+                return out
+            # per sample and channel: the heaviest observed rain (normalisation is monotonic)
+            return torch.minimum(out, inputs[:, :, : self.out_channels].amax(dim=(1, 3, 4), keepdim=True))
+
+    Hybrid.baseline = baseline
+    suffix = {"optical_flow": "Flow", "sprog": "SProg"}[baseline]
+    Hybrid.__name__ = Hybrid.__qualname__ = f"{plain.__name__}{suffix}"
+    Hybrid.__doc__ = f"{plain.__name__} that corrects the {baseline} forecast (see nowcast.models.motion)."
     return Hybrid
 
 
 ConvLSTMFlow = _hybrid(ConvLSTM)
 PredRNNFlow = _hybrid(PredRNN)
 SAConvLSTMFlow = _hybrid(SAConvLSTM)
+ConvLSTMSProg = _hybrid(ConvLSTM, "sprog")
