@@ -15,10 +15,10 @@ import json
 import torch
 from harness import WORKLOADS, Workload, common_arguments, environment, measure, set_threads, workload_dict
 
-from nowcast.models import BASELINES, MODELS, get_model
+from nowcast.models import BASELINES, MODELS, get_model, model_class
 
 #: our networks a bench runs (the hybrids' extra input is the extrapolation, timed elsewhere)
-NETWORKS = sorted(n for n in MODELS if n not in BASELINES and not n.endswith("_flow"))
+NETWORKS = sorted(n for n in MODELS if n not in BASELINES and not model_class(n).motion)
 
 
 def build(name: str, workload) -> torch.nn.Module:

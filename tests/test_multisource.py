@@ -23,7 +23,7 @@ from conftest import nowcast_cli, sample_files, train_command
 from test_service import start_server
 
 from nowcast.forecaster import load_forecaster
-from nowcast.models import BASELINES, MODELS, get_model
+from nowcast.models import BASELINES, MODELS, get_model, model_class
 from pipelines import channels
 from pipelines.channels import AuxiliaryReader, AuxiliarySpec, MissingChannel, align_latest, cached_mapping
 from pipelines.datamodule import RadarDataModule
@@ -47,11 +47,12 @@ def paired(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.mark.parametrize("name", [m for m in MODELS if m not in BASELINES])
 def test_every_network_reads_c_channels_and_forecasts_the_target_channel(name: str) -> None:
     kwargs = {"hidden": (8, 8), "kernel": 3, "patch": 2, "in_channels": 5, "out_channels": 1}
-    net = get_model(name, **kwargs, **({"normalization": None} if name.endswith("_flow") else {}))
-    if name.endswith("_flow"):  # a hybrid's head starts at zero (it *is* optical flow): wake it up
+    hybrid = model_class(name).motion
+    net = get_model(name, **kwargs, **({"normalization": None} if hybrid else {}))
+    if hybrid:  # a hybrid's head starts at zero (it *is* its baseline): wake it up
         torch.nn.init.normal_(net.output.weight, std=0.1)
     inputs, targets = torch.rand(2, 3, 5, 16, 16), torch.rand(2, 2, 1, 16, 16)
-    ext = {"extrapolation": torch.rand(2, 4, 1, 16, 16)} if name.endswith("_flow") else {}  # no optical flow
+    ext = {"extrapolation": torch.rand(2, 4, 1, 16, 16)} if hybrid else {}  # no optical flow, no S-PROG
     out = net(inputs, 2, targets=targets, **ext)
     assert out.shape == (2, 2, 1, 16, 16)
     out.mean().backward()
