@@ -25,8 +25,9 @@ head and the per-lead biases start at zero, so an untrained hybrid *is* its base
 With ``ceiling=True`` no forecast pixel exceeds the heaviest rain in the sample's observed frames.
 Negative scale weights sharpen (e + |w| (e - G_s * e)), which can undo S-PROG's smoothing; four
 of them at a peak compound, and a hybrid trained on S-PROG with the balanced loss learned to push
-its cores to several hundred mm/h. Extrapolation and S-PROG never exceed the observed maximum
-either; the cap is in the forward pass, so training sees it too.
+its cores to several hundred mm/h. Semi-Lagrangian extrapolation never exceeds the observed
+maximum either (S-PROG stayed below it on the cases measured); the cap is in the forward pass, so
+training sees it too.
 Without ``extrapolation`` (inference) it is computed here with that baseline; training passes
 the cached one (``pipelines.extrapolation``, ``data.extrapolation`` naming the same baseline).
 """
@@ -68,7 +69,7 @@ class MotionConditioning:
     #: the registered baseline whose forecast this hybrid corrects
     baseline = "optical_flow"
     normalization: dict | None = None
-    #: the optical flow it corrects needs this much history
+    #: the baseline it corrects needs this much history (S-PROG's AR(2) too)
     min_input_steps = MOTION_HISTORY
 
     def init_motion_head(self) -> None:
