@@ -2,7 +2,9 @@
 
     python bench/validation_baselines.py [--config configs/weights/convlstm.yaml] MODEL [MODEL ...]
 
-MODEL: a baseline (persistence, optical_flow, ...), a shipped model or a checkpoint. Each runs in
+MODEL: a baseline (persistence, optical_flow, ...), a shipped model or a checkpoint, or ``cached``:
+the windows' cached extrapolation of a hybrid's config (``data.extrapolation``), i.e. what that
+hybrid scores untrained. Each other one runs in
 mm/h through ``load_forecaster`` on the same windows (crops included) that ``nowcast train``
 validates on, and gets the CSI at 1 mm/h per lead from contingency counts pooled over the windows
 (``LeadTimeVerifier``, as ``nowcast evaluate`` scores), then averaged over the leads: the
@@ -37,13 +39,15 @@ def main() -> None:
     normalizer = _first(windows).normalizer  # how the windows were normalised, whatever the model
     results = {}
     for name in args.models:
-        forecaster = load_forecaster(name)
+        forecaster = None if name == "cached" else load_forecaster(name)
         verifier = LeadTimeVerifier(data["t_out"], windows_step(windows), 1.0, thresholds=(args.threshold,))
         for index in range(len(windows)):
             item = windows[index]
-            rain = _mm_h(item["inputs"], item["input_mask"], normalizer)
-            verifier.accumulate(forecaster.predict(rain, data["t_out"]),
-                                _mm_h(item["targets"], item["target_mask"], normalizer))
+            if forecaster is None:  # nodata where the target has none, as the hybrid's forecast would be
+                forecast = _mm_h(item["extrapolation"], item["target_mask"], normalizer)
+            else:
+                forecast = forecaster.predict(_mm_h(item["inputs"], item["input_mask"], normalizer), data["t_out"])
+            verifier.accumulate(forecast, _mm_h(item["targets"], item["target_mask"], normalizer))
         csi = [lead["csi"][str(float(args.threshold))] for lead in verifier.result()]
         results[name] = {"csi_mean": round(float(np.mean(csi)), 4), "csi_by_lead": [round(float(c), 4) for c in csi]}
     print(json.dumps({"config": args.config, "threshold_mm_h": args.threshold, "windows": len(windows),
