@@ -145,6 +145,9 @@ def evaluate(
     precision: Annotated[str, typer.Option(
         help="32, or bf16: the networks under bfloat16 autocast (fast on GPUs; on CPUs without AVX-512 BF16 "
              "it is emulated and slow).")] = "32",
+    time_interpolation: Annotated[str, typer.Option(
+        help="How a network trained at another time step gets this product's frames: motion "
+             "(motion-compensated) or linear.")] = "motion",
 ) -> None:
     """Verify models against the archive: CSI/POD/FAR, MAE and FSS per lead time.
 
@@ -166,7 +169,8 @@ def evaluate(
                                             lead_steps=lead_steps, product=product, **callbacks)
             else:
                 report = run_evaluation(store, product, model, out, start=start, end=end, crop=crop, stride=stride,
-                                        lead_steps=lead_steps, precision=precision, **callbacks)
+                                        lead_steps=lead_steps, precision=precision,
+                                        time_interpolation=time_interpolation, **callbacks)
         except (LookupError, ValueError, FileNotFoundError) as exc:
             console.print(f"[red]error:[/] {exc.args[0] if exc.args else exc}")
             raise typer.Exit(2) from exc

@@ -25,6 +25,7 @@ from nowcast.models import BASELINES, MODELS, MOTION_BASELINES, get_model, model
 from nowcast.models.base import Forecaster
 from pipelines.channels import AuxiliarySpec, MissingChannel, encode_channels
 from pipelines.normalization import RainNormalizer
+from pipelines.time_interpolation import TIME_INTERPOLATIONS, interpolate_in_time, motion_per_minute
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: the most lead steps a baseline offers (2 h at 5 min); a network offers what it was trained for
@@ -33,23 +34,6 @@ BASELINE_MAX_LEAD_STEPS = 24
 DEFAULT_LEAD_STEPS = 12
 #: the precisions a network may run at: float32, or bfloat16 autocast (GPUs, CPUs with AVX-512 BF16/AMX)
 PRECISIONS = ("32", "bf16")
-
-
-def interpolate_in_time(frames: np.ndarray, step: float, times: np.ndarray, origin: int | None = None) -> np.ndarray:
-    """Linear interpolation of [B, T, H, W] frames, ``step`` minutes apart, at ``times`` (minutes).
-
-    Frame ``origin`` (default: the last) is at time 0. NaN on either side of a pair stays NaN.
-    """
-    origin = frames.shape[1] - 1 if origin is None else origin
-    out = []
-    for t in np.asarray(times, dtype=np.float64):
-        position = origin + t / step
-        if position < -1e-6 or position > frames.shape[1] - 1 + 1e-6:
-            raise ValueError(f"time {t:g} min lies outside the {frames.shape[1]} frames given")
-        i = min(int(np.floor(position + 1e-9)), frames.shape[1] - 1)
-        w = position - i
-        out.append(frames[:, i] if w < 1e-6 else (1 - w) * frames[:, i] + w * frames[:, i + 1])
-    return np.stack(out, axis=1).astype(np.float32)
 
 
 #: overlap of neighbouring tiles (pixels) where their forecasts are blended
@@ -71,13 +55,17 @@ def tent(n: int) -> torch.Tensor:
     return torch.clamp(ramp / TILE_OVERLAP, max=1.0)
 
 
+#: every network whose weights ship in the package, best first by validation CSI at 1 mm/h, 30 min:
+#: the demo and the pysteps plugin's default use the first; ``make weights`` trains them and the
+#: model card and docs/skill.md list them in this order
+SHIPPED = ("convlstm_sprog", "convlstm_flow", "sa_convlstm_flow", "predrnn_flow", "convlstm", "sa_convlstm", "predrnn")
+
+
 def shipped_models() -> list[str]:
-    """Registered networks whose trained weights ship in the package, best first (by validation CSI at
-    1 mm/h, 30 min; the demo and the pysteps plugin's default use the first)."""
-    order = ("convlstm_sprog", "convlstm_flow", "sa_convlstm_flow", "predrnn_flow",
-             "convlstm", "sa_convlstm", "predrnn")
-    names = [n for n in order if (WEIGHTS_DIR / f"{n}.ckpt").is_file()]
-    return names + sorted(n for n in MODELS if n not in order and (WEIGHTS_DIR / f"{n}.ckpt").is_file())
+    """Registered networks whose trained weights are in the package: SHIPPED's order, then any other
+    registered network with a checkpoint in ``nowcast/weights`` (by name)."""
+    names = [n for n in SHIPPED if (WEIGHTS_DIR / f"{n}.ckpt").is_file()]
+    return names + sorted(n for n in MODELS if n not in SHIPPED and (WEIGHTS_DIR / f"{n}.ckpt").is_file())
 
 
 @dataclass
@@ -93,6 +81,9 @@ class LoadedForecaster:
     #: "32", or "bf16": the network's convolutions under bfloat16 autocast; inputs, the hybrids'
     #: optical flow and the output stay float32 (docs/performance.md measures what it costs in skill)
     precision: str = "32"
+    #: how frames at another time step are brought to the network's: "motion" (motion-compensated,
+    #: no ghosting) or "linear" (``pipelines.time_interpolation``; docs/skill.md compares them)
+    time_interpolation: str = "motion"
 
     @property
     def trainable(self) -> bool:
@@ -138,11 +129,39 @@ class LoadedForecaster:
         """True when frames at ``step_minutes`` must be resampled to the model's step."""
         return not (self.step_minutes is None or step_minutes is None or abs(step_minutes - self.step_minutes) < 1e-6)
 
+    @property
+    def hybrid(self) -> bool:
+        """A network correcting a baseline's forecast (``convlstm_flow``, ``convlstm_sprog``, ...)."""
+        return bool(getattr(self.model, "motion", False))
+
     def frames_needed(self, step_minutes: float | None = None) -> int:
-        """Input frames at the data's step that cover the model's history."""
+        """Input frames at the data's step that cover the model's history (resampled: and, for a
+        hybrid, the history its baseline needs at the product's own step)."""
         if not self.resamples(step_minutes):
             return self.input_steps
-        return math.ceil((self.input_steps - 1) * self.step_minutes / step_minutes - 1e-9) + 1
+        needed = math.ceil((self.input_steps - 1) * self.step_minutes / step_minutes - 1e-9) + 1
+        return max(needed, self.model.min_input_steps) if self.native_baseline else needed
+
+    @property
+    def native_baseline(self) -> bool:
+        """A hybrid whose baseline fits a model of time at the frames' step (S-PROG): on a product at
+        another step that baseline runs on the product's own frames (``_native_baseline``)."""
+        return self.hybrid and model_class(self.model.baseline).fitted_in_time
+
+    def _native_baseline(self, batch: np.ndarray, step_minutes: float, model_leads: int,
+                         velocity: np.ndarray | None) -> np.ndarray:
+        """A hybrid's baseline forecast run on the product's own frames at its own step, then brought
+        to the model's lead times. S-PROG's AR(2) fitted on resampled history filters the small scales
+        less: on a 15-minute product it scores 0.565 instead of 0.586 (bench/resampled_baselines.py);
+        optical flow scores the same either way, so the flow hybrids keep reading resampled history."""
+        baseline = model_class(self.model.baseline)(self.normalizer.to_dict())
+        model_step = float(self.step_minutes)
+        leads = math.ceil(model_leads * model_step / step_minutes - 1e-9)
+        native = np.stack([np.nan_to_num(baseline.forecast_mm_h(sample.astype(np.float64), leads), nan=0.0)
+                           for sample in batch]).astype(np.float32)
+        sequence = np.concatenate([np.nan_to_num(batch[:, -1:], nan=0.0), native], axis=1)
+        return interpolate_in_time(sequence, step_minutes, model_step * np.arange(1, model_leads + 1), origin=0,
+                                   method=self.time_interpolation, velocity=velocity)
 
     @torch.no_grad()
     def predict(self, frames_mm_h: np.ndarray, lead_steps: int, step_minutes: float | None = None,
@@ -151,8 +170,9 @@ class LoadedForecaster:
 
         ``step_minutes``: the frames' time step, when it differs from the one the network was trained
         at (a 2-, 6- or 10-minute product for a 5-minute model). The history is then interpolated
-        linearly in time to the model's step, the network forecasts at its own step, and its leads
-        are interpolated back to the product's (docs/skill.md measures what that costs).
+        in time to the model's step (``time_interpolation``: along the frames' motion by default), the
+        network forecasts at its own step, and its leads are interpolated back to the product's
+        (docs/skill.md measures what that costs).
 
         ``auxiliary``: for a multi-source network, each product of ``input_products`` as frames on
         the target's grid at the target's times ([..., T, H, W] mm/h, NaN where it has no value;
@@ -169,15 +189,20 @@ class LoadedForecaster:
         batch = batch[:, -needed:]
         extra = self._auxiliary_frames(auxiliary, batch.shape)
         if self.resamples(step_minutes):
-            model_step = float(self.step_minutes)
+            model_step, method = float(self.step_minutes), self.time_interpolation
+            # one motion field (px/min) from the product's own frames carries both ways: the history
+            # onto the model's step, and the model's leads back onto the product's
+            velocity = motion_per_minute(batch, step_minutes) if method == "motion" else None
             at = -model_step * np.arange(self.input_steps)[::-1]
-            history = interpolate_in_time(batch, step_minutes, at)
-            extra = [interpolate_in_time(frames, step_minutes, at) for frames in extra]
+            history = interpolate_in_time(batch, step_minutes, at, method=method, velocity=velocity)
+            extra = [interpolate_in_time(frames, step_minutes, at, method="linear") for frames in extra]
             model_leads = math.ceil(lead_steps * step_minutes / model_step - 1e-9)
-            out = self._predict(history, model_leads, extra)
+            native = (self._native_baseline(batch, step_minutes, model_leads, velocity)
+                      if self.native_baseline else None)
+            out = self._predict(history, model_leads, extra, native)
             sequence = np.concatenate([history[:, -1:], out], axis=1)  # time 0 is the last observation
             rain = interpolate_in_time(sequence, model_step, step_minutes * np.arange(1, lead_steps + 1),
-                                       origin=0)
+                                       origin=0, method=method, velocity=velocity)
             rain = np.where(np.isnan(batch[:, -1])[:, None], np.float32(np.nan), rain).astype(np.float32)
         else:
             rain = self._predict(batch, lead_steps, extra)
@@ -202,9 +227,11 @@ class LoadedForecaster:
                 total[ys, xs] += weight
         return out / total
 
-    def _predict(self, batch: np.ndarray, lead_steps: int, auxiliary: list[np.ndarray] | None = None) -> np.ndarray:
+    def _predict(self, batch: np.ndarray, lead_steps: int, auxiliary: list[np.ndarray] | None = None,
+                 baseline_mm_h: np.ndarray | None = None) -> np.ndarray:
         """[B, input_steps, H, W] mm/h at the model's step (and its auxiliary frames, same shape)
-        -> [B, lead_steps, H, W]."""
+        -> [B, lead_steps, H, W]. A hybrid computes its baseline's forecast from ``batch`` unless
+        ``baseline_mm_h`` ([B, lead_steps, H, W], at the model's leads) gives it."""
         nodata = np.isnan(batch[:, -1])
         ny, nx = batch.shape[-2:]
         z = self.normalizer.forward(torch.from_numpy(np.nan_to_num(batch, nan=0.0)))[:, :, None]
@@ -212,7 +239,11 @@ class LoadedForecaster:
             z = torch.cat([z.float(), torch.from_numpy(encode_channels(batch, self.auxiliary, auxiliary))], dim=2)
         # a hybrid's extrapolation comes from the frames as given, before padding: the motion field
         # never sees the dry pad, and it is the very extrapolation the optical_flow baseline memoised
-        ext = self.model.extrapolation_for(z, lead_steps, None) if getattr(self.model, "motion", False) else None
+        ext = None
+        if baseline_mm_h is not None:
+            ext = self.normalizer.forward(torch.from_numpy(baseline_mm_h))[:, :, None].float()
+        elif self.hybrid:
+            ext = self.model.extrapolation_for(z, lead_steps, None)
         m = self.size_multiple
         pad_y, pad_x = -ny % m, -nx % m
         if pad_y or pad_x:
@@ -226,11 +257,16 @@ class LoadedForecaster:
         return np.where(nodata[:, None], np.float32(np.nan), rain)
 
 
-def load_forecaster(spec: str, map_location: str | torch.device = "cpu", precision: str = "32") -> LoadedForecaster:
+def load_forecaster(spec: str, map_location: str | torch.device = "cpu", precision: str = "32",
+                    time_interpolation: str = "motion") -> LoadedForecaster:
     """A baseline by name, a checkpoint path, or a shipped model name; ``precision`` "bf16" runs a
-    network under bfloat16 autocast (baselines are numpy and ignore it)."""
+    network under bfloat16 autocast (baselines are numpy and ignore it); ``time_interpolation``
+    says how a product at another time step is resampled ("motion" or "linear")."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if time_interpolation not in TIME_INTERPOLATIONS:
+        raise ValueError(f"time interpolation must be one of {', '.join(TIME_INTERPOLATIONS)}, "
+                         f"got {time_interpolation!r}")
     if spec in BASELINES:
         normalizer = RainNormalizer()
         kwargs = {"normalization": normalizer.to_dict()} if spec in MOTION_BASELINES else {}
@@ -255,5 +291,5 @@ def load_forecaster(spec: str, map_location: str | torch.device = "cpu", precisi
     return LoadedForecaster(
         name=info["model"], model=model.eval(), input_steps=int(info["t_in"]), max_lead_steps=int(info["t_out"]),
         step_minutes=info.get("step_minutes"), normalizer=RainNormalizer.from_dict(info["normalization"]),
-        source=str(path), info=info, precision=precision,
+        source=str(path), info=info, precision=precision, time_interpolation=time_interpolation,
     )

@@ -28,9 +28,8 @@ from typing import Any
 
 import torch
 
-from nowcast.forecaster import WEIGHTS_DIR
+from nowcast.forecaster import SHIPPED, WEIGHTS_DIR
 
-SHIPPED = ("convlstm_flow", "sa_convlstm_flow", "predrnn_flow", "convlstm_sprog", "convlstm", "sa_convlstm", "predrnn")
 STORE_DIR = Path("data/weights")
 CONFIG_DIR = Path("configs/weights")
 #: (store, product, format, folders under the data root): which event went where
@@ -366,8 +365,12 @@ def model_card(reports: dict[str, dict]) -> str:
               "  against S-PROG's 1.0-1.1); it never exceeds the heaviest observed rain (`ceiling`).",
               "  More events, above all a validation set on which optical flow beats persistence, matter more now",
               "  than more steps (docs/skill.md).",
-              "- Trained at 5-minute steps; products at other steps are resampled in time (linear), which costs skill",
-              "  (docs/skill.md).",
+              "- Trained at 5-minute steps; products at other steps are resampled in time along their motion",
+              "  (motion-compensated interpolation), which costs some skill (docs/skill.md measures it).",
+              "- Trained on 1 km radar of three providers. On a provider none saw (EUMETNET OPERA, 2 km, 15 min)",
+              "  `convlstm_sprog` is level with S-PROG, `predrnn_flow` and `sa_convlstm_flow` beat optical flow",
+              "  at 1 mm/h but trail S-PROG, `convlstm_flow` ties optical flow at 30 min; the plain networks",
+              "  fall far behind (docs/skill.md).",
               "- SA-ConvLSTM's self-attention is quadratic in the grid: on grids over 128 x 128 pixels it runs in",
               "  overlapping 128-pixel tiles (its training crop size), so it never attends across more than a",
               "  tile.",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import nowcast_cli
+from conftest import nowcast_cli, sample_files
 from PIL import Image
 
 from pipelines.store import ProductArchive
@@ -95,6 +95,33 @@ def test_trained_models_are_pysteps_nowcast_methods(small_checkpoint: Path, fmi_
         pysteps.nowcasts.get_method("nowcast_predrnn")(history, None, 2, checkpoint=str(small_checkpoint))
     shipped = pysteps.nowcasts.get_method("nowcast_convlstm_flow")(history, None, 2)  # the shipped weights
     assert shipped.shape == (2, 128, 128) and np.isfinite(shipped[:, covered]).all()
+
+
+def test_a_ten_minute_product_is_resampled_along_its_motion_unless_told_linear(small_checkpoint: Path,
+                                                                              tmp_path: Path) -> None:
+    """Every other real FMI file, a 10-minute product: the 5-minute network gets its history
+    interpolated along the motion by default, per pixel with --time-interpolation linear; the report
+    says which, and an unknown method is refused by name."""
+    from pipelines.ingest import ingest
+
+    store = str(tmp_path / "ten.zarr")
+    ingest(sample_files("fmi", 16)[1::2], store, "fmi", fmt="fmi_pgm")
+    args = ["evaluate", "--store", store, "--product", "fmi", "--model", str(small_checkpoint), "--crop", "256",
+            "--lead-steps", "1"]
+    scores = {}
+    for method in ("motion", "linear"):
+        out = tmp_path / f"{method}.json"
+        result = nowcast_cli(*args, "--time-interpolation", method, "--out", str(out))
+        assert result.returncode == 0, result.stderr[-3000:]
+        report = json.loads(out.read_text())
+        (model,) = report["models"].values()
+        assert report["step_minutes"] == 10 and model["time_interpolation"] == method
+        scores[method] = [lead["mae_mm_h"] for lead in model["scores"]]
+    assert scores["motion"] != scores["linear"], "the method changed nothing: not applied"
+    refused = nowcast_cli(*args, "--time-interpolation", "cubic", "--out", str(tmp_path / "c.json"))
+    assert refused.returncode == 2
+    message = " ".join((refused.stdout + refused.stderr).split())
+    assert "time interpolation must be one of motion, linear, got 'cubic'" in message
 
 
 def test_evaluate_and_backfill_refuse_a_step_far_from_the_networks(small_checkpoint: Path, tmp_path: Path) -> None:

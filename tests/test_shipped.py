@@ -77,15 +77,15 @@ def test_bf16_autocast_forecasts_like_float32_and_an_unknown_precision_is_refuse
         load_forecaster(name, precision="fp16")
 
 
-def test_interpolation_in_time_is_exact_on_linear_rain() -> None:
-    from nowcast.forecaster import interpolate_in_time
+def test_linear_interpolation_in_time_is_exact_on_linear_rain() -> None:
+    from pipelines.time_interpolation import interpolate_in_time
 
     frames = np.arange(4, dtype=np.float32)[None, :, None, None] * np.ones((1, 4, 2, 2), np.float32) * 10
     # frames at -30, -20, -10, 0 min holding 0, 10, 20, 30 mm/h
-    at = interpolate_in_time(frames, 10.0, np.array([-15.0, -5.0, 0.0]))
+    at = interpolate_in_time(frames, 10.0, np.array([-15.0, -5.0, 0.0]), method="linear")
     np.testing.assert_allclose(at[0, :, 0, 0], [15.0, 25.0, 30.0])
     with pytest.raises(ValueError, match="outside"):
-        interpolate_in_time(frames, 10.0, np.array([-45.0]))
+        interpolate_in_time(frames, 10.0, np.array([-45.0]), method="linear")
 
 
 def test_a_ten_minute_product_is_resampled_in_time_not_refused() -> None:

@@ -46,6 +46,10 @@ class MotionBaseline(Forecaster):
     """A pysteps method run per sample and channel in mm/h; nodata in its output becomes dry."""
 
     min_input_steps = MOTION_HISTORY
+    #: True when the method fits a model of time at the frames' step (S-PROG's AR(2)): it must then
+    #: run on a product's own frames, not on history resampled to another step. Advection alone does
+    #: not care (bench/resampled_baselines.py measures both)
+    fitted_in_time = False
 
     def __init__(self, normalization: dict | None = None, history: int = MOTION_HISTORY):
         super().__init__()
@@ -86,6 +90,8 @@ class OpticalFlowSmooth(MotionBaseline):
 
 class SProg(MotionBaseline):
     """pysteps S-PROG: Lucas-Kanade motion, 8 cascade levels, AR(2)."""
+
+    fitted_in_time = True
 
     def forecast_mm_h(self, rain: np.ndarray, t_out: int) -> np.ndarray:
         return sprog(rain, t_out, self.history)
