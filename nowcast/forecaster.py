@@ -195,6 +195,7 @@ class LoadedForecaster:
             velocity = motion_per_minute(batch, step_minutes) if method == "motion" else None
             at = -model_step * np.arange(self.input_steps)[::-1]
             history = interpolate_in_time(batch, step_minutes, at, method=method, velocity=velocity)
+            # auxiliary products (satellite, ...) move with their own motion, not the radar's: per pixel
             extra = [interpolate_in_time(frames, step_minutes, at, method="linear") for frames in extra]
             model_leads = math.ceil(lead_steps * step_minutes / model_step - 1e-9)
             native = (self._native_baseline(batch, step_minutes, model_leads, velocity)

@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 from conftest import sample_files
 
-from pipelines.time_interpolation import interpolate_along_motion, interpolate_in_time, interpolate_linear
+from pipelines.time_interpolation import (
+    interpolate_along_motion,
+    interpolate_in_time,
+    interpolate_linear,
+    motion_per_minute,
+)
 
 
 @cache
@@ -68,6 +73,8 @@ def test_nodata_stays_nodata_and_times_outside_the_frames_are_refused() -> None:
         interpolate_in_time(radar[None], 10.0, np.array([-25.0]))
     with pytest.raises(ValueError, match="time interpolation must be one of motion, linear"):
         interpolate_in_time(radar[None], 10.0, np.array([-5.0]), method="cubic")
+    with pytest.raises(ValueError, match="needs at least 2 frames"):
+        motion_per_minute(radar[None, -1:], 10.0)
 
 
 def test_a_resampled_sprog_hybrid_starts_from_s_prog_run_at_the_products_own_step() -> None:
