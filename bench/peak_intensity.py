@@ -13,29 +13,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 
 from nowcast.forecaster import load_forecaster
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import PRODUCTS, sample_files  # noqa: E402  (the sample data's layout, as the tests read it)
+from pipelines.sample_data import SAMPLE_EVENTS, sample_event_files
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+")
-    parser.add_argument("--product", default="mch", choices=sorted(PRODUCTS))
+    parser.add_argument("--product", default="mch", choices=sorted(SAMPLE_EVENTS))
     parser.add_argument("--init", type=int, default=7, help="index of the last input frame")
     parser.add_argument("--above", type=float, default=50.0, help="mm/h")
     parser.add_argument("--leads", type=int, default=12)
     args = parser.parse_args()
     from pipelines.ingest import decode
 
-    files = sample_files(args.product, args.init + 1 + args.leads)
-    radar = np.stack([decode(path, PRODUCTS[args.product][1]).rain_rate for path in files]).astype(np.float32)
+    files = sample_event_files(args.product, args.init + 1 + args.leads)
+    radar = np.stack([decode(path, SAMPLE_EVENTS[args.product][1]).rain_rate for path in files]).astype(np.float32)
     frames, observed = radar[args.init - 3 : args.init + 1], radar[args.init + 1 : args.init + 1 + args.leads]
     leads = [5 * (k + 1) for k in range(len(observed))]
     result = {"product": args.product, "input_files": [p.name for p in files[args.init - 3 : args.init + 1]],

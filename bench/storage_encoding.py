@@ -41,14 +41,12 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from pipelines.ingest import decode
+from pipelines.sample_data import SAMPLE_EVENTS, sample_event_files
 
 warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
 warnings.filterwarnings("ignore", category=UserWarning, module="zarr")
 
-PRODUCTS = {
-    "fmi": ("/work/shared/data/radar/fmi/pgm/20160928", "*.pgm.gz", "fmi_pgm"),
-    "opera": ("/work/shared/data/radar/OPERA/20180824", "*.hdf", "odim_hdf5"),
-}
+PRODUCTS = ("fmi", "opera")
 VARIABLE = "precip"
 WINDOW_T, WINDOW_YX = 12, 256
 
@@ -58,10 +56,11 @@ def log(msg: str) -> None:
 
 
 def load_frames(product: str, n: int) -> tuple[np.ndarray, np.ndarray]:
-    directory, pattern, fmt = PRODUCTS[product]
-    files = sorted(Path(directory).glob(pattern))[:n]
-    if not files:
-        raise SystemExit(f"no files matching {pattern} in {directory}")
+    try:
+        files = sample_event_files(product, n)
+    except FileNotFoundError as exc:
+        raise SystemExit(str(exc)) from None
+    fmt = SAMPLE_EVENTS[product][1]
     t0 = time.perf_counter()
     frames = [decode(path, fmt) for path in files]
     log(f"decoded {len(frames)} {product} frames in {time.perf_counter() - t0:.1f}s")

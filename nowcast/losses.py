@@ -28,6 +28,22 @@ def mse_mae(prediction: Tensor, target: Tensor, mask: Tensor, weights: Tensor | 
     return ((w * error.square()).sum() + (w * error.abs()).sum()) / total
 
 
+def pinball(prediction: Tensor, target: Tensor, mask: Tensor, quantile: float) -> Tensor:
+    """Quantile (pinball) loss over the observed pixels: its minimiser is each pixel's ``quantile``.
+
+    Why: a forecast scores the best expected CSI at a threshold where it says "rain" wherever the
+    chance of exceeding it is above CSI / (1 + CSI) (a third for a CSI of 0.5), not above one half.
+    The pixel's ``quantile`` exceeds a threshold exactly where that chance is above 1 - ``quantile``,
+    at every threshold at once; and since quantiles commute with monotone maps, the loss can be taken
+    in the normalised (log) space.
+    """
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"quantile must lie strictly between 0 and 1, got {quantile}")
+    error = target - prediction
+    w = mask.to(prediction.dtype)
+    return (w * torch.maximum(quantile * error, (quantile - 1.0) * error)).sum() / w.sum().clamp(min=1.0)
+
+
 def soft_csi(prediction: Tensor, target: Tensor, mask: Tensor, threshold: float, temperature: float) -> Tensor:
     """1 - CSI per lead with a sigmoid instead of a hard threshold, counts pooled over the batch.
 

@@ -19,11 +19,13 @@ from torch import Tensor
 
 from nowcast import __version__
 from nowcast.contingency import contingency, csi
-from nowcast.losses import balance_weights, mse_mae, soft_csi
+from nowcast.losses import balance_weights, mse_mae, pinball, soft_csi
 from nowcast.models import BASELINES, get_model, model_class
 from pipelines.normalization import RainNormalizer
 
 VALIDATION_THRESHOLDS = (1.0, 5.0)
+#: pixel losses: HKO-7's balanced MSE + MAE, the unweighted one, and the pinball loss at ``quantile``
+LOSSES = ("balanced", "mse_mae", "quantile")
 
 
 class CheckpointMismatch(ValueError):
@@ -38,6 +40,7 @@ class NowcastModule(pl.LightningModule):
         t_in: int = 6,
         t_out: int = 6,
         loss: str = "balanced",
+        quantile: float = 0.5,
         sampling: str = "scheduled",
         sampling_stop_steps: int = 5000,
         reverse_sampling_alpha: float = 2000.0,
@@ -48,7 +51,8 @@ class NowcastModule(pl.LightningModule):
         init_weights: str | None = None,
         input_channels: int = 1,
     ):
-        """``csi_weight`` adds a soft-CSI term (``nowcast.losses.soft_csi``) at ``csi_thresholds``
+        """``loss: quantile`` trains each pixel's ``quantile`` (``nowcast.losses.pinball``) instead of
+        its mean. ``csi_weight`` adds a soft-CSI term (``nowcast.losses.soft_csi``) at ``csi_thresholds``
         (mm/h; ``csi_temperature`` in normalised units) to the pixel loss, so training aims at the
         score forecasters read. ``init_weights`` starts the network from another checkpoint's
         weights (a shipped ``.ckpt`` or a run's): fine-tuning, not resuming. ``input_channels`` above 1
@@ -57,8 +61,10 @@ class NowcastModule(pl.LightningModule):
         super().__init__()
         if model in BASELINES:
             raise ValueError(f"{model!r} is a baseline: nothing to train")
-        if loss not in ("balanced", "mse_mae"):
-            raise ValueError(f"loss must be 'balanced' or 'mse_mae', got {loss!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(map(repr, LOSSES))}, got {loss!r}")
+        if loss == "quantile" and not 0.0 < quantile < 1.0:
+            raise ValueError(f"quantile must lie strictly between 0 and 1, got {quantile}")
         if sampling not in ("scheduled", "reverse", "none"):
             raise ValueError(f"sampling must be 'scheduled', 'reverse' or 'none', got {sampling!r}")
         needed = model_class(model).min_input_steps
@@ -181,10 +187,13 @@ class NowcastModule(pl.LightningModule):
         return {"extrapolation": batch["extrapolation"]} if "extrapolation" in batch else {}
 
     def _loss(self, prediction: Tensor, batch: dict[str, Tensor]) -> Tensor:
-        weights = None
-        if self.hparams.loss == "balanced":
-            weights = balance_weights(self.normalizer.inverse(batch["targets"]))
-        loss = mse_mae(prediction, batch["targets"], batch["target_mask"], weights)
+        if self.hparams.loss == "quantile":
+            loss = pinball(prediction, batch["targets"], batch["target_mask"], self.hparams.quantile)
+        else:
+            weights = None
+            if self.hparams.loss == "balanced":
+                weights = balance_weights(self.normalizer.inverse(batch["targets"]))
+            loss = mse_mae(prediction, batch["targets"], batch["target_mask"], weights)
         if self.hparams.csi_weight > 0:
             for threshold in self.hparams.csi_thresholds:
                 z = float(self.normalizer.forward(torch.tensor(float(threshold))))

@@ -41,6 +41,33 @@ FMI_FILES: tuple[tuple[str, str], ...] = (
 )
 
 
+#: the sample events tests and benchmarks read: name -> (folder under the data directory, importer
+#: format, file pattern); ../shared/data/README.md describes each
+SAMPLE_EVENTS: dict[str, tuple[str, str, str]] = {
+    "fmi": (str(FMI_SUBDIR), "fmi_pgm", "*.pgm.gz"),
+    "mch": ("radar/mch/20160711", "mch_gif", "*.gif"),
+    "knmi": ("radar/KNMI/2010/08", "knmi_hdf5", "*.h5"),
+    "opera": ("radar/OPERA/20180824", "odim_hdf5", "*.hdf"),
+    "saf": ("saf/20180601/CRR", "saf_crri", "*.nc"),
+}
+
+
+def sample_event_files(name: str, count: int | None = None, data_dir: Path | None = None) -> list[Path]:
+    """The first ``count`` (default all) files of a sample event, sorted by name (= valid time).
+
+    Raises FileNotFoundError naming the folder and the pattern when there are none."""
+    if name not in SAMPLE_EVENTS:
+        raise KeyError(f"no sample event {name!r}: choose from {', '.join(SAMPLE_EVENTS)}")
+    base = data_dir or find_sample_data_dir()
+    folder, _, pattern = SAMPLE_EVENTS[name]
+    files = sorted((base / folder).glob(pattern)) if base is not None else []
+    if not files:
+        where = base / folder if base is not None else f"{folder} (no sample data directory found)"
+        raise FileNotFoundError(f"sample data missing: no {pattern} in {where} (see ../shared/data/README.md; "
+                                "NOWCAST_SAMPLE_DATA names another directory)")
+    return files[:count] if count else files
+
+
 @dataclass
 class DemoSource:
     description: str

@@ -12,26 +12,21 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipelines.sample_data import SAMPLE_EVENTS, sample_event_files
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NOWCAST_SAMPLE_DATA", REPO.parent / "shared" / "data"))
 
-PRODUCTS = {
-    # name: (folder, format, files used in tests)
-    "fmi": ("radar/fmi/pgm/20160928", "fmi_pgm", "*.pgm.gz"),
-    "mch": ("radar/mch/20160711", "mch_gif", "*.gif"),
-    "knmi": ("radar/KNMI/2010/08", "knmi_hdf5", "*.h5"),
-    "opera": ("radar/OPERA/20180824", "odim_hdf5", "*.hdf"),
-    "saf": ("saf/20180601/CRR", "saf_crri", "*.nc"),
-}
+#: name -> (folder, format, files used in tests)
+PRODUCTS = SAMPLE_EVENTS
 
 
 def sample_files(product: str, count: int | None = None) -> list[Path]:
     """Real files of one sample product; a missing data folder fails the test, loudly."""
-    folder, _, pattern = PRODUCTS[product]
-    files = sorted((DATA / folder).glob(pattern))
-    if not files:
-        pytest.fail(f"sample data missing: no {pattern} in {DATA / folder} (see ../shared/data/README.md)")
-    return files[:count] if count else files
+    try:
+        return sample_event_files(product, count, DATA)
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc))
 
 
 def nowcast_cli(*args: str, check: bool = False, **kwargs) -> subprocess.CompletedProcess:

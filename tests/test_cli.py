@@ -7,8 +7,10 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import DATA, nowcast_cli, sample_files
 
+from pipelines.sample_data import sample_event_files
 from pipelines.store import ProductArchive
 from pipelines.synthetic import synthetic_frames
 
@@ -47,6 +49,16 @@ def test_demo_falls_back_to_the_synthetic_storm_and_says_so(tmp_path: Path) -> N
     assert "no sample radar found" in result.stderr and "synthetic" in result.stderr
     assert ProductArchive(store, "synthetic").times().size == 36
     assert "| persistence | 5 |" in result.stdout
+
+
+def test_benchmarks_find_the_sample_events_where_the_tests_do_and_name_what_is_missing(tmp_path: Path) -> None:
+
+    files = sample_event_files("mch", 3, DATA)
+    assert files == sample_files("mch", 3) and files[0].name < files[1].name < files[2].name
+    with pytest.raises(FileNotFoundError, match=r"no \*\.gif in .*no-data/radar/mch/20160711"):
+        sample_event_files("mch", data_dir=tmp_path / "no-data")
+    with pytest.raises(KeyError, match="no sample event 'dwd': choose from fmi, mch"):
+        sample_event_files("dwd")
 
 
 def test_synthetic_storm_moves_grows_and_decays() -> None:

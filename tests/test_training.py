@@ -255,3 +255,29 @@ def test_an_sprog_hybrid_trains_on_the_sprog_cache_and_refuses_any_other(tmp_pat
     frames = ProductArchive(synthetic_store, "synth").open()["precip"].values[:3]
     forecast = load_forecaster(str(checkpoint)).predict(frames, 4)
     assert forecast.shape == (4, 64, 64) and np.isfinite(forecast).all() and forecast.min() >= 0.0
+
+
+def test_the_quantile_loss_trains_the_quantile_that_maximises_expected_csi() -> None:
+    """Fitted to skewed rain, the pinball loss lands on the asked quantile, not the mean; the
+    forecast then says "rain" wherever the chance of rain is above a third, at any threshold."""
+    from nowcast.losses import pinball
+    from nowcast.training import NowcastModule
+
+    rng = np.random.default_rng(0)
+    target = torch.tensor(rng.exponential(2.0, size=(4, 3, 1, 32, 32)), dtype=torch.float32)
+    mask = torch.ones_like(target, dtype=torch.bool)
+    mask[..., :4] = False
+    target[..., :4] = 1000.0  # nodata: must not pull the fit
+    level = torch.zeros(1, requires_grad=True)
+    optimiser = torch.optim.Adam([level], lr=0.05)
+    for _ in range(600):
+        optimiser.zero_grad()
+        pinball(level.expand_as(target), target, mask, 2 / 3).backward()
+        optimiser.step()
+    observed, fitted = target[mask], float(level.detach())
+    assert fitted == pytest.approx(float(torch.quantile(observed, 2 / 3)), abs=0.05)
+    assert fitted > float(observed.mean()) + 0.1  # not the mean: exp(2)'s 2/3-quantile is 2.2, its mean 2
+    with pytest.raises(ValueError, match="quantile must lie strictly between 0 and 1, got 1.0"):
+        NowcastModule(loss="quantile", quantile=1.0)
+    with pytest.raises(ValueError, match="loss must be one of 'balanced', 'mse_mae', 'quantile', got 'l1'"):
+        NowcastModule(loss="l1")
