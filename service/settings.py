@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 
@@ -15,13 +15,19 @@ def _shipped() -> list[str]:
     return shipped_models()
 
 
+#: an entry of ``models`` that stands for every shipped network (nowcast.forecaster.SHIPPED), best first,
+#: so a config file serves the weights of the installed version without naming them
+SHIPPED_ENTRY = "shipped"
+
+
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NOWCAST_", extra="forbid")
 
     store: str = Field("data/demo.zarr", description="Zarr archive for product requests (path or fsspec URL)")
     models: list[str] = Field(
-        default_factory=lambda: ["persistence", "optical_flow", *_shipped()],
-        description="Served models: baseline names, checkpoint paths or shipped names; 'label=spec' renames",
+        default_factory=lambda: ["persistence", "optical_flow", "sprog", *_shipped()],
+        description=f"Served models: baseline names, checkpoint paths or shipped names ({SHIPPED_ENTRY!r}: "
+                    "all of them); 'label=spec' renames",
     )
     api_keys: list[str] = Field(default_factory=list, description="When set, model and forecast routes need one")
     max_body_bytes: int = Field(64 * 1024 * 1024, description="Largest request body")
@@ -49,6 +55,19 @@ class ServiceSettings(BaseSettings):
     verification_grace_minutes: float = Field(
         120.0, ge=0, description="How long past its last lead a forecast waits for missing observations")
     skill_hours: float = Field(24.0, gt=0, description="Window of the nowcast_skill_* gauges")
+
+    @field_validator("models")
+    @classmethod
+    def _expand_shipped(cls, models: list[str]) -> list[str]:
+        """``shipped`` becomes the shipped names the list does not name itself."""
+        named = set(models)
+        expanded: list[str] = []
+        for entry in models:
+            if entry == SHIPPED_ENTRY:
+                expanded += [m for m in _shipped() if m not in named and m not in expanded]
+            else:
+                expanded.append(entry)
+        return expanded
 
 
 def load_settings(config: Path | None = None, **overrides: object) -> ServiceSettings:

@@ -10,7 +10,7 @@ from functools import cache
 
 import numpy as np
 import pytest
-from conftest import sample_files
+from conftest import REPO, sample_files
 
 from nowcast.forecaster import load_forecaster, shipped_models
 from nowcast.shipping import SHIPPED
@@ -106,11 +106,15 @@ def test_a_ten_minute_product_is_resampled_in_time_not_refused() -> None:
     assert csi["network"] > csi["persistence"] + 0.02, csi
 
 
-def test_the_service_serves_every_shipped_model_by_default() -> None:
-    from service.settings import ServiceSettings
+def test_the_service_serves_every_shipped_model_by_default_and_with_its_config_file() -> None:
+    from service.settings import ServiceSettings, load_settings
 
     assert set(SHIPPED) <= set(ServiceSettings().models)
-    assert {"persistence", "optical_flow"} <= set(ServiceSettings().models)
+    assert {"persistence", "optical_flow", "sprog"} <= set(ServiceSettings().models)  # the bar beside them
+    # docker-compose serves with configs/service.yaml: its "shipped" entry stands for the weights
+    served = load_settings(REPO / "configs" / "service.yaml").models
+    assert served == ["persistence", "optical_flow", "sprog", *SHIPPED]
+    assert ServiceSettings(models=["shipped", SHIPPED[0], "sprog"]).models == [*SHIPPED[1:], SHIPPED[0], "sprog"]
 
 
 def test_a_registered_network_without_weights_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
