@@ -48,6 +48,7 @@ class NowcastModule(pl.LightningModule):
         csi_weight: float = 0.0,
         csi_thresholds: tuple[float, ...] = VALIDATION_THRESHOLDS,
         csi_temperature: float = 0.02,
+        teacher_weight: float = 0.0,
         init_weights: str | None = None,
         input_channels: int = 1,
     ):
@@ -57,7 +58,10 @@ class NowcastModule(pl.LightningModule):
         score forecasters read. ``init_weights`` starts the network from another checkpoint's
         weights (a shipped ``.ckpt`` or a run's): fine-tuning, not resuming. ``input_channels`` above 1
         (set from ``data.auxiliary`` by ``nowcast train``) builds a network that reads the target and
-        the auxiliary channels and forecasts the target alone."""
+        the auxiliary channels and forecasts the target alone. ``teacher_weight`` adds the pixel loss
+        against a baseline's forecast (``data.teacher``) to the one against the observations: a network
+        that reads only frames learns from a forecast smoother and more consistent than six days of
+        observations can be."""
         super().__init__()
         if model in BASELINES:
             raise ValueError(f"{model!r} is a baseline: nothing to train")
@@ -199,6 +203,11 @@ class NowcastModule(pl.LightningModule):
                 z = float(self.normalizer.forward(torch.tensor(float(threshold))))
                 loss = loss + self.hparams.csi_weight * soft_csi(
                     prediction, batch["targets"], batch["target_mask"], z, self.hparams.csi_temperature)
+        if self.hparams.teacher_weight > 0 and "teacher" in batch:
+            loss = loss + self.hparams.teacher_weight * mse_mae(
+                prediction, batch["teacher"], batch["teacher_mask"] & batch["target_mask"])
+        elif self.hparams.teacher_weight > 0 and self.training:
+            raise ValueError("model.teacher_weight needs a teacher's forecasts: set data.teacher (e.g. sprog)")
         return loss
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

@@ -40,6 +40,10 @@ class RadarDataModule(pl.LightningDataModule):
     ``motion`` gives each window the cached forecast a hybrid corrects; ``extrapolation`` names the
     baseline that made it (``pipelines.extrapolation.METHODS``: ``optical_flow`` or ``sprog``) and
     must be the one the model was built to correct.
+
+    ``teacher`` (a baseline of ``pipelines.extrapolation.METHODS``) gives each training window that
+    baseline's cached forecast to learn from beside the observations (``model.teacher_weight``):
+    distillation, for networks that read only frames.
     """
 
     def __init__(
@@ -65,12 +69,15 @@ class RadarDataModule(pl.LightningDataModule):
         val_stride: int = 1,
         advect_prob: float = 0.0,
         advect_max_speed: int = 5,
+        teacher: str | None = None,
     ):
         super().__init__()
         from pipelines.extrapolation import METHODS
 
         if extrapolation not in METHODS:
             raise ValueError(f"data.extrapolation must be one of {', '.join(METHODS)}, got {extrapolation!r}")
+        if teacher is not None and teacher not in METHODS:
+            raise ValueError(f"data.teacher must be one of {', '.join(METHODS)}, got {teacher!r}")
         self.save_hyperparameters()
         self.products = products or ["fmi"]
         self.splitter = TimeBlockSplit(
@@ -101,6 +108,15 @@ class RadarDataModule(pl.LightningDataModule):
         return build_cache(self.hparams.store, product, self.hparams.t_out, workers=max(1, self.hparams.num_workers),
                            method=self.hparams.extrapolation)
 
+    def _teacher(self, product: str, split: str) -> str | None:
+        """The teacher's cache, for training windows only (validation scores the observations)."""
+        if self.hparams.teacher is None or split != "train":
+            return None
+        from pipelines.extrapolation import build_cache
+
+        return build_cache(self.hparams.store, product, self.hparams.t_out, workers=max(1, self.hparams.num_workers),
+                           method=self.hparams.teacher)
+
     def _build(self, split: str) -> Dataset:
         evaluation = split != "train"
         crop = self.hparams.val_crop if evaluation and self.hparams.val_crop else self.hparams.crop
@@ -112,7 +128,7 @@ class RadarDataModule(pl.LightningDataModule):
                 augment=self.hparams.augment and split == "train", normalizer=self.normalizer,
                 seed=self.hparams.seed, until=self._until(product), extrapolation=self._extrapolation(product),
                 auxiliary=self.auxiliary, advect_prob=self.hparams.advect_prob if split == "train" else 0.0,
-                advect_max_speed=self.hparams.advect_max_speed,
+                advect_max_speed=self.hparams.advect_max_speed, teacher=self._teacher(product, split),
             )
             for product in self.products
         ]
@@ -172,6 +188,7 @@ class RadarDataModule(pl.LightningDataModule):
             "windows": {split: len(ds) for split, ds in self.datasets.items()},
             "auxiliary": [spec.to_dict() for spec in self.auxiliary],
             "extrapolation": self.hparams.extrapolation if self.hparams.motion else None,
+            "teacher": self.hparams.teacher,
             "auxiliary_missing": self._auxiliary_missing(),
         }
 

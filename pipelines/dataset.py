@@ -73,7 +73,10 @@ class SequenceDataset(Dataset):
     ``inputs`` is then [t_in, 1 + 2K, H, W], cropped and augmented alike. With ``stride``, only
     every ``stride``-th window is kept (neighbouring windows share all but one frame). With
     ``advect_prob``, a training window is replaced, at that rate, by one real frame carried across
-    the crop at a random constant speed (``_advected_codes``).
+    the crop at a random constant speed (``_advected_codes``). With ``teacher`` (a cache path, as
+    ``extrapolation``), each window also carries a baseline's cached forecast as ``teacher`` (and its
+    ``teacher_mask``) for a network to learn from beside the observations; an advected window's
+    teacher is its own future, since its motion is exact.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class SequenceDataset(Dataset):
         stride: int = 1,
         advect_prob: float = 0.0,
         advect_max_speed: int = 5,
+        teacher: str | None = None,
     ):
         if t_in < 1 or t_out < 1:
             raise ValueError("t_in and t_out must be at least 1")
@@ -132,7 +136,8 @@ class SequenceDataset(Dataset):
                              "(a translated frame has no satellite frames, and its extrapolation would be exact)")
         self.advect_prob, self.advect_max_speed = advect_prob, advect_max_speed
         self._array: zarr.Array | None = None
-        self.extrapolation = extrapolation
+        self.extrapolation, self.teacher = extrapolation, teacher
+        self._teacher_cache = None
         self.auxiliary = list(auxiliary or [])
         self.readers = [AuxiliaryReader(store, spec, archive.grid(), storage_options) for spec in self.auxiliary]
         self._cache = None
@@ -151,7 +156,7 @@ class SequenceDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:  # zarr handles do not cross process boundaries
         state = self.__dict__.copy()
         state["_array"] = None
-        state["_cache"] = None
+        state["_cache"] = state["_teacher_cache"] = None
         return state
 
     def set_epoch(self, epoch: int) -> None:
@@ -162,7 +167,7 @@ class SequenceDataset(Dataset):
         """Drop handles opened by another process (a DataLoader worker forked after the parent
         read): an object store's client (its HTTP session, its event loop) must not cross a fork."""
         if getattr(self, "_pid", None) != os.getpid():
-            self._pid, self._array, self._cache = os.getpid(), None, None
+            self._pid, self._array, self._cache, self._teacher_cache = os.getpid(), None, None, None
 
     @property
     def array(self) -> zarr.Array:
@@ -180,6 +185,15 @@ class SequenceDataset(Dataset):
 
             self._cache = ExtrapolationCache(self.extrapolation, self.product)
         return self._cache
+
+    @property
+    def teacher_cache(self):
+        self._forked()
+        if self._teacher_cache is None:
+            from pipelines.extrapolation import ExtrapolationCache
+
+            self._teacher_cache = ExtrapolationCache(self.teacher, self.product)
+        return self._teacher_cache
 
     def _decode(self, raw: np.ndarray) -> np.ndarray:
         """Stored integers -> mm/h float32 with NaN for nodata (the CF decoding, without xarray).
@@ -249,7 +263,8 @@ class SequenceDataset(Dataset):
         y0, x0 = self._pick_crop(start, rng)
         ny, nx = (self.crop, self.crop) if self.crop else self.shape
         stop = start + self.t_in + self.t_out
-        if self.advect_prob and self.split not in ("val", "test") and rng.random() < self.advect_prob:
+        advected = bool(self.advect_prob and self.split not in ("val", "test") and rng.random() < self.advect_prob)
+        if advected:
             raw = self._advected_codes(start + self.t_in - 1, y0, x0, rng)
         else:
             raw = self.array[start:stop, y0 : y0 + ny, x0 : x0 + nx]
@@ -287,6 +302,13 @@ class SequenceDataset(Dataset):
         }
         if self.extrapolation:
             item["extrapolation"] = z[n:]
+        if self.teacher and advected:
+            item["teacher"], item["teacher_mask"] = item["targets"].clone(), item["target_mask"].clone()
+        elif self.teacher:
+            taught = augmented(self.teacher_cache.read(start + self.t_in - 1, self.t_out, slice(y0, y0 + ny),
+                                                       slice(x0, x0 + nx)))
+            item["teacher"] = torch.from_numpy(self._to_model_space(taught)[:, None])
+            item["teacher_mask"] = torch.from_numpy(~np.isnan(taught)[:, None])
         if self.readers:  # the input times' auxiliary frames, augmented like the window
             times = self.seconds[start : start + self.t_in].astype("datetime64[s]")
             frames = [augmented(r.read(times, y0, x0, ny, nx).rain) for r in self.readers]

@@ -265,3 +265,36 @@ def test_validation_windows_take_their_own_crop_and_stride(store: str) -> None:
     assert wide.datasets["train"][0]["targets"].shape[-2:] == (32, 32)
     with pytest.raises(ValueError, match="stride must be at least 1"):
         SequenceDataset(store, "synth", 3, 3, stride=0)
+
+
+def test_a_teacher_forecast_rides_along_cut_like_the_window_and_is_the_future_of_an_advected_one(
+        store: str) -> None:
+    """Distillation: a real window carries the baseline's cached forecast of its init, cropped like
+    it, with nodata masked (not dry); an advected window, whose motion is exact, its own future."""
+    from pipelines.extrapolation import ExtrapolationCache, build_cache
+
+    ingest(sample_files("fmi", 20), store, "fmi", fmt="fmi_pgm")
+    t_in, t_out = 3, 3
+    cache = build_cache(store, "fmi", t_out, workers=1, progress=False, method="optical_flow")
+    real = SequenceDataset(store, "fmi", t_in, t_out, crop=64, min_rain_fraction=0.05, seed=2, teacher=cache)
+    normalizer = RainNormalizer()
+    for index in (0, 5):
+        item = real[index]
+        y0, x0 = (int(v) for v in item["offset"])
+        start = int(real.starts[index])
+        expected = ExtrapolationCache(cache, "fmi").read(start + t_in - 1, t_out, slice(y0, y0 + 64),
+                                                         slice(x0, x0 + 64))
+        assert torch.equal(item["teacher_mask"][:, 0], torch.from_numpy(~np.isnan(expected)))
+        observed = item["teacher_mask"][:, 0]
+        assert torch.allclose(item["teacher"][:, 0][observed],
+                              normalizer.forward(torch.from_numpy(expected[observed.numpy()]).float()), atol=1e-6)
+        assert not torch.equal(item["teacher"], item["targets"])  # a forecast, not the observation
+    whole = SequenceDataset(store, "fmi", t_in, t_out, teacher=cache)[0]
+    unobserved = ~whole["teacher_mask"]
+    assert unobserved.any() and (whole["teacher"][unobserved] == 0).all()  # outside the radar: masked, not dry
+    advected = SequenceDataset(store, "fmi", t_in, t_out, crop=64, min_rain_fraction=0.05, seed=2, teacher=cache,
+                               advect_prob=1.0)[0]
+    assert torch.equal(advected["teacher"], advected["targets"])
+    assert torch.equal(advected["teacher_mask"], advected["target_mask"])
+    with pytest.raises(ValueError, match="data.teacher must be one of optical_flow, sprog, got 'steps'"):
+        RadarDataModule(store, ["fmi"], teacher="steps")

@@ -281,3 +281,22 @@ def test_the_quantile_loss_trains_the_quantile_that_maximises_expected_csi() -> 
         NowcastModule(loss="quantile", quantile=1.0)
     with pytest.raises(ValueError, match="loss must be one of 'balanced', 'mse_mae', 'quantile', got 'l1'"):
         NowcastModule(loss="l1")
+
+
+def test_a_plain_network_learns_from_a_teacher_forecast_only_when_the_data_gives_one(
+        tmp_path: Path, synthetic_store: str) -> None:
+    overrides = write_overrides(tmp_path, synthetic_store, epochs=1)
+    missing = subprocess.run(train_command(overrides, "--model.teacher_weight", "1.0"), capture_output=True,
+                             text=True, cwd=tmp_path)
+    assert missing.returncode != 0
+    assert "model.teacher_weight needs a teacher's forecasts: set data.teacher" in missing.stdout + missing.stderr
+    taught = subprocess.run(train_command(overrides, "--no-resume", "--model.teacher_weight", "1.0",
+                                          "--data.teacher", "optical_flow"), capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert taught.returncode == 0, taught.stderr[-3000:]
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["hyper_parameters"]["teacher_weight"] == 1.0
+    assert checkpoint["nowcast"]["data"]["teacher"] == "optical_flow"  # the card can say what it learned from
+    from pipelines.extrapolation import cache_path
+
+    assert Path(cache_path(synthetic_store, "optical_flow")).is_dir()
