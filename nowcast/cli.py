@@ -148,6 +148,9 @@ def evaluate(
     time_interpolation: Annotated[str, typer.Option(
         help="How a network trained at another time step gets this product's frames: motion "
              "(motion-compensated) or linear.")] = "motion",
+    probability_matching: Annotated[str, typer.Option(
+        help="auto (each checkpoint's own choice; none for baselines), none, or cdf: each lead matched to the "
+             "distribution of the last observed frame.")] = "auto",
 ) -> None:
     """Verify models against the archive: CSI/POD/FAR, MAE and FSS per lead time.
 
@@ -170,7 +173,9 @@ def evaluate(
             else:
                 report = run_evaluation(store, product, model, out, start=start, end=end, crop=crop, stride=stride,
                                         lead_steps=lead_steps, precision=precision,
-                                        time_interpolation=time_interpolation, **callbacks)
+                                        time_interpolation=time_interpolation,
+                                        probability_matching=None if probability_matching == "auto"
+                                        else probability_matching, **callbacks)
         except (LookupError, ValueError, FileNotFoundError) as exc:
             console.print(f"[red]error:[/] {exc.args[0] if exc.args else exc}")
             raise typer.Exit(2) from exc

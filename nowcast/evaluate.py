@@ -50,14 +50,15 @@ def evaluate(
     store: str, product: str, models: list[str], out: str | Path, start: str | None = None, end: str | None = None,
     crop: int | None = None, stride: int = 1, lead_steps: int | None = None,
     on_case: Callable[[], None] | None = None, total: Callable[[int], None] | None = None,
-    precision: str = "32", time_interpolation: str = "motion",
+    precision: str = "32", time_interpolation: str = "motion", probability_matching: str | None = None,
 ) -> dict[str, Any]:
     archive = ProductArchive(store, product)
     if not archive.exists():
         raise KeyError(f"no product {product!r} in {store}")
     forecasters: dict[str, LoadedForecaster] = {}
     for spec in models:
-        loaded = load_forecaster(spec, precision=precision, time_interpolation=time_interpolation)
+        loaded = load_forecaster(spec, precision=precision, time_interpolation=time_interpolation,
+                                 probability_matching=probability_matching)
         label = spec if spec == loaded.name else f"{loaded.name} ({Path(spec).name})"
         if label in forecasters:  # e.g. two model store versions, both called model.ckpt
             label = f"{loaded.name} ({Path(spec).parent.name}/{Path(spec).name})"
@@ -109,6 +110,7 @@ def evaluate(
             label: {"name": f.name, "source": f.source, "input_steps": f.input_steps,
                     **({"precision": f.precision} if f.trainable else {}),
                     **({"time_interpolation": f.time_interpolation} if f.resamples(step) else {}),
+                    "probability_matching": f.probability_matching,
                     "scores": results[label],
                     **({"auxiliary_cases_missing": auxiliary[label].cases_missing} if label in auxiliary else {})}
             for label, f in forecasters.items()

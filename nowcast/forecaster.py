@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from nowcast.models import BASELINES, MODELS, MOTION_BASELINES, get_model, model_class
 from nowcast.models.base import Forecaster
+from nowcast.postprocessing import check_probability_matching, match_cdf
 from pipelines.channels import AuxiliarySpec, MissingChannel, encode_channels
 from pipelines.normalization import RainNormalizer
 from pipelines.time_interpolation import TIME_INTERPOLATIONS, interpolate_in_time, motion_per_minute
@@ -84,6 +85,9 @@ class LoadedForecaster:
     #: how frames at another time step are brought to the network's: "motion" (motion-compensated,
     #: no ghosting) or "linear" (``pipelines.time_interpolation``; docs/skill.md compares them)
     time_interpolation: str = "motion"
+    #: "none", or "cdf": each lead's values matched to the last observation's distribution
+    #: (``nowcast.postprocessing``); a shipped network carries the choice made for it on validation
+    probability_matching: str = "none"
 
     @property
     def trainable(self) -> bool:
@@ -207,6 +211,8 @@ class LoadedForecaster:
             rain = np.where(np.isnan(batch[:, -1])[:, None], np.float32(np.nan), rain).astype(np.float32)
         else:
             rain = self._predict(batch, lead_steps, extra)
+        if self.probability_matching == "cdf":
+            rain = match_cdf(rain, batch[:, -1])
         return rain[0] if single else rain
 
     def _forward(self, z: torch.Tensor, lead_steps: int, ext: torch.Tensor | None = None) -> torch.Tensor:
@@ -259,10 +265,12 @@ class LoadedForecaster:
 
 
 def load_forecaster(spec: str, map_location: str | torch.device = "cpu", precision: str = "32",
-                    time_interpolation: str = "motion") -> LoadedForecaster:
+                    time_interpolation: str = "motion", probability_matching: str | None = None) -> LoadedForecaster:
     """A baseline by name, a checkpoint path, or a shipped model name; ``precision`` "bf16" runs a
     network under bfloat16 autocast (baselines are numpy and ignore it); ``time_interpolation``
-    says how a product at another time step is resampled ("motion" or "linear")."""
+    says how a product at another time step is resampled ("motion" or "linear");
+    ``probability_matching`` ("none" or "cdf") overrides the checkpoint's own choice (None: keep it;
+    a baseline's is "none")."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if time_interpolation not in TIME_INTERPOLATIONS:
@@ -272,7 +280,8 @@ def load_forecaster(spec: str, map_location: str | torch.device = "cpu", precisi
         normalizer = RainNormalizer()
         kwargs = {"normalization": normalizer.to_dict()} if spec in MOTION_BASELINES else {}
         return LoadedForecaster(spec, get_model(spec, **kwargs).eval(), model_class(spec).min_input_steps,
-                                BASELINE_MAX_LEAD_STEPS, None, normalizer, "baseline")
+                                BASELINE_MAX_LEAD_STEPS, None, normalizer, "baseline",
+                                probability_matching=check_probability_matching(probability_matching or "none"))
     path = Path(spec)
     if not path.is_file() and spec in MODELS:
         path = WEIGHTS_DIR / f"{spec}.ckpt"
@@ -293,4 +302,6 @@ def load_forecaster(spec: str, map_location: str | torch.device = "cpu", precisi
         name=info["model"], model=model.eval(), input_steps=int(info["t_in"]), max_lead_steps=int(info["t_out"]),
         step_minutes=info.get("step_minutes"), normalizer=RainNormalizer.from_dict(info["normalization"]),
         source=str(path), info=info, precision=precision, time_interpolation=time_interpolation,
+        probability_matching=check_probability_matching(
+            probability_matching or info.get("probability_matching", "none")),
     )

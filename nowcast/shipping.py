@@ -252,14 +252,35 @@ def export(name: str, run_dir: Path = Path("runs/weights")) -> dict[str, Any]:
     }
     if len(records) > 1:
         record["stages"] = records
-    info = dict(best["nowcast"], training=record)
+    info = dict(best["nowcast"], training=record, probability_matching=probability_matching(stage))
     state = {k: v for k, v in best["state_dict"].items() if k.startswith("net.")}
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
+    _save_shipped(name, {"state_dict": state, "nowcast": info})
+    return record
+
+
+def _save_shipped(name: str, checkpoint: dict[str, Any]) -> None:
     target = WEIGHTS_DIR / f"{name}.ckpt"
     tmp = target.with_suffix(".tmp")
-    torch.save({"state_dict": state, "nowcast": info}, tmp)
+    torch.save(checkpoint, tmp)
     tmp.replace(target)
-    return record
+
+
+def probability_matching(stage: str) -> str:
+    """How a stage's forecasts are post-processed (its config's ``model.probability_matching``):
+    chosen on the validation day after training (``bench/probability_matching.py``)."""
+    return (_config(stage).get("model") or {}).get("probability_matching", "none")
+
+
+def update_postprocessing(name: str) -> str:
+    """Write the probability matching of the shipped stage's config into ``name``'s shipped weights,
+    without re-exporting them (the choice is made after training, and the runs may be gone)."""
+    path = WEIGHTS_DIR / f"{name}.ckpt"
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    stage = Path(checkpoint["nowcast"]["training"]["config"]).stem
+    checkpoint["nowcast"]["probability_matching"] = probability_matching(stage)
+    _save_shipped(name, checkpoint)
+    return checkpoint["nowcast"]["probability_matching"]
 
 
 def _rounded(value: float | None) -> float | None:
@@ -345,7 +366,10 @@ def model_card(reports: dict[str, dict]) -> str:
                   f"(shipped epoch {record.get('best_epoch')})",
                   f"- validation CSI at 1 mm/h, 30/60 min {record.get('val_csi_1mm_30min')}/"
                   f"{record.get('val_csi_1mm_60min')}, mean over the leads {record.get('val_csi_1mm_mean')}; "
-                  f"CSI 5 mm/h 30 min {record.get('val_csi_5mm_30min')} (chosen on `{record.get('selected_on')}`)"]
+                  f"CSI 5 mm/h 30 min {record.get('val_csi_5mm_30min')} (chosen on `{record.get('selected_on')}`)",
+                  f"- post-processing: probability matching `{info.get('probability_matching', 'none')}`"
+                  + (" (each lead's distribution matched to the last observed frame's, chosen on the validation day "
+                     "with `bench/probability_matching.py`)" if info.get("probability_matching") == "cdf" else "")]
         for stage in record.get("stages", []):
             lines.append(f"  - stage `{stage['config']}`: {stage['wall_time_s']} s, {stage['epochs']} epochs / "
                          f"{stage['steps']} steps" + (f" ({stage['note']})" if stage.get("note") else ""))
@@ -513,7 +537,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-time", metavar="DD:HH:MM:SS[,DD:HH:MM:SS]",
                         help="every first stage's wall-clock budget[, every fine-tuning stage's]")
     parser.add_argument("--jobs", type=int, default=1, help="models trained at once (one process each)")
+    parser.add_argument("--update-postprocessing", action="store_true",
+                        help="only write each --only model's probability matching from its shipped stage's config "
+                             "into its shipped weights (no ingest, training or export)")
     args = parser.parse_args(argv)
+    if args.update_postprocessing:
+        for name in args.only:
+            print(name, "probability matching:", update_postprocessing(name), flush=True)
+        return
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     try:

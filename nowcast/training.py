@@ -21,6 +21,7 @@ from nowcast import __version__
 from nowcast.contingency import contingency, csi
 from nowcast.losses import balance_weights, mse_mae, pinball, soft_csi
 from nowcast.models import BASELINES, get_model, model_class
+from nowcast.postprocessing import check_probability_matching
 from pipelines.normalization import RainNormalizer
 
 VALIDATION_THRESHOLDS = (1.0, 5.0)
@@ -51,6 +52,7 @@ class NowcastModule(pl.LightningModule):
         teacher_weight: float = 0.0,
         init_weights: str | None = None,
         input_channels: int = 1,
+        probability_matching: str = "none",
     ):
         """``loss: quantile`` trains each pixel's ``quantile`` (``nowcast.losses.pinball``) instead of
         its mean. ``csi_weight`` adds a soft-CSI term (``nowcast.losses.soft_csi``) at ``csi_thresholds``
@@ -61,10 +63,13 @@ class NowcastModule(pl.LightningModule):
         the auxiliary channels and forecasts the target alone. ``teacher_weight`` adds the pixel loss
         against a baseline's forecast (``data.teacher``) to the one against the observations: a network
         that reads only frames learns from a forecast smoother and more consistent than six days of
-        observations can be."""
+        observations can be. ``probability_matching`` does not change training: it is saved with the
+        weights and says how their forecasts are post-processed (``nowcast.postprocessing``; chosen on
+        the validation day, docs/skill.md)."""
         super().__init__()
         if model in BASELINES:
             raise ValueError(f"{model!r} is a baseline: nothing to train")
+        check_probability_matching(probability_matching)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(map(repr, LOSSES))}, got {loss!r}")
         if loss == "quantile" and not 0.0 < quantile < 1.0:
@@ -123,6 +128,7 @@ class NowcastModule(pl.LightningModule):
             "data": self.data_info,
             # what a forecast must read beside the target: products, alignment, regrid, normalisation
             "auxiliary": list(self.data_info.get("auxiliary", [])),
+            "probability_matching": self.hparams.probability_matching,
             "version": __version__,
         }
 

@@ -137,10 +137,9 @@ class SequenceDataset(Dataset):
         self.advect_prob, self.advect_max_speed = advect_prob, advect_max_speed
         self._array: zarr.Array | None = None
         self.extrapolation, self.teacher = extrapolation, teacher
-        self._teacher_cache = None
         self.auxiliary = list(auxiliary or [])
         self.readers = [AuxiliaryReader(store, spec, archive.grid(), storage_options) for spec in self.auxiliary]
-        self._cache = None
+        self._caches: dict[str, Any] = {}  # extrapolation caches by path (what a hybrid corrects, a teacher)
         self._epoch = 0
         with archive.open() as ds:
             self.shape = ds[VARIABLE].shape[1:]
@@ -156,7 +155,7 @@ class SequenceDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:  # zarr handles do not cross process boundaries
         state = self.__dict__.copy()
         state["_array"] = None
-        state["_cache"] = state["_teacher_cache"] = None
+        state["_caches"] = {}
         return state
 
     def set_epoch(self, epoch: int) -> None:
@@ -167,7 +166,7 @@ class SequenceDataset(Dataset):
         """Drop handles opened by another process (a DataLoader worker forked after the parent
         read): an object store's client (its HTTP session, its event loop) must not cross a fork."""
         if getattr(self, "_pid", None) != os.getpid():
-            self._pid, self._array, self._cache, self._teacher_cache = os.getpid(), None, None, None
+            self._pid, self._array, self._caches = os.getpid(), None, {}
 
     @property
     def array(self) -> zarr.Array:
@@ -177,23 +176,14 @@ class SequenceDataset(Dataset):
             self._array = local_chunk_array(zarr.open_array(archive._zstore, path=VARIABLE, mode="r", zarr_format=3))
         return self._array
 
-    @property
-    def cache(self):
+    def _cached(self, path: str):
+        """The extrapolation cache at ``path``, opened once per process."""
         self._forked()
-        if self._cache is None:
+        if path not in self._caches:
             from pipelines.extrapolation import ExtrapolationCache
 
-            self._cache = ExtrapolationCache(self.extrapolation, self.product)
-        return self._cache
-
-    @property
-    def teacher_cache(self):
-        self._forked()
-        if self._teacher_cache is None:
-            from pipelines.extrapolation import ExtrapolationCache
-
-            self._teacher_cache = ExtrapolationCache(self.teacher, self.product)
-        return self._teacher_cache
+            self._caches[path] = ExtrapolationCache(path, self.product)
+        return self._caches[path]
 
     def _decode(self, raw: np.ndarray) -> np.ndarray:
         """Stored integers -> mm/h float32 with NaN for nodata (the CF decoding, without xarray).
@@ -279,7 +269,8 @@ class SequenceDataset(Dataset):
 
         ext = None
         if self.extrapolation:  # cut and augmented like the window
-            ext = augmented(self.cache.read(start + self.t_in - 1, self.t_out, slice(y0, y0 + ny), slice(x0, x0 + nx)))
+            ext = augmented(self._cached(self.extrapolation).read(start + self.t_in - 1, self.t_out,
+                                                                  slice(y0, y0 + ny), slice(x0, x0 + nx)))
         tables = None if self.readers else self._model_space_tables(raw.dtype)
         if tables is not None:  # codes straight to model space (the auxiliary channels need mm/h)
             codes = augmented(raw)
@@ -305,7 +296,7 @@ class SequenceDataset(Dataset):
         if self.teacher and advected:
             item["teacher"], item["teacher_mask"] = item["targets"].clone(), item["target_mask"].clone()
         elif self.teacher:
-            taught = augmented(self.teacher_cache.read(start + self.t_in - 1, self.t_out, slice(y0, y0 + ny),
+            taught = augmented(self._cached(self.teacher).read(start + self.t_in - 1, self.t_out, slice(y0, y0 + ny),
                                                        slice(x0, x0 + nx)))
             item["teacher"] = torch.from_numpy(self._to_model_space(taught)[:, None])
             item["teacher_mask"] = torch.from_numpy(~np.isnan(taught)[:, None])

@@ -40,6 +40,7 @@ class ServedModel:
             "training_data": f.info.get("data") if f.trainable else None,
             "skill": model_skill(f) if f.trainable else None,
             "input_products": f.input_products,
+            "probability_matching": f.probability_matching,
         })
 
 

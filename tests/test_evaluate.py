@@ -139,3 +139,24 @@ def test_evaluate_and_backfill_refuse_a_step_far_from_the_networks(small_checkpo
         backfill(str(small_checkpoint), store, "hourly", "2021-07-01T12:00Z", "2021-07-01T22:00Z",
                  str(tmp_path / "bf.zarr"))
     assert not (tmp_path / "bf.zarr").exists()  # refused before anything is written
+
+
+def test_probability_matching_is_each_checkpoints_own_unless_told_and_recorded(
+        fmi_archive: str, small_checkpoint: Path, tmp_path: Path) -> None:
+    """--probability-matching auto keeps each model's own (none for a baseline and for a checkpoint
+    trained without a choice), cdf or none overrides it; the report says which ran; a bad name is refused."""
+    args = ("evaluate", "--store", fmi_archive, "--product", "fmi", "--model", "optical_flow", "--model",
+            str(small_checkpoint), "--start", "2016-09-28T15:30:00Z", "--end", "2016-09-28T15:40:00Z", "--crop", "256")
+    reports = {}
+    for method in ("auto", "cdf"):
+        out = tmp_path / f"{method}.json"
+        result = nowcast_cli(*args, "--probability-matching", method, "--out", str(out))
+        assert result.returncode == 0, result.stderr[-3000:]
+        reports[method] = json.loads(out.read_text())["models"]
+    assert {m["probability_matching"] for m in reports["auto"].values()} == {"none"}
+    assert {m["probability_matching"] for m in reports["cdf"].values()} == {"cdf"}
+    flow = [reports[m]["optical_flow"]["scores"][-1]["mae_mm_h"] for m in ("auto", "cdf")]
+    assert flow[0] != flow[1]  # the matched forecast is another forecast
+    refused = nowcast_cli(*args, "--probability-matching", "mean", "--out", str(tmp_path / "m.json"))
+    assert refused.returncode == 2
+    assert "probability matching must be one of none, cdf, got 'mean'" in " ".join(refused.stderr.split())

@@ -21,6 +21,7 @@ import xarray as xr
 import yaml
 from PIL import Image
 
+from nowcast.forecaster import load_forecaster
 from pipelines.store import ProductArchive
 
 NOWCAST = str(Path(sys.executable).with_name("nowcast"))
@@ -363,3 +364,5 @@ def test_models_report_the_skill_the_model_store_and_the_model_card_recorded(
     assert 0 < shipped["test_events"]["FMI 2016-09-28"]["csi_5mm_30min"] < 1
     assert listed["versioned"]["skill"]["scores"][0]["csi"]["1.0"] == 0.61
     assert listed["bare"]["skill"] is None
+    assert listed["bare"]["probability_matching"] == "none"  # no choice was made for a bare checkpoint
+    assert listed["predrnn_flow"]["probability_matching"] == load_forecaster("predrnn_flow").probability_matching

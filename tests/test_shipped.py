@@ -184,12 +184,8 @@ def test_a_fixed_budget_stage_ships_its_last_epoch(tmp_path, monkeypatch: pytest
     assert scores["val/csi_1mm/mean"] == pytest.approx(0.20)  # the last epoch's, as logged
 
 
-def test_export_names_the_device_each_stage_trained_on_not_the_exporting_one(tmp_path, monkeypatch) -> None:
-    """Weights trained on a lent GPU are exported elsewhere: the card must name the GPU (wall_time.json)."""
-    import json
-
-    import torch
-
+def _two_stages_to_export(tmp_path, monkeypatch: pytest.MonkeyPatch) -> tuple:
+    """A model "m" whose fixed-budget fine-tuning stage ships, configs and weights under tmp_path."""
     from nowcast import shipping
 
     config_dir, run_dir = tmp_path / "configs", tmp_path / "runs"
@@ -198,6 +194,16 @@ def test_export_names_the_device_each_stage_trained_on_not_the_exporting_one(tmp
     monkeypatch.setattr(shipping, "WEIGHTS_DIR", tmp_path / "weights")
     _fake_stage(run_dir, config_dir, "m", "val/csi_1mm/lead_030min", 3, [0.70] * 12)
     _fake_stage(run_dir, config_dir, "m.tune", None, 5, [0.40] * 12)
+    return shipping, config_dir, run_dir
+
+
+def test_export_names_the_device_each_stage_trained_on_not_the_exporting_one(tmp_path, monkeypatch) -> None:
+    """Weights trained on a lent GPU are exported elsewhere: the card must name the GPU (wall_time.json)."""
+    import json
+
+    import torch
+
+    shipping, config_dir, run_dir = _two_stages_to_export(tmp_path, monkeypatch)
     (run_dir / "m" / "wall_time.json").write_text(json.dumps({"seconds": 110.0, "device": "NVIDIA H100"}))
     (run_dir / "m.tune" / "wall_time.json").write_text(json.dumps(
         {"seconds": 380.0, "device": "NVIDIA H100", "note": "cut off before its budget"}))
@@ -207,6 +213,34 @@ def test_export_names_the_device_each_stage_trained_on_not_the_exporting_one(tmp
     assert [s.get("note") for s in record["stages"]] == [None, "cut off before its budget"]
     shipped = torch.load(tmp_path / "weights" / "m.ckpt", weights_only=False)
     assert shipped["nowcast"]["training"]["trained_on"] == "NVIDIA H100"
+
+
+def test_the_shipped_stage_config_says_how_forecasts_are_post_processed(tmp_path, monkeypatch) -> None:
+    """Probability matching is chosen after training, on the validation day: export takes it from the
+    shipped stage's config, and --update-postprocessing writes a changed choice into shipped weights."""
+    import torch
+    import yaml
+
+    shipping, config_dir, run_dir = _two_stages_to_export(tmp_path, monkeypatch)
+    tune = config_dir / "m.tune.yaml"
+    config = yaml.safe_load(tune.read_text())
+    tune.write_text(yaml.safe_dump({**config, "model": {"probability_matching": "cdf"}}))
+    shipping.export("m", run_dir)
+    shipped = tmp_path / "weights" / "m.ckpt"
+    assert torch.load(shipped, weights_only=False)["nowcast"]["probability_matching"] == "cdf"
+    tune.write_text(yaml.safe_dump(config))  # the choice withdrawn: the default is none
+    assert shipping.update_postprocessing("m") == "none"
+    assert torch.load(shipped, weights_only=False)["nowcast"]["probability_matching"] == "none"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_each_shipped_weight_post_processes_as_its_config_says(name: str) -> None:
+    from pathlib import Path
+
+    from nowcast.shipping import probability_matching
+
+    forecaster = load_forecaster(name)
+    assert forecaster.probability_matching == probability_matching(Path(forecaster.info["training"]["config"]).stem)
 
 
 def test_the_gpu_overlay_keeps_each_stage_recipe_and_sets_bf16_and_the_budget() -> None:
