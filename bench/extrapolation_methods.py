@@ -1,7 +1,7 @@
 """Where does an extrapolation lose its skill: the motion, or the small scales?
 
     python bench/extrapolation_methods.py [--store data/weights/train.zarr] [--products fmi mch knmi]
-        [--methods lk3 lk2 lk4 lk3_cubic oracle smooth sprog] [--stride 3]
+        [--methods lk3 lk2 lk4 lk3_cubic oracle smooth sprog linda anvil] [--stride 3] [--max-cases N]
 
 Scores pysteps extrapolations on full grids, pooled over every ``--stride``-th init time with 4
 observed frames and 12 x 5-min leads (windows across a gap skipped, and inits with under 1 % of the
@@ -14,7 +14,12 @@ methods:
 - ``oracle``: Lucas-Kanade on the *observed* leads 5-7, i.e. the motion of the future: an upper
   bound on what better motion could give;
 - ``smooth``: ``lk3`` blurred by 0.5 pixel per lead step (``optical_flow_smooth``);
-- ``sprog``: pysteps S-PROG (the ``sprog`` baseline).
+- ``sprog``: pysteps S-PROG (the ``sprog`` baseline);
+- ``linda``: pysteps LINDA, deterministic (no perturbations; ARI(1) in a Lagrangian frame with
+  local growth and decay), on the last 3 frames: a candidate starting point for a hybrid. It needs
+  scikit-image (``pip install scikit-image``, not a dependency of the project) and minutes per case;
+- ``anvil``: pysteps ANVIL (a local autoregressive integrated model of growth and decay) on rain rate,
+  the 4 frames: another candidate.
 
 Run it on the training and validation days (the default store), never to choose on test events.
 Forecast NaN (advected from outside the grid) counts as dry; pixels without an observation are
@@ -54,6 +59,20 @@ def _sprog(inputs: np.ndarray, _: np.ndarray) -> np.ndarray:
     return sprog(inputs, T_OUT)
 
 
+def _lagrangian_ari(method: str, inputs: np.ndarray) -> np.ndarray:
+    """pysteps' LINDA (deterministic) or ANVIL on mm/h, nodata read as dry, motion as ``optical_flow``'s."""
+    rain = np.nan_to_num(inputs, nan=0.0)
+    velocity = _lk(inputs[-3:])
+    nowcasts = quiet_import("pysteps.nowcasts")
+    with quiet():
+        if method == "linda":
+            out = nowcasts.get_method("linda")(rain[-3:], velocity, T_OUT, add_perturbations=False, kmperpixel=1.0,
+                                               timestep=5, num_workers=2, ari_order=1)
+        else:
+            out = nowcasts.get_method("anvil")(rain, velocity, T_OUT, ar_order=2, num_workers=2)
+    return np.asarray(out)
+
+
 #: name -> (observed inputs [T_IN, y, x], observed leads [T_OUT, y, x]) -> forecast [T_OUT, y, x]
 METHODS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "lk3": lambda inp, obs: _advect(inp[-1], _lk(inp[-3:])),
@@ -63,6 +82,8 @@ METHODS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "oracle": lambda inp, obs: _advect(inp[-1], _lk(obs[4:7])),
     "smooth": lambda inp, obs: smooth_by_lead(_advect(inp[-1], _lk(inp[-3:]))),
     "sprog": _sprog,
+    "linda": lambda inp, obs: _lagrangian_ari("linda", inp),
+    "anvil": lambda inp, obs: _lagrangian_ari("anvil", inp),
 }
 
 
@@ -79,7 +100,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", default="data/weights/train.zarr")
     parser.add_argument("--products", nargs="+", default=["fmi", "mch", "knmi"])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=[m for m in METHODS if m not in ("linda", "anvil")],
+                        choices=list(METHODS), help="linda and anvil only when named (slow)")
     parser.add_argument("--stride", type=int, default=3)
     parser.add_argument("--max-cases", type=int, default=None, help="per product (a quick look)")
     args = parser.parse_args()

@@ -366,13 +366,13 @@ def model_card(reports: dict[str, dict]) -> str:
                   f"(shipped epoch {record.get('best_epoch')})",
                   f"- validation CSI at 1 mm/h, 30/60 min {record.get('val_csi_1mm_30min')}/"
                   f"{record.get('val_csi_1mm_60min')}, mean over the leads {record.get('val_csi_1mm_mean')}; "
-                  f"CSI 5 mm/h 30 min {record.get('val_csi_5mm_30min')} (chosen on `{record.get('selected_on')}`)",
-                  f"- post-processing: probability matching `{info.get('probability_matching', 'none')}`"
-                  + (" (each lead's distribution matched to the last observed frame's, chosen on the validation day "
-                     "with `bench/probability_matching.py`)" if info.get("probability_matching") == "cdf" else "")]
+                  f"CSI 5 mm/h 30 min {record.get('val_csi_5mm_30min')} (chosen on `{record.get('selected_on')}`)"]
         for stage in record.get("stages", []):
             lines.append(f"  - stage `{stage['config']}`: {stage['wall_time_s']} s, {stage['epochs']} epochs / "
                          f"{stage['steps']} steps" + (f" ({stage['note']})" if stage.get("note") else ""))
+        lines.append(f"- post-processing: probability matching `{info.get('probability_matching', 'none')}`"
+                     + (" (each lead's distribution matched to the last observed frame's, chosen on the validation "
+                        "day with `bench/probability_matching.py`)" if info.get("probability_matching") == "cdf" else ""))
         for product, report in reports.items():
             row = dict(skill_rows(report)).get(name)
             if row:
