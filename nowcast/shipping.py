@@ -370,9 +370,10 @@ def model_card(reports: dict[str, dict]) -> str:
         for stage in record.get("stages", []):
             lines.append(f"  - stage `{stage['config']}`: {stage['wall_time_s']} s, {stage['epochs']} epochs / "
                          f"{stage['steps']} steps" + (f" ({stage['note']})" if stage.get("note") else ""))
-        lines.append(f"- post-processing: probability matching `{info.get('probability_matching', 'none')}`"
+        matching = info.get("probability_matching", "none")
+        lines.append(f"- post-processing: probability matching `{matching}`"
                      + (" (each lead's distribution matched to the last observed frame's, chosen on the validation "
-                        "day with `bench/probability_matching.py`)" if info.get("probability_matching") == "cdf" else ""))
+                        "day with `bench/probability_matching.py`)" if matching == "cdf" else ""))
         for product, report in reports.items():
             row = dict(skill_rows(report)).get(name)
             if row:
