@@ -8,6 +8,10 @@ with nodata kept as nodata: each lead's pixels keep their rank in the forecast a
 of the same rank among the last observation's valid pixels. Where the forecast is dry (0), it stays
 dry; when it is wet over fewer pixels than the observation, the observation's lightest rain is
 dropped so the wet area is the forecast's.
+
+Not ``pysteps.postprocessing.probmatching.nonparam_match_empirical_cdf`` itself: it reads a NaN in the
+target field as its dry value, so nodata would count as observed dry rain unless both masks agree.
+It runs on the request path of a matched model: one sort per lead of the grid's pixels.
 """
 
 from __future__ import annotations
