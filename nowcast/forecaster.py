@@ -60,13 +60,24 @@ def tent(n: int) -> torch.Tensor:
 #: the demo and the pysteps plugin's default use the first; ``make weights`` trains them and the
 #: model card and docs/skill.md list them in this order
 SHIPPED = ("convlstm_sprog", "convlstm_flow", "sa_convlstm_flow", "predrnn_flow", "convlstm", "sa_convlstm", "predrnn")
+#: networks trained on the long TAASRAD19 archive (64 x 64 pixels of 3.75 km, 5 min): shipped weights
+#: named after the archive, each a registered architecture (its checkpoint says which)
+SHIPPED_TAASRAD19 = ("convlstm_taasrad19", "predrnn_taasrad19", "sa_convlstm_taasrad19")
 
 
-def shipped_models() -> list[str]:
-    """Registered networks whose trained weights are in the package: SHIPPED's order, then any other
-    registered network with a checkpoint in ``nowcast/weights`` (by name)."""
+def shipped_models(archive: str | None = None) -> list[str]:
+    """Networks whose trained weights are in the package: SHIPPED's order, then any other registered
+    network with a checkpoint in ``nowcast/weights`` (by name). ``archive="taasrad19"`` names those
+    trained on the TAASRAD19 archive instead (``SHIPPED_TAASRAD19``)."""
+    if archive == "taasrad19":
+        return [n for n in SHIPPED_TAASRAD19 if (WEIGHTS_DIR / f"{n}.ckpt").is_file()]
     names = [n for n in SHIPPED if (WEIGHTS_DIR / f"{n}.ckpt").is_file()]
     return names + sorted(n for n in MODELS if n not in SHIPPED and (WEIGHTS_DIR / f"{n}.ckpt").is_file())
+
+
+def shipped_names() -> list[str]:
+    """Every name a shipped weight file answers to (``nowcast/weights/<name>.ckpt``)."""
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.ckpt"))
 
 
 @dataclass
@@ -92,6 +103,11 @@ class LoadedForecaster:
     @property
     def trainable(self) -> bool:
         return self.name not in BASELINES
+
+    @property
+    def architecture(self) -> str:
+        """The registered model this forecaster runs (a shipped ``convlstm_taasrad19`` is a ``convlstm``)."""
+        return str(self.info.get("model", self.name))
 
     @property
     def size_multiple(self) -> int:
@@ -283,14 +299,16 @@ def load_forecaster(spec: str, map_location: str | torch.device = "cpu", precisi
                                 BASELINE_MAX_LEAD_STEPS, None, normalizer, "baseline",
                                 probability_matching=check_probability_matching(probability_matching or "none"))
     path = Path(spec)
-    if not path.is_file() and spec in MODELS:
+    shipped = not path.is_file() and (WEIGHTS_DIR / f"{spec}.ckpt").is_file()
+    if shipped:
         path = WEIGHTS_DIR / f"{spec}.ckpt"
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"no shipped weights for {spec!r} yet ({path}); pass a checkpoint path from `nowcast train`"
-            )
+    elif not path.is_file() and spec in MODELS:
+        raise FileNotFoundError(
+            f"no shipped weights for {spec!r} yet ({WEIGHTS_DIR / f'{spec}.ckpt'}); pass a checkpoint path from "
+            "`nowcast train`")
     if not path.is_file():
-        raise FileNotFoundError(f"{spec!r} is neither a model name ({', '.join(MODELS)}) nor a checkpoint file")
+        raise FileNotFoundError(f"{spec!r} is neither a baseline ({', '.join(BASELINES)}), a shipped model "
+                                f"({', '.join(shipped_names())}) nor a checkpoint file")
     checkpoint = torch.load(path, map_location=map_location, weights_only=False)
     info = checkpoint.get("nowcast")
     if info is None:
@@ -299,7 +317,8 @@ def load_forecaster(spec: str, map_location: str | torch.device = "cpu", precisi
     state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     model.load_state_dict(state)
     return LoadedForecaster(
-        name=info["model"], model=model.eval(), input_steps=int(info["t_in"]), max_lead_steps=int(info["t_out"]),
+        name=spec if shipped else info["model"], model=model.eval(), input_steps=int(info["t_in"]),
+        max_lead_steps=int(info["t_out"]),
         step_minutes=info.get("step_minutes"), normalizer=RainNormalizer.from_dict(info["normalization"]),
         source=str(path), info=info, precision=precision, time_interpolation=time_interpolation,
         probability_matching=check_probability_matching(

@@ -45,9 +45,11 @@ def _method(default_model: str) -> Callable[..., np.ndarray]:
             if list(timesteps) != list(range(1, len(timesteps) + 1)):
                 raise ValueError("only whole, consecutive time steps are supported (pass an int)")
             timesteps = len(timesteps)
-        if forecaster.name != default_model:
-            raise ValueError(f"{checkpoint} holds a {forecaster.name!r} network, not {default_model!r}: "
-                             f"use pysteps.nowcasts.get_method('{PREFIX}{forecaster.name}') for it")
+        expected = _load(default_model).architecture if checkpoint else forecaster.architecture
+        if forecaster.architecture != expected:
+            raise ValueError(f"{checkpoint} holds a {forecaster.architecture!r} network, not {expected!r} "
+                             f"({default_model}): use pysteps.nowcasts.get_method('{PREFIX}{forecaster.architecture}')"
+                             " for it")
         return forecaster.predict(np.asarray(precip, dtype=np.float32), timesteps, auxiliary=auxiliary)
 
     forecast.__name__ = f"{PREFIX}{default_model}"
@@ -62,9 +64,13 @@ convlstm_flow = _method("convlstm_flow")
 predrnn_flow = _method("predrnn_flow")
 sa_convlstm_flow = _method("sa_convlstm_flow")
 convlstm_sprog = _method("convlstm_sprog")
+convlstm_taasrad19 = _method("convlstm_taasrad19")
+predrnn_taasrad19 = _method("predrnn_taasrad19")
+sa_convlstm_taasrad19 = _method("sa_convlstm_taasrad19")
 METHODS = {
     f.__name__: f
-    for f in (convlstm, predrnn, sa_convlstm, convlstm_flow, predrnn_flow, sa_convlstm_flow, convlstm_sprog)
+    for f in (convlstm, predrnn, sa_convlstm, convlstm_flow, predrnn_flow, sa_convlstm_flow, convlstm_sprog,
+              convlstm_taasrad19, predrnn_taasrad19, sa_convlstm_taasrad19)
 }
 
 

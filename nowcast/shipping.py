@@ -484,8 +484,18 @@ def write_docs(reports: dict[str, dict], models: list[str]) -> None:
     page = docs / "skill.md"
     notes = page.read_text().partition(NOTES_MARKER)[2] if page.is_file() else ""
     page.write_text("\n".join(parts) + "\n" + (NOTES_MARKER + notes if notes else ""))
-    (WEIGHTS_DIR / "MODEL_CARD.md").write_text(model_card(reports))
+    card = WEIGHTS_DIR / "MODEL_CARD.md"
+    card.write_text(model_card(reports) + _kept_sections(card))
     write_skill_file(reports)
+
+
+#: sections other commands generate in the model card (``nowcast.shipping_taasrad19``): kept here
+OTHER_SECTIONS = "<!-- taasrad19:"
+
+
+def _kept_sections(path: Path) -> str:
+    text = path.read_text() if path.is_file() else ""
+    return "\n" + text[text.index(OTHER_SECTIONS):] if OTHER_SECTIONS in text else ""
 
 
 #: the model card's test scores, machine-readable: what GET /v1/models reports for shipped weights
@@ -496,7 +506,8 @@ SKILL_KEYS = ("csi_1mm_30min", "csi_1mm_60min", "csi_5mm_30min", "csi_10mm_30min
 def write_skill_file(reports: dict[str, dict]) -> None:
     import json
 
-    skill: dict[str, dict] = {}
+    kept = json.loads(SKILL_FILE.read_text())["test_events"] if SKILL_FILE.is_file() else {}
+    skill: dict[str, dict] = {name: rows for name, rows in kept.items() if name not in SHIPPED}  # other archives'
     for product, report in reports.items():
         for name, row in skill_rows(report):
             if name in SHIPPED:

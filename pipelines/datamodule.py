@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from pipelines.channels import AuxiliarySpec, align_latest
-from pipelines.dataset import SequenceDataset, TimeBlockSplit
+from pipelines.dataset import MonthSplit, SequenceDataset, TimeBlockSplit
 from pipelines.normalization import RainNormalizer
 
 
@@ -22,7 +22,8 @@ class _EpochAwareConcat(ConcatDataset):
 class RadarDataModule(pl.LightningDataModule):
     """Train/val/test windows from ``products`` (several products feed one training set).
 
-    The split is by time blocks (``block_hours``, ``split_pattern``); training windows are
+    The split is by time blocks (``block_hours``, ``split_pattern``), or by calendar months
+    (``split_months``: ``{val: [2016-07], test: [2016-09]}``, the other months train); training windows are
     randomly cropped (``crop``, ``min_rain_fraction``) and flipped/rotated, evaluation
     windows are untouched, cropped to ``val_crop`` (default: ``crop``) and thinned to every
     ``val_stride``-th window. Validation crops larger than the training crops are the point: a
@@ -33,6 +34,10 @@ class RadarDataModule(pl.LightningDataModule):
     a product name, or a mapping with ``product`` and any of ``tolerance_minutes`` (default 15),
     ``method`` (``bilinear``/``nearest``) and ``normalization`` (a RainNormalizer dict; default:
     the target's). They are regridded onto each target product's grid and aligned in time.
+
+    ``min_window_rain`` keeps only the windows whose last input frame rains (at least
+    ``window_rain_threshold`` mm/h) over at least that share of its observed pixels, in every split:
+    a long archive is mostly dry, and dry windows teach a network nothing but persistence of zero.
 
     ``advect_prob`` replaces that share of the training windows by a real frame carried at a random
     constant speed (``SequenceDataset._advected_codes``): exact, varied motion for plain networks.
@@ -70,6 +75,9 @@ class RadarDataModule(pl.LightningDataModule):
         advect_prob: float = 0.0,
         advect_max_speed: int = 5,
         teacher: str | None = None,
+        split_months: dict[str, list[str]] | None = None,
+        min_window_rain: float = 0.0,
+        window_rain_threshold: float = 1.0,
     ):
         super().__init__()
         from pipelines.extrapolation import METHODS
@@ -80,8 +88,9 @@ class RadarDataModule(pl.LightningDataModule):
             raise ValueError(f"data.teacher must be one of {', '.join(METHODS)}, got {teacher!r}")
         self.save_hyperparameters()
         self.products = products or ["fmi"]
-        self.splitter = TimeBlockSplit(
-            block_hours, tuple(split_pattern) if split_pattern else TimeBlockSplit().pattern
+        self.splitter: TimeBlockSplit | MonthSplit = (
+            MonthSplit.parse(split_months) if split_months else
+            TimeBlockSplit(block_hours, tuple(split_pattern) if split_pattern else TimeBlockSplit().pattern)
         )
         self.normalizer = RainNormalizer(kind=normalization)
         # an auxiliary product is normalised like the target unless its entry says otherwise
@@ -129,6 +138,7 @@ class RadarDataModule(pl.LightningDataModule):
                 seed=self.hparams.seed, until=self._until(product), extrapolation=self._extrapolation(product),
                 auxiliary=self.auxiliary, advect_prob=self.hparams.advect_prob if split == "train" else 0.0,
                 advect_max_speed=self.hparams.advect_max_speed, teacher=self._teacher(product, split),
+                min_window_rain=self.hparams.min_window_rain, window_rain_threshold=self.hparams.window_rain_threshold,
             )
             for product in self.products
         ]
@@ -153,9 +163,11 @@ class RadarDataModule(pl.LightningDataModule):
                              "train on products of one step")
         counts = {split: len(ds) for split, ds in self.datasets.items()}
         h = self.hparams
+        split_text = (f"months {self.splitter.to_dict()}, other months {self.splitter.default}"
+                      if isinstance(self.splitter, MonthSplit) else
+                      f"blocks of {h.block_hours:g} h, pattern {list(self.splitter.pattern)}")
         rank_zero_info(f"windows per split: train {counts['train']}, val {counts['val']}, test {counts['test']} "
-                       f"({h.t_in}+{h.t_out} frames each, blocks of {h.block_hours:g} h, pattern "
-                       f"{list(self.splitter.pattern)}, products {self.products})")
+                       f"({h.t_in}+{h.t_out} frames each, {split_text}, products {self.products})")
         if counts["train"] == 0:
             raise ValueError(
                 f"no training windows: a window ({h.t_in}+{h.t_out} frames) must lie inside one {h.block_hours:g}-hour "
@@ -183,7 +195,9 @@ class RadarDataModule(pl.LightningDataModule):
             "products": list(self.products),
             "time_ranges": ranges,
             "step_minutes": first.step_minutes,
-            "split": {"block_hours": self.splitter.block_hours, "pattern": list(self.splitter.pattern)},
+            "split": ({"months": self.splitter.to_dict(), "other_months": self.splitter.default}
+                      if isinstance(self.splitter, MonthSplit) else
+                      {"block_hours": self.splitter.block_hours, "pattern": list(self.splitter.pattern)}),
             "holdout_hours": self.hparams.holdout_hours,
             "windows": {split: len(ds) for split, ds in self.datasets.items()},
             "auxiliary": [spec.to_dict() for spec in self.auxiliary],

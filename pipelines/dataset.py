@@ -45,8 +45,56 @@ class TimeBlockSplit:
         return np.asarray(self.pattern)[self.block_of(seconds) % len(self.pattern)]
 
 
+@dataclass(frozen=True)
+class MonthSplit:
+    """Whole calendar months (UTC) to named splits, the rest to ``default``: the split of a long
+    archive, where a month is the natural unit (no month in two roles, seasons kept whole).
+    ``months`` maps a split to its months as ``YYYY-MM``."""
+
+    months: tuple[tuple[str, tuple[str, ...]], ...]
+    default: str = "train"
+
+    @classmethod
+    def parse(cls, months: dict[str, list[str]], default: str = "train") -> MonthSplit:
+        seen: dict[str, str] = {}
+        for split, listed in months.items():
+            if split not in SPLITS:
+                raise ValueError(f"data.split_months: unknown split {split!r}; use {SPLITS}")
+            for month in listed:
+                try:
+                    np.datetime64(str(month), "M")
+                except ValueError:
+                    raise ValueError(f"data.split_months: {month!r} is not a month (YYYY-MM)") from None
+                if str(month) in seen:
+                    raise ValueError(f"data.split_months: {month} is in both {seen[str(month)]!r} and {split!r}")
+                seen[str(month)] = split
+        return cls(tuple((split, tuple(map(str, listed))) for split, listed in months.items()), default)
+
+    @property
+    def pattern(self) -> tuple[str, ...]:
+        return tuple(split for split, _ in self.months) + (self.default,)
+
+    @property
+    def block_hours(self) -> str:
+        return "month"
+
+    def block_of(self, seconds: np.ndarray) -> np.ndarray:
+        return np.asarray(seconds).astype("datetime64[s]").astype("datetime64[M]").astype(np.int64)
+
+    def split_of(self, seconds: np.ndarray) -> np.ndarray:
+        blocks = self.block_of(seconds)
+        out = np.full(blocks.shape, self.default, dtype=object)
+        for split, listed in self.months:
+            for month in listed:
+                out[blocks == np.datetime64(month, "M").astype(np.int64)] = split
+        return out.astype(str)
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {split: list(listed) for split, listed in self.months}
+
+
 def window_starts(
-    seconds: np.ndarray, length: int, step_seconds: int, split: str | None, splitter: TimeBlockSplit
+    seconds: np.ndarray, length: int, step_seconds: int, split: str | None, splitter: TimeBlockSplit | MonthSplit
 ) -> np.ndarray:
     """Indices where ``length`` frames follow each other at exactly ``step_seconds``, inside one
     block of ``split`` (any block when ``split`` is None)."""
@@ -86,7 +134,7 @@ class SequenceDataset(Dataset):
         t_in: int,
         t_out: int,
         split: str | None = None,
-        splitter: TimeBlockSplit | None = None,
+        splitter: TimeBlockSplit | MonthSplit | None = None,
         crop: int | None = None,
         min_rain_fraction: float = 0.0,
         rain_threshold: float = 0.1,
@@ -103,6 +151,8 @@ class SequenceDataset(Dataset):
         advect_prob: float = 0.0,
         advect_max_speed: int = 5,
         teacher: str | None = None,
+        min_window_rain: float = 0.0,
+        window_rain_threshold: float = 1.0,
     ):
         if t_in < 1 or t_out < 1:
             raise ValueError("t_in and t_out must be at least 1")
@@ -148,9 +198,22 @@ class SequenceDataset(Dataset):
         self._fill = encoding.get("_FillValue")
         if crop is not None and crop > min(self.shape):
             raise ValueError(f"crop {crop} is larger than the {self.shape} grid of {product!r}")
+        if min_window_rain > 0 and len(self.starts):  # a long archive is mostly dry: keep the rainy windows
+            wet = self.wet_fractions(window_rain_threshold)[self.starts + t_in - 1]
+            self.starts = self.starts[wet >= min_window_rain]
 
     def __len__(self) -> int:
         return len(self.starts)
+
+    def wet_fractions(self, threshold: float, block: int = 4096) -> np.ndarray:
+        """Per stored frame, the share of its observed pixels at or above ``threshold`` mm/h (0 for a
+        frame with none observed); read in blocks of frames, so memory stays bounded."""
+        out = np.zeros(len(self.seconds), dtype=np.float32)
+        for lo in range(0, len(out), block):
+            rate = self._decode(self.array[lo : lo + block])
+            observed = np.count_nonzero(~np.isnan(rate), axis=(1, 2))
+            out[lo : lo + block] = np.count_nonzero(rate >= threshold, axis=(1, 2)) / np.maximum(observed, 1)
+        return out
 
     def __getstate__(self) -> dict[str, Any]:  # zarr handles do not cross process boundaries
         state = self.__dict__.copy()

@@ -1,9 +1,10 @@
 """Files in, archive out: parallel decoding with bounded memory, batched commits, a summary.
 
 Decoding (the slow, CPU-bound part) runs in a process pool, in file order, with at most
-``2 * workers`` files in flight; decoded frames are committed in batches of ``batch_size``.
-Memory is therefore bounded by about ``(2 * workers + batch_size)`` frames, whatever the
-archive's length. A file that fails to decode, or whose grid is not the product's, is
+``2 * workers`` pieces in flight (a piece is one file, or ``SLICE_FRAMES`` frames of a file that
+holds many); decoded frames are committed in batches of ``batch_size``. Memory is therefore
+bounded by about ``(2 * workers * SLICE_FRAMES + batch_size)`` frames, whatever the archive's
+length. A file that fails to decode, or whose grid is not the product's, is
 reported and skipped; every good frame is kept.
 """
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.convert import MAX_RAIN_RATE, to_rain_rate
-from pipelines.frame import Frame
+from pipelines.frame import Frame, RawFrame
 from pipelines.grid import Grid
 from pipelines.importers import AUTO, get_importer, read_file
 from pipelines.processes import worker_pool
@@ -72,9 +73,81 @@ def discover(paths: Iterable[str | Path]) -> list[Path]:
     return sorted(set(found))
 
 
-def decode(path: Path, fmt: str, max_rain_rate: float = MAX_RAIN_RATE) -> Frame:
+@dataclass(frozen=True)
+class Piece:
+    """What one worker decodes: a whole single-frame file, or frames ``start:stop`` of a long one."""
+
+    path: Path
+    fmt: str
+    start: int | None = None  # None: the file is one frame
+    stop: int | None = None
+    last: bool = True  # the file's last piece (progress counts files)
+
+    @property
+    def label(self) -> str:
+        return str(self.path) if self.start is None else f"{self.path}[{self.start}:{self.stop}]"
+
+
+@dataclass
+class Decoded:
+    """A piece's good frames, and (label, error) for what could not be decoded."""
+
+    piece: Piece
+    frames: list[Frame] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+
+#: frames a worker decodes at once from a file of many (bounds memory on long files)
+SLICE_FRAMES = 256
+_CONTAINER_MAGIC = (b"\x89HDF\r\n\x1a\n", b"CDF")
+
+
+def _format_of(path: Path, fmt: str) -> str:
+    """The importer for ``path``: ``fmt``, or under auto the detected one for netCDF/HDF5 files
+    (the containers a many-frame format can use); other files are detected in the workers."""
+    if fmt != AUTO:
+        return fmt
+    from pipelines.importers import detect_format
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        return detect_format(path) if head.startswith(_CONTAINER_MAGIC) else AUTO
+    except Exception:  # unreadable or unknown: the worker reports it
+        return AUTO
+
+
+def plan_pieces(files: Iterable[Path], fmt: str, slice_frames: int = SLICE_FRAMES) -> Iterator[Piece]:
+    """Split the files into the pieces workers decode, in file and time order."""
+    from pipelines.importers import frame_count, is_multi_frame
+
+    for path in files:
+        name = _format_of(path, fmt)
+        if name == AUTO or not is_multi_frame(name):
+            yield Piece(path, name)
+            continue
+        try:
+            count = frame_count(path, name)
+        except Exception:  # the worker reads it again and reports why
+            yield Piece(path, name, 0, None)
+            continue
+        starts = range(0, max(count, 1), slice_frames)
+        for start in starts:
+            stop = min(count, start + slice_frames)
+            yield Piece(path, name, start, stop, last=stop >= count)
+
+
+def decode(path: Path, fmt: str, max_rain_rate: float = MAX_RAIN_RATE,
+           zr: tuple[float, float] | None = None) -> Frame:
     """Read one file and convert it to mm/h (runs in worker processes)."""
-    return to_rain_rate(read_file(path, fmt), str(path), max_rain_rate=max_rain_rate)
+    return to_rain_rate(_with_zr(read_file(path, fmt), zr), str(path), max_rain_rate=max_rain_rate)
+
+
+def _with_zr(raw: RawFrame, zr: tuple[float, float] | None) -> RawFrame:
+    """The user's Z-R relation replaces the importer's for reflectivity (``--zr A B``)."""
+    if zr is not None and raw.unit == "dBZ":
+        raw.zr_a, raw.zr_b = float(zr[0]), float(zr[1])
+    return raw
 
 
 def _wrong_format_hint(path: Path, fmt: str) -> str:
@@ -92,33 +165,46 @@ def _wrong_format_hint(path: Path, fmt: str) -> str:
     return ""
 
 
-def _safe_decode(path: Path, fmt: str, max_rain_rate: float) -> Frame | tuple[str, str]:
+def _safe_decode(piece: Piece, max_rain_rate: float, zr: tuple[float, float] | None) -> Decoded:
+    from pipelines.importers import read_frames
+
+    out = Decoded(piece)
     try:
-        return decode(path, fmt, max_rain_rate)
-    except Exception as exc:  # report the file, keep going
-        return (str(path), f"{type(exc).__name__}: {exc}{_wrong_format_hint(path, fmt)}")
+        if piece.start is None:
+            out.frames.append(decode(piece.path, piece.fmt, max_rain_rate, zr))
+            return out
+        raws, problems = read_frames(piece.path, piece.fmt, piece.start, piece.stop)
+        out.errors.extend((str(piece.path), problem) for problem in problems)
+        for raw in raws:
+            label = f"{piece.path} ({raw.time}Z)"
+            out.frames.append(to_rain_rate(_with_zr(raw, zr), label, max_rain_rate=max_rain_rate))
+    except Exception as exc:  # report the piece, keep going
+        out.frames.clear()
+        out.errors.append((piece.label if piece.stop else str(piece.path),
+                           f"{type(exc).__name__}: {exc}{_wrong_format_hint(piece.path, piece.fmt)}"))
+    return out
 
 
 def _decoded(
-    files: list[Path], fmt: str, workers: int, max_rain_rate: float
-) -> Iterator[Frame | tuple[str, str]]:
-    """Decoded frames (or errors) in file order, with a bounded number in flight."""
+    pieces: Iterable[Piece], workers: int, max_rain_rate: float, zr: tuple[float, float] | None
+) -> Iterator[Decoded]:
+    """Decoded pieces in order, with a bounded number in flight."""
     if workers <= 1:
-        for path in files:
-            yield _safe_decode(path, fmt, max_rain_rate)
+        for piece in pieces:
+            yield _safe_decode(piece, max_rain_rate, zr)
         return
     with worker_pool(workers) as pool:
         pending: deque[Future] = deque()
-        queue = iter(files)
-        for path in queue:
-            pending.append(pool.submit(_safe_decode, path, fmt, max_rain_rate))
+        queue = iter(pieces)
+        for piece in queue:
+            pending.append(pool.submit(_safe_decode, piece, max_rain_rate, zr))
             if len(pending) >= 2 * workers:
                 break
         while pending:
             result = pending.popleft().result()
-            next_path = next(queue, None)
-            if next_path is not None:
-                pending.append(pool.submit(_safe_decode, next_path, fmt, max_rain_rate))
+            next_piece = next(queue, None)
+            if next_piece is not None:
+                pending.append(pool.submit(_safe_decode, next_piece, max_rain_rate, zr))
             yield result
 
 
@@ -134,21 +220,24 @@ def ingest(
     on_file: Callable[[Path], None] | None = None,
     files: list[Path] | None = None,
     lock_timeout: float = 60.0,
+    zr: tuple[float, float] | None = None,
 ) -> IngestReport:
     """Ingest files into ``store``/``product``; see the module docstring for the guarantees.
 
     Holds the product's writer lock for the whole run (``pipelines.locking``): a second writer
-    waits up to ``lock_timeout`` seconds, then gets ``WriterBusy``."""
+    waits up to ``lock_timeout`` seconds, then gets ``WriterBusy``. ``zr`` (a, b) replaces every
+    importer's Z-R relation for reflectivity."""
     if fmt != AUTO:
         get_importer(fmt)  # unknown format: fail before touching anything
     archive = ProductArchive(store, product, storage_options, lock_timeout=lock_timeout)
     with archive.writer_lock():
-        return _ingest_locked(archive, paths, fmt, workers, batch_size, max_rain_rate, on_file, files)
+        return _ingest_locked(archive, paths, fmt, workers, batch_size, max_rain_rate, on_file, files, zr)
 
 
 def _ingest_locked(
     archive: ProductArchive, paths: Iterable[str | Path], fmt: str, workers: int, batch_size: int,
     max_rain_rate: float, on_file: Callable[[Path], None] | None, files: list[Path] | None,
+    zr: tuple[float, float] | None = None,
 ) -> IngestReport:
     report = IngestReport(product=archive.product, store=archive.store)
     report.recovered = archive.recover()
@@ -165,32 +254,32 @@ def _ingest_locked(
         report.inserted_out_of_order += result.inserted_out_of_order
         batch.clear()
 
-    for path, result in zip(files, _decoded(files, fmt, workers, max_rain_rate), strict=True):
-        if on_file is not None:
+    for decoded in _decoded(plan_pieces(files, fmt), workers, max_rain_rate, zr):
+        path = decoded.piece.path
+        if on_file is not None and decoded.piece.last:
             on_file(path)
-        if isinstance(result, tuple):
-            report.failed.append(result)
-            continue
-        if grid is None:
-            grid = result.grid  # the first good frame defines a new product's grid
-        try:
-            archive.check_grid(result, grid)
-        except GridMismatchError as exc:
-            report.failed.append((str(path), str(exc)))
-            continue
-        frame_source = result.attrs.get("source_product")
-        if source is None:
-            source = frame_source  # the first good frame names the product's source too
-        elif frame_source != source:  # e.g. OPERA rain rate and 1-h accumulation in one folder
-            report.failed.append((str(path), f"source product {frame_source!r} is not product "
-                                  f"'{archive.product}''s {source!r}: ingest it into a product of its own "
-                                  "(another --product)"))
-            continue
-        for key, value in result.qc.items():
-            report.qc[key] = report.qc.get(key, 0) + value
-        batch.append(result)
-        if len(batch) >= batch_size:
-            commit()
+        report.failed.extend(decoded.errors)
+        for result in decoded.frames:
+            if grid is None:
+                grid = result.grid  # the first good frame defines a new product's grid
+            try:
+                archive.check_grid(result, grid)
+            except GridMismatchError as exc:
+                report.failed.append((str(path), str(exc)))
+                break  # one file has one grid: its other frames would say the same
+            frame_source = result.attrs.get("source_product")
+            if source is None:
+                source = frame_source  # the first good frame names the product's source too
+            elif frame_source != source:  # e.g. OPERA rain rate and 1-h accumulation in one folder
+                report.failed.append((str(path), f"source product {frame_source!r} is not product "
+                                      f"'{archive.product}''s {source!r}: ingest it into a product of its own "
+                                      "(another --product)"))
+                break
+            for key, value in result.qc.items():
+                report.qc[key] = report.qc.get(key, 0) + value
+            batch.append(result)
+            if len(batch) >= batch_size:
+                commit()
     if batch:
         commit()
     return report

@@ -1,7 +1,9 @@
 """Importer registry: one module per format, looked up by name (``get_importer``).
 
 Each importer module defines ``sniff(path, head) -> bool`` (does this file look like mine?)
-and ``read(path) -> RawFrame`` (decode it, in the provider's unit, with its valid time).
+and ``read(path) -> RawFrame`` (decode it, in the provider's unit, with its valid time). An
+importer of files that hold many frames (``cf_netcdf``) also defines ``frame_count(path)`` and
+``read_frames(path, start, stop) -> list[RawFrame]``, so that a long file is read in slices.
 A new format is one new module plus one line in ``IMPORTERS``. ``read_file`` applies the output
 checks (``_common.check_raw_frame``) to every importer's frame, so importers need not repeat them.
 """
@@ -24,6 +26,7 @@ IMPORTERS: dict[str, str] = {
     "bom_rf3": "pipelines.importers.bom_rf3",
     "mrms_grib": "pipelines.importers.mrms_grib",
     "saf_crri": "pipelines.importers.saf_crri",
+    "cf_netcdf": "pipelines.importers.cf_netcdf",  # last: the specific netCDF formats above win
 }
 AUTO = "auto"
 
@@ -63,3 +66,31 @@ def read_file(path: str | Path, fmt: str = AUTO) -> RawFrame:
     grid of its shape, with no infinite values and a valid time, raises ``InvalidFrameError``."""
     name = detect_format(path) if fmt == AUTO else fmt
     return check_raw_frame(get_importer(name).read(Path(path)), path)
+
+
+def is_multi_frame(name: str) -> bool:
+    """Whether the importer ``name`` reads files of many frames (``frame_count``/``read_frames``)."""
+    return hasattr(get_importer(name), "read_frames")
+
+
+def frame_count(path: str | Path, name: str) -> int:
+    """How many frames the file holds (1 for a single-frame format)."""
+    module = get_importer(name)
+    return module.frame_count(Path(path)) if hasattr(module, "read_frames") else 1
+
+
+def read_frames(path: str | Path, name: str, start: int = 0, stop: int | None = None
+                ) -> tuple[list[RawFrame], list[str]]:
+    """Frames ``start:stop`` of a file, each checked as ``read_file`` checks one: the good frames,
+    and a message (naming its index and time) for each frame that fails the checks."""
+    module = get_importer(name)
+    if not hasattr(module, "read_frames"):
+        return [read_file(path, name)], []
+    good: list[RawFrame] = []
+    problems: list[str] = []
+    for index, frame in enumerate(module.read_frames(Path(path), start, stop), start=start):
+        try:
+            good.append(check_raw_frame(frame, path))
+        except InvalidFrameError as exc:
+            problems.append(f"frame {index} ({frame.time}Z): {exc}")
+    return good, problems
