@@ -163,7 +163,7 @@ def evaluate(
         console.print("[red]error:[/] give --model (models to run) or --forecasts (backfilled forecast stores to "
                       "score)" + (", not both" if model else ""))
         raise typer.Exit(2)
-    with progress_bar() as progress:
+    with store_errors(store), progress_bar() as progress:
         task = progress.add_task("evaluate", total=None)
         callbacks = {"on_case": lambda: progress.advance(task), "total": lambda n: progress.update(task, total=n)}
         try:
@@ -187,6 +187,12 @@ def evaluate(
     for label, entry in report["models"].items():
         if entry.get("auxiliary_cases_missing"):  # zeros-plus-mask stood in for these cases' frames
             console.print(f"{label}: cases lacking an auxiliary frame: {json.dumps(entry['auxiliary_cases_missing'])}")
+    if report.get("damaged_cases_skipped"):  # scored without them: say so, and exit non-zero
+        from pipelines.integrity import EXIT_DAMAGED
+
+        for case in report["damaged_cases_skipped"]:
+            console.print(f"[red]skipped[/] case {case['init']}: {case['error']}", soft_wrap=True)
+        raise typer.Exit(EXIT_DAMAGED)
 
 
 @app.command()
@@ -273,7 +279,8 @@ def verify(
     answers = {}
     for name, done in passes.items():
         console.print(f"{name}: {done.scored} scored, {done.dry} dry, {done.waiting} awaiting observations, "
-                      f"{done.missing_observations} given up")
+                      f"{done.missing_observations} given up"
+                      + (f", {done.unreadable} unreadable (skipped; see the log)" if done.unreadable else ""))
         answers[name] = VerificationLedger(store, name).rolling(hours)
         scored = {m["model"]: m["scores"] for m in answers[name]["models"] if m["scores"]}
         if scored:

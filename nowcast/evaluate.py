@@ -20,6 +20,7 @@ from nowcast.cases import archive_layout, is_dry, pixel_size_km
 from nowcast.forecaster import DEFAULT_LEAD_STEPS, LoadedForecaster, load_forecaster
 from nowcast.verification import LeadTimeVerifier, scores_table_markdown
 from pipelines.channels import AuxiliaryInputs
+from pipelines.integrity import DamagedData
 from pipelines.query import centre_crop, check_step, plan_windows, utc_text
 from pipelines.store import ProductArchive
 
@@ -81,9 +82,15 @@ def evaluate(
     auxiliary = {label: AuxiliaryInputs(store, f.auxiliary, grid) for label, f in forecasters.items() if f.auxiliary}
     verifiers = {label: LeadTimeVerifier(leads, step, km) for label in forecasters}
     archive_array = archive.open()["precip"]
-    used, dry, showcase = [], 0, None
+    used, dry, showcase, damaged = [], 0, None, []
     for case in cases:
-        window = archive_array.isel(time=slice(case.start, case.start + history + leads), y=ys, x=xs).values
+        try:
+            window = archive_array.isel(time=slice(case.start, case.start + history + leads), y=ys, x=xs).values
+        except DamagedData as exc:  # skipped, named in the report; the command then exits 65
+            damaged.append({"init": utc_text(case.init), "error": str(exc)})
+            if on_case:
+                on_case()
+            continue
         past, future = window[:history], window[history:]
         if is_dry(past[-1]):
             dry += 1
@@ -106,6 +113,7 @@ def evaluate(
     report = {
         **report_header(store, product, step, leads, km, crop, stride, start, end, len(used), dry),
         "cases": used,
+        **({"damaged_cases_skipped": damaged} if damaged else {}),
         "models": {
             label: {"name": f.name, "source": f.source, "input_steps": f.input_steps,
                     **({"precision": f.precision} if f.trainable else {}),

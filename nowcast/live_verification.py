@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import logging
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,11 +36,12 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from nowcast.cases import archive_layout, is_dry, pixel_size_km
 from nowcast.verification import LeadTimeVerifier
 from pipelines.grid import Grid
+from pipelines.integrity import DamagedRecord
 from pipelines.query import parse_utc, utc_text
 from pipelines.store import ProductArchive, open_zarr_store
 from pipelines.zarr_groups import require_group
@@ -51,6 +54,33 @@ SCORED, DRY, MISSING, WAITING = "scored", "dry", "missing_observations", "waitin
 INIT_FORMAT = "%Y%m%dT%H%M%S"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _NOT_THERE = (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError)
+#: records and forecasts named in a warning or an answer when unreadable; the rest are counted
+MAX_NAMED = 5
+log = logging.getLogger(__name__)
+
+
+def _children(zstore: Any, prefix: str) -> list[str]:
+    """Names under ``prefix`` from the store's listing: not by parsing each child's metadata
+    (zarr's ``groups()``), so one damaged record cannot hide, or fail, the others."""
+    async def names() -> list[str]:
+        return sorted({name.rstrip("/") async for name in zstore.list_dir(prefix)} - {"zarr.json"})
+
+    try:
+        return zarr.core.sync.sync(names())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _node_attrs(zstore: Any, path: str) -> dict[str, Any] | None:
+    """The attributes of the node at ``path`` (None when absent); DamagedRecord when its
+    ``zarr.json`` does not parse."""
+    raw = zarr.core.sync.sync(zstore.get(f"{path}/zarr.json", zarr.core.buffer.default_buffer_prototype()))
+    if raw is None:
+        return None
+    try:
+        return dict(json.loads(raw.to_bytes()).get("attributes") or {})
+    except (ValueError, AttributeError) as exc:
+        raise DamagedRecord(f"unreadable verification record {path}/zarr.json: {exc}") from exc
 
 
 def model_key(name: str) -> str:
@@ -80,6 +110,9 @@ class PassResult:
     dry: int = 0
     missing_observations: int = 0
     waiting: int = 0
+    #: cases whose kept forecast or record could not be read: skipped (and logged), the pass goes on.
+    #: Not a field: summaries (``dataclasses.asdict``) keep their four outcomes.
+    unreadable = 0
 
     def count(self, outcome: str) -> None:
         setattr(self, outcome, getattr(self, outcome) + 1)
@@ -143,7 +176,7 @@ class VerificationLedger:
         _, ny, nx = forecast.shape
         array = pending.create_array(
             init_key(init), shape=forecast.shape, dtype="float32", chunks=(1, ny, nx), fill_value=np.nan,
-            compressors=(BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),), overwrite=True,
+            compressors=(BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec()), overwrite=True,
             attributes={"model": model, "init_time": utc_text(init), "step_minutes": float(step_minutes),
                         "complete": False})
         array[...] = forecast
@@ -183,9 +216,13 @@ class VerificationLedger:
         return f"scores/{model_key(model)}/{day}", init_key(init)
 
     def _record(self, model: str, init: np.datetime64) -> dict[str, Any] | None:
+        """A case's record; None when absent or unreadable (then it is scored again and rewritten)."""
         folder, name = self._record_path(model, init)
-        group = self._open(f"{folder}/{name}")
-        return dict(group.attrs) if group is not None else None
+        try:
+            return _node_attrs(self._zstore, self._join(f"{folder}/{name}"))
+        except DamagedRecord as exc:
+            log.warning("%s: scored again, and rewritten", exc)
+            return None
 
     def _write_record(self, model: str, init: np.datetime64, attrs: dict[str, Any]) -> None:
         """One key (the record group's zarr.json), written whole; a second write replaces it."""
@@ -219,14 +256,25 @@ class VerificationLedger:
         return counts
 
     def _pending_cases(self) -> Iterator[_Case]:
-        pending = self._open("pending")
-        if pending is None:
-            return
-        for folder, per_model in pending.groups():
-            for name, array in per_model.arrays():
-                attrs = dict(array.attrs)
+        """Complete pending forecasts; one whose metadata cannot be read is skipped (logged)."""
+        for folder in _children(self._zstore, self._join("pending")):
+            per_model = self._open(f"pending/{folder}")
+            if per_model is None:
+                continue
+            for name in _children(self._zstore, self._join(f"pending/{folder}")):
                 init = _parse_init_key(name)
-                if attrs.get("complete") is not True or init is None:
+                if init is None:
+                    continue
+                try:
+                    array = per_model[name]
+                    attrs = dict(array.attrs)
+                except KeyError:
+                    continue
+                except Exception as exc:  # a damaged zarr.json: this forecast only
+                    log.warning("unreadable pending forecast %s/pending/%s/%s skipped: %s", self._root, folder,
+                                name, exc)
+                    continue
+                if attrs.get("complete") is not True or not isinstance(array, zarr.Array):
                     continue
                 yield _Case(attrs["model"], init, int(array.shape[0]), read=lambda a=array: a[...],
                             done=lambda f=folder, n=name: self._drop(f"pending/{f}", n),
@@ -254,10 +302,17 @@ class VerificationLedger:
                             read=lambda i=index[init], d=ds: d["precip"].isel(init_time=i).values)
 
     def _recorded_inits(self, model: str) -> set[str]:
-        scores = self._open(f"scores/{model_key(model)}")
-        if scores is None:
-            return set()
-        return {name for _, day in scores.groups() for name in day.group_keys()}
+        """Init keys with a readable record (an unreadable one is scored again, so a rerun mends it)."""
+        folder = self._join(f"scores/{model_key(model)}")
+        recorded = set()
+        for day in _children(self._zstore, folder):
+            for name in _children(self._zstore, f"{folder}/{day}"):
+                try:
+                    if _node_attrs(self._zstore, f"{folder}/{day}/{name}") is not None:
+                        recorded.add(name)
+                except DamagedRecord as exc:
+                    log.warning("%s: scored again, and rewritten", exc)
+        return recorded
 
     def verify(self, on_case: Callable[[str, str], None] | None = None,
                lock: contextlib.AbstractContextManager | None = None) -> PassResult:
@@ -280,7 +335,12 @@ class VerificationLedger:
             precip = opened.enter_context(archive.open())["precip"]
             for case in self._cases(step, grid, opened):
                 with lock:
-                    self._verify_case(case, precip, index, newest, step, km, result, on_case)
+                    try:
+                        self._verify_case(case, precip, index, newest, step, km, result, on_case)
+                    except Exception as exc:  # damaged forecast, record or frame: this case only
+                        result.count("unreadable")
+                        log.warning("verification of %s's %s forecast of %s skipped: %s", case.model,
+                                    utc_text(case.init), self.product, exc)
         return result
 
     def _cases(self, step: float, grid: Grid, opened: contextlib.ExitStack) -> Iterator[_Case]:
@@ -344,13 +404,27 @@ class VerificationLedger:
         answer["start"] = utc_text(first)
         days = {np.datetime_as_string(d).replace("-", "")
                 for d in np.arange(first.astype("datetime64[D]"), last.astype("datetime64[D]") + 1)}
-        for _, per_model in sorted(scores.groups()):
-            records = [dict(rec.attrs) for day_name, day in per_model.groups() if day_name in days
-                       for name, rec in day.groups() if _in_window(name, first, last)]
+        unreadable: list[str] = []
+        folder = self._join("scores")
+        for model_dir in _children(self._zstore, folder):
+            records = []
+            for day in sorted(days & set(_children(self._zstore, f"{folder}/{model_dir}"))):
+                for name in _children(self._zstore, f"{folder}/{model_dir}/{day}"):
+                    if not _in_window(name, first, last):
+                        continue
+                    try:  # an unreadable record is skipped and counted; the rest are pooled
+                        attrs = _node_attrs(self._zstore, f"{folder}/{model_dir}/{day}/{name}")
+                    except DamagedRecord:
+                        unreadable.append(f"{model_dir}/{day}/{name}")
+                        continue
+                    if attrs is not None and "model" in attrs:
+                        records.append(attrs)
             if records:
                 answer["models"].append(_pool(records))
         answer["models"].sort(key=lambda m: m["model"])
         answer["pending"] = self.pending_count()
+        if unreadable:
+            answer["unreadable_records"] = {"count": len(unreadable), "first": unreadable[:MAX_NAMED]}
         return answer
 
 
@@ -386,12 +460,9 @@ def _pool(records: list[dict[str, Any]]) -> dict[str, Any]:
 def open_ledgers(store: str, storage_options: dict | None = None,
                  grace_minutes: float = DEFAULT_GRACE_MINUTES) -> list[VerificationLedger]:
     """The ledger of every product that has one in ``store``."""
-    try:
-        root = zarr.open_group(open_zarr_store(store, storage_options), path=LEDGER_GROUP, mode="r",
-                               zarr_format=3, use_consolidated=False)
-    except _NOT_THERE:
-        return []
-    return [VerificationLedger(store, name, storage_options, grace_minutes) for name in sorted(root.group_keys())]
+    zstore = open_zarr_store(store, storage_options)
+    names = [name for name in _children(zstore, LEDGER_GROUP) if not name.startswith(".")]
+    return [VerificationLedger(store, name, storage_options, grace_minutes) for name in names]
 
 
 def verify_store(store: str, product: str | None = None, storage_options: dict | None = None,

@@ -7,6 +7,7 @@ import warnings
 from pytorch_lightning.cli import LightningCLI, LRSchedulerTypeTuple
 from torch.optim import Optimizer
 
+from nowcast.checkpoint_io import CheckpointJanitor
 from nowcast.training import NowcastModule
 from pipelines.channels import input_channels
 from pipelines.datamodule import RadarDataModule
@@ -30,6 +31,9 @@ class NowcastCLI(LightningCLI):
     def before_fit(self) -> None:
         # before the datamodule builds an extrapolation cache that the model would refuse
         self.model.check_extrapolation(self.datamodule)
+        # kills during checkpoint saves leave no partial or untracked copies (cleaned at start)
+        if not any(isinstance(cb, CheckpointJanitor) for cb in self.trainer.callbacks):
+            self.trainer.callbacks.append(CheckpointJanitor())
 
     def _add_subcommands(self, parser, **kwargs) -> None:
         super()._add_subcommands(parser, **kwargs)

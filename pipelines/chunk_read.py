@@ -8,7 +8,9 @@ thread gives the same values (``tests/test_dataset.py`` compares them with zarr'
 docs/performance.md, "Data path", has the measurements.
 
 Only the layout ``pipelines.store`` writes is taken this way: a local store, a regular chunk
-grid, the ``bytes`` codec (little-endian) optionally followed by ``blosc``. Anything else
+grid, the ``bytes`` codec (little-endian) optionally followed by ``blosc``, optionally followed by
+``crc32c`` (checked here as zarr's codec checks it; a damaged or, in a checksummed array, missing
+chunk raises ``pipelines.integrity.DamagedChunk``, as reads through zarr do). Anything else
 (object stores, sharding, other codecs, fancy indexing) goes through zarr unchanged.
 """
 
@@ -24,9 +26,10 @@ from typing import Any
 import numcodecs.blosc
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BytesCodec
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
 from zarr.storage import LocalStore
 
+from pipelines.integrity import DamagedChunk, crc32c_ok, frame_time, store_label
 from pipelines.store import decode_rain
 
 #: Bytes of decoded chunks kept per array, from single-frame reads only: the rain-fraction
@@ -44,6 +47,8 @@ def _eligible(array: zarr.Array) -> bool:
     if not isinstance(getattr(meta, "chunk_grid", None), zarr.core.chunk_grids.RegularChunkGrid):
         return False
     codecs = tuple(meta.codecs)
+    if codecs and isinstance(codecs[-1], Crc32cCodec):
+        codecs = codecs[:-1]
     if not codecs or not isinstance(codecs[0], BytesCodec) or len(codecs) > 2:
         return False
     endian = codecs[0].endian
@@ -63,7 +68,9 @@ class LocalChunkArray(zarr.Array):
         super().__init__(array._async_array)
         self._root = os.path.join(str(array.store_path.store.root), array.store_path.path)
         self._chunk_shape = tuple(int(c) for c in array.metadata.chunk_grid.chunk_shape)
-        self._compressed = len(array.metadata.codecs) == 2
+        codecs = tuple(array.metadata.codecs)
+        self._checksummed = bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
+        self._compressed = len(codecs) - self._checksummed == 2
         self._dtype = np.dtype(array.dtype).newbyteorder("=")
         self._fill = np.array(array.fill_value, dtype=self._dtype)
         self._chunks: OrderedDict[tuple[int, ...], tuple[tuple[int, int, int], np.ndarray]] = OrderedDict()
@@ -87,17 +94,33 @@ class LocalChunkArray(zarr.Array):
                     return hit[1]
                 data = f.read()
         except FileNotFoundError:
+            if self._checksummed:  # written with every chunk present: absence is damage, not nodata
+                raise self._damaged(coords, "missing (a committed frame's chunk is absent)") from None
             return None
+        if self._checksummed:
+            if not crc32c_ok(data):
+                raise self._damaged(coords, "checksum mismatch (corrupted or truncated)")
+            data = memoryview(data)[:-4]
         chunk = np.empty(self._chunk_shape, dtype=self._dtype)
-        if self._compressed:
-            numcodecs.blosc.decompress(data, chunk)
-        else:
-            chunk.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, dtype=np.uint8)
+        try:
+            if self._compressed:
+                numcodecs.blosc.decompress(data, chunk)
+            else:
+                chunk.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, dtype=np.uint8)
+        except (RuntimeError, ValueError) as exc:  # an unchecksummed (older) store's damaged chunk
+            raise self._damaged(coords, f"cannot be decoded ({exc})") from exc
         if keep:
             self._chunks[coords] = (stamp, chunk)
             while len(self._chunks) * chunk.nbytes > CACHE_BYTES:
                 self._chunks.popitem(last=False)
         return chunk
+
+    def _damaged(self, coords: tuple[int, ...], reason: str) -> DamagedChunk:
+        """The error naming this chunk's product, frame time and key."""
+        store = self.store_path.store
+        path = self.store_path.path
+        key = f"{path}/{self.metadata.encode_chunk_key(coords)}" if path else self.metadata.encode_chunk_key(coords)
+        return DamagedChunk(store_label(store), key, reason, frame_time(store, path, coords[0]) if coords else None)
 
     def _basic(self, selection: Any) -> list[slice | int] | None:
         """The selection as one int or step-1 slice per dimension, or None (let zarr do it)."""

@@ -35,7 +35,9 @@ def progress_bar() -> Progress:
 
 @contextlib.contextmanager
 def store_errors(store: str) -> Iterator[None]:
-    """A store that cannot be used (bucket, credentials, network) is one line and exit 2, not a traceback."""
+    """A store that cannot be used (bucket, credentials, network) is one line and exit 2, not a traceback;
+    damaged data (``pipelines.integrity``) one line naming product, time and chunk, and exit 65."""
+    from pipelines.integrity import EXIT_DAMAGED, damaged_from
     from pipelines.store import store_problem
 
     try:
@@ -43,6 +45,10 @@ def store_errors(store: str) -> Iterator[None]:
     except (typer.Exit, typer.BadParameter):
         raise
     except Exception as exc:
+        damaged = damaged_from(exc)
+        if damaged is not None:
+            console.print(f"[red]error:[/] {damaged}", soft_wrap=True)
+            raise typer.Exit(EXIT_DAMAGED) from None
         problem = store_problem(exc, store)
         if problem is None:
             raise
@@ -50,22 +56,59 @@ def store_errors(store: str) -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
+#: exit status of an ingest stopped by a full disk (sysexits' EX_IOERR); 1 stays "a file was rejected"
+EXIT_DISK_FULL = 74
+
+
+def _stored_frames(store: str, product: str) -> int | None:
+    """Frames the product holds now (0 before it exists; None when that cannot be read)."""
+    from pipelines.store import ProductArchive
+
+    try:
+        archive = ProductArchive(store, product)
+        return len(archive.times()) if archive.exists() else 0
+    except Exception:
+        return None
+
+
 def run_ingest(paths: list[Path], fmt: str, store: str, product: str, workers: int, batch_size: int,
-               lock_timeout: float = 60.0):
+               lock_timeout: float = 60.0, zr: tuple[float, float] | None = None, json_out: bool = False):
     from pipelines.ingest import discover, ingest
     from pipelines.locking import EXIT_BUSY, WriterBusy
+    from pipelines.store import ProductArchive, disk_full
 
     files = discover(paths)
+    before = _stored_frames(store, product)
     try:
         with store_errors(store), progress_bar() as progress:
             task = progress.add_task(f"ingest {product}", total=len(files))
             report = ingest(
                 paths, store, product, fmt=fmt, workers=workers, batch_size=batch_size,
-                on_file=lambda _p: progress.advance(task), files=files, lock_timeout=lock_timeout,
+                on_file=lambda _p: progress.advance(task), files=files, lock_timeout=lock_timeout, zr=zr,
             )
     except WriterBusy as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(EXIT_BUSY) from None
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        released = None
+        with contextlib.suppress(Exception):  # an incomplete merge journal must not keep the disk full
+            released = ProductArchive(store, product).recover()
+        after = _stored_frames(store, product)
+        committed = after - before if after is not None and before is not None else None
+        summary = {"product": product, "store": store, "error": "disk_full", "files": len(files),
+                   "frames_committed": committed, "frames_in_store": after,
+                   "journal": released or "none left", "exit_code": EXIT_DISK_FULL}
+        if json_out:
+            typer.echo(json.dumps(summary, indent=2))
+        console.print(
+            f"[red]error:[/] the disk is full ({getattr(exc, 'filename', None) or store}): ingest of {product} "
+            f"stopped. {committed if committed is not None else 'An unknown number of'} frame(s) were committed "
+            f"before it filled ({after if after is not None else '?'} stored in all); every committed frame is "
+            "whole, and no staging journal is left holding space. Free space (or grow the volume), then rerun the "
+            "same command: frames already stored are skipped.", soft_wrap=True)
+        raise typer.Exit(EXIT_DISK_FULL) from None
     return report
 
 
@@ -97,6 +140,9 @@ def ingest(
     settle: Annotated[float, typer.Option(help="With --watch, take files unchanged for this many seconds.")] = 2.0,
     lock_timeout: Annotated[float, typer.Option(
         help="One writer per product: wait this many seconds for another writer, then exit 75.")] = 60.0,
+    zr: Annotated[tuple[float, float] | None, typer.Option(
+        "--zr", metavar="A B", help="Z-R relation Z = A R^B for reflectivity (default: the importer's; "
+        "cf_netcdf: Marshall-Palmer 200 1.6).")] = None,
 ) -> None:
     """Decode radar/satellite files to mm/h and append them to a product in a Zarr store."""
     from pipelines.importers import formats
@@ -116,7 +162,9 @@ def ingest(
         except NotADirectoryError as exc:
             raise typer.BadParameter(str(exc)) from exc
         return
-    report = run_ingest(paths, format, store, product, workers, batch_size, lock_timeout)
+    if zr is not None and (zr[0] <= 0 or zr[1] <= 0):
+        raise typer.BadParameter(f"--zr A B must both be positive, got {zr[0]:g} {zr[1]:g}")
+    report = run_ingest(paths, format, store, product, workers, batch_size, lock_timeout, zr, json_out=json_out)
     if json_out:
         typer.echo(json.dumps(report.as_dict(), indent=2))
     else:
@@ -184,6 +232,7 @@ def store_info(
 ) -> None:
     """Products, time range, step, gaps, grid, CRS and size on disk."""
     from pipelines.info import product_overlap, store_summary
+    from pipelines.integrity import EXIT_DAMAGED, DamagedData
 
     if overlap and not product:
         raise typer.BadParameter("--overlap needs --product (the product it is compared with)")
@@ -195,12 +244,55 @@ def store_info(
     except KeyError as exc:
         console.print(f"[red]error:[/] {exc.args[0]}")
         raise typer.Exit(2) from exc
+    except DamagedData as exc:  # the one product asked for is damaged (the others are listed as such)
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(EXIT_DAMAGED) from None
+    for damaged in summary.get("damaged", []):
+        console.print(f"[red]damaged:[/] {damaged['error']}", soft_wrap=True)
     if json_out:
         typer.echo(json.dumps(summary, indent=2))
     else:
         print_summary(summary)
         if overlap:
             print_overlap(summary["overlap"])
+    if summary.get("damaged"):  # the healthy products are shown above; the exit status says not all are
+        raise typer.Exit(EXIT_DAMAGED)
+
+
+@store_app.command("check")
+def store_check(
+    store: StoreOption = "data/archive.zarr",
+    product: Annotated[str | None, typer.Option(help="Only this product.")] = None,
+    repair: Annotated[bool, typer.Option(
+        "--repair", help="Drop what cannot be read (damaged frames; metadata rebuilt from its other copy), "
+                         "so that re-ingesting the source files restores it.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable report.")] = False,
+) -> None:
+    """Read every chunk and metadata file; name each damaged frame (product, time, chunk).
+
+    Exits 0 when nothing is damaged, 65 when something was (also with --repair: the report says
+    what was dropped; a second check then exits 0)."""
+    from pipelines.check import check_store
+    from pipelines.integrity import EXIT_DAMAGED
+
+    try:
+        with store_errors(store):
+            report = check_store(store, product, repair=repair)
+    except KeyError as exc:
+        console.print(f"[red]error:[/] {exc.args[0]}")
+        raise typer.Exit(2) from None
+    if json_out:
+        typer.echo(json.dumps(report, indent=2))
+    for p in report["products"]:
+        state = "[red]damaged[/]" if p["damage"] else "[green]ok[/]"
+        console.print(f"{p['product']}: {state}, {p['frames']} frames, {p['chunks_checked']} chunks read"
+                      + ("" if p["checksummed"] else " (no checksums: written before they were added)"))
+        for r in p["repaired"]:
+            console.print(f"  repaired: {r}", soft_wrap=True)
+    for line in report["lines"]:
+        console.print(f"[red]damaged:[/] {line}", soft_wrap=True)
+    if report["status"] != "ok":
+        raise typer.Exit(EXIT_DAMAGED)
 
 
 @store_app.command("show")
@@ -211,19 +303,23 @@ def store_show(
     out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("frame.png"),
 ) -> None:
     """Draw one stored frame as a PNG (rain-rate colour scale, grey = nodata)."""
+    from pipelines.integrity import EXIT_DAMAGED, DamagedData
     from pipelines.plots import plot_frame
     from pipelines.query import utc_text
     from pipelines.store import ProductArchive
 
     archive = ProductArchive(store, product)
-    if not archive.exists():
-        console.print(f"[red]error:[/] no product {product!r} in {store}")
-        raise typer.Exit(2)
     try:
+        if not archive.exists():
+            console.print(f"[red]error:[/] no product {product!r} in {store}")
+            raise typer.Exit(2)
         window = archive.window(1, end=time)
     except ValueError as exc:  # not a frame of the product, or not a time at all
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
+    except DamagedData as exc:
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(EXIT_DAMAGED) from None
     grid = window.grid
     scale = 1.0 if grid.is_geographic else 1000.0
     extent = (grid.x[0] / scale, grid.x[-1] / scale, grid.y[-1] / scale, grid.y[0] / scale)

@@ -24,6 +24,8 @@ from pipelines.query import contiguous_starts, time_step_minutes
 from pipelines.store import VARIABLE, ProductArchive, decode_rain
 
 SPLITS = ("train", "val", "test")
+#: per (store, product, length, last time, threshold): each frame's wet share (``SequenceDataset.wet_fractions``)
+_WET_FRACTIONS: dict[tuple, np.ndarray] = {}
 
 
 @dataclass(frozen=True)
@@ -207,13 +209,17 @@ class SequenceDataset(Dataset):
 
     def wet_fractions(self, threshold: float, block: int = 4096) -> np.ndarray:
         """Per stored frame, the share of its observed pixels at or above ``threshold`` mm/h (0 for a
-        frame with none observed); read in blocks of frames, so memory stays bounded."""
-        out = np.zeros(len(self.seconds), dtype=np.float32)
-        for lo in range(0, len(out), block):
-            rate = self._decode(self.array[lo : lo + block])
-            observed = np.count_nonzero(~np.isnan(rate), axis=(1, 2))
-            out[lo : lo + block] = np.count_nonzero(rate >= threshold, axis=(1, 2)) / np.maximum(observed, 1)
-        return out
+        frame with none observed); read in blocks of frames, so memory stays bounded. Computed once per
+        process for a product of a given length (the train, val and test datasets share it)."""
+        key = (self.store, self.product, len(self.seconds), int(self.seconds[-1]), float(threshold))
+        if key not in _WET_FRACTIONS:
+            out = np.zeros(len(self.seconds), dtype=np.float32)
+            for lo in range(0, len(out), block):
+                rate = self._decode(self.array[lo : lo + block])
+                observed = np.count_nonzero(~np.isnan(rate), axis=(1, 2))
+                out[lo : lo + block] = np.count_nonzero(rate >= threshold, axis=(1, 2)) / np.maximum(observed, 1)
+            _WET_FRACTIONS[key] = out
+        return _WET_FRACTIONS[key]
 
     def __getstate__(self) -> dict[str, Any]:  # zarr handles do not cross process boundaries
         state = self.__dict__.copy()

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.grid import Grid
+from pipelines.integrity import DamagedData
 from pipelines.query import time_step_minutes, utc_text
 from pipelines.store import ProductArchive, list_products
 
@@ -67,8 +68,15 @@ def store_summary(store: str, product: str | None = None, storage_options: dict 
     """Every product's summary; a store that does not exist is an error, not an empty store."""
     if "://" not in store and not Path(store).exists():
         raise KeyError(f"no store at {store}: nothing has been ingested there (nowcast ingest --store {store} ...)")
-    products = [product] if product else list_products(store, storage_options)
-    return {"store": store, "products": [product_summary(store, p, storage_options) for p in products]}
+    if product:
+        return {"store": store, "products": [product_summary(store, product, storage_options)]}
+    summaries, damaged = [], []
+    for name in list_products(store, storage_options):
+        try:
+            summaries.append(product_summary(store, name, storage_options))
+        except DamagedData as exc:  # one damaged product is named; the others are still described
+            damaged.append({"product": name, "error": str(exc)})
+    return {"store": store, "products": summaries, "damaged": damaged}
 
 
 #: pixels per axis sampled to measure how much of one grid another covers (enough for a percent)

@@ -11,7 +11,10 @@ from the journal at the next write, so the store ends time-sorted.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
+import json
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -22,11 +25,20 @@ import numpy as np
 import xarray as xr
 import zarr
 from xarray.coding.common import lazy_elemwise_func
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from pipelines.cf import CONVENTIONS, VARIABLE, rain_rate_dataset
 from pipelines.frame import Frame
 from pipelines.grid import Grid
+from pipelines.integrity import (
+    DEFAULT_COMPRESSORS,
+    CheckedFsspecStore,
+    CheckedLocalStore,
+    DamagedChunk,
+    DamagedData,
+    DamagedProduct,
+    damaged_from,
+)
 from pipelines.query import Window, read_window, time_step_minutes
 from pipelines.zarr_groups import require_group
 
@@ -100,7 +112,9 @@ def precip_encoding(shape: tuple[int, int]) -> dict[str, Any]:
         "_FillValue": FILL,
         "fill_value": FILL,  # zarr's own: a chunk never written reads as nodata, not as 0 mm/h
         "chunks": (1, min(TILE, ny), min(TILE, nx)),
-        "compressors": (BloscCodec(cname="zstd", clevel=3, shuffle=SHUFFLE),),
+        # crc32c last: a flipped byte, a truncated or a missing chunk is an error naming the frame
+        # (pipelines.integrity); bench/checksum_cost.py and docs/storage.md have its cost
+        "compressors": (BloscCodec(cname="zstd", clevel=3, shuffle=SHUFFLE), Crc32cCodec()),
     }
 
 
@@ -109,7 +123,19 @@ TIME_ENCODING = {
     "calendar": "proleptic_gregorian",
     "dtype": "int64",
     "chunks": (4096,),
+    "compressors": DEFAULT_COMPRESSORS,
 }
+
+#: re-exported: the store layer's errors for damaged data (``pipelines.integrity``)
+__all__ = ["DamagedChunk", "DamagedData", "DamagedProduct", "damaged_from"]
+
+
+def archive_encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
+    """Every variable's encoding for a new product group or journal: checksummed, all of them."""
+    encoding: dict[str, dict[str, Any]] = {name: {"compressors": DEFAULT_COMPRESSORS} for name in ds.variables}
+    encoding[VARIABLE] = precip_encoding(ds[VARIABLE].shape[1:])
+    encoding["time"] = TIME_ENCODING
+    return encoding
 
 
 def _clean_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -160,13 +186,17 @@ def fsspec_options(storage_options: dict | None = None) -> dict:
     return {"use_listings_cache": False, **(storage_options or {})}
 
 
-def open_zarr_store(store: str, storage_options: dict | None = None, read_only: bool = False) -> Any:
-    """A zarr Store for a local path (atomic writes) or an fsspec URL (s3://, gs://, ...)."""
+def open_zarr_store(store: str, storage_options: dict | None = None, read_only: bool = False,
+                    checked: bool = False) -> Any:
+    """A zarr Store for a local path (atomic writes) or an fsspec URL (s3://, gs://, ...).
+
+    ``checked``: chunk reads of checksummed arrays are verified and a damaged or missing chunk
+    raises ``DamagedChunk`` naming product, time and key (``pipelines.integrity``)."""
     if "://" in store and not store.startswith("file://"):
-        return zarr.storage.FsspecStore.from_url(
-            store, storage_options=fsspec_options(storage_options), read_only=read_only
-        )
-    return zarr.storage.LocalStore(store.removeprefix("file://"), read_only=read_only)
+        cls = CheckedFsspecStore if checked else zarr.storage.FsspecStore
+        return cls.from_url(store, storage_options=fsspec_options(storage_options), read_only=read_only)
+    cls = CheckedLocalStore if checked else zarr.storage.LocalStore
+    return cls(store.removeprefix("file://"), read_only=read_only)
 
 
 def _join(*parts: str) -> str:
@@ -211,24 +241,42 @@ class ProductArchive:
         # Each product (and its staging journal) is opened as a store of its own so that its
         # consolidated metadata, at its own root, is the single key that commits a write.
         self._root_store = open_zarr_store(self.store, storage_options)
-        self._zstore = open_zarr_store(_join(self.store, product), storage_options)
-        self._staging_store = open_zarr_store(_join(self.store, STAGING_GROUP, product), storage_options)
+        self._zstore = open_zarr_store(_join(self.store, product), storage_options, checked=True)
+        self._staging_store = open_zarr_store(_join(self.store, STAGING_GROUP, product), storage_options,
+                                              checked=True)
         self._staging = f"{STAGING_GROUP}/{product}"
         #: how long a write waits for another process's writer lock before WriterBusy
         self.lock_timeout = lock_timeout
 
     # -- reading -----------------------------------------------------------------------
     def exists(self) -> bool:
-        """True once the group has been committed (its consolidated metadata is readable)."""
+        """True once the group has been committed (its consolidated metadata is readable).
+
+        A ``zarr.json`` that is there but cannot be parsed is not "no product": DamagedProduct
+        names it (a writer must not take the product for an uncommitted creation and drop it)."""
         try:
             _open_consolidated(self._zstore).close()
             return True
-        except (FileNotFoundError, KeyError, ValueError, zarr.errors.GroupNotFoundError):
+        except DamagedData:
+            raise
+        except (FileNotFoundError, KeyError, ValueError, zarr.errors.GroupNotFoundError) as exc:
+            self._raise_if_damaged(exc)
             return False
         except Exception as exc:  # consolidated metadata missing -> creation never committed
             if "consolidated" in str(exc).lower() or "not found" in str(exc).lower():
                 return False
             raise
+
+    def _raise_if_damaged(self, exc: BaseException) -> None:
+        """DamagedProduct when the product's own ``zarr.json`` is present but not valid JSON."""
+        key = "zarr.json"
+        raw = zarr.core.sync.sync(self._zstore.get(key, zarr.core.buffer.default_buffer_prototype()))
+        if raw is None:
+            return
+        try:
+            json.loads(raw.to_bytes())
+        except ValueError as bad:
+            raise DamagedProduct(self.product, f"{self.product}/{key}", f"not valid JSON ({bad})") from exc
 
     def open(self) -> xr.Dataset:
         """The committed product as an xarray Dataset (lazy, decoded to mm/h).
@@ -239,7 +287,13 @@ class ProductArchive:
         time's data."""
         journal = self._complete_journal()
         if journal is None:
-            return _open_consolidated(self._zstore)
+            try:
+                return _open_consolidated(self._zstore)
+            except DamagedData:
+                raise
+            except ValueError as exc:  # a zarr.json that no longer parses: name it (DamagedProduct)
+                self._raise_if_damaged(exc)
+                raise
         start = int(journal.attrs["insert_at"])
         main = open_rain_dataset(self._zstore, chunks={})
         staged = open_rain_dataset(self._staging_store, chunks={})
@@ -299,7 +353,7 @@ class ProductArchive:
 
     def _to_zarr(self, ds: xr.Dataset, zstore: Any, **kwargs: Any) -> None:
         """Write, then commit by consolidating the group's metadata (its one atomic key)."""
-        ds.to_zarr(zstore, consolidated=False, zarr_format=3, **kwargs)
+        ds.to_zarr(zstore, consolidated=False, zarr_format=3, write_empty_chunks=True, **kwargs)
         self._fence()
         zarr.consolidate_metadata(zstore, zarr_format=3)
 
@@ -311,7 +365,7 @@ class ProductArchive:
         assert_held(self.store, self.product)
 
     def _create(self, ds: xr.Dataset) -> None:
-        encoding = {VARIABLE: precip_encoding(ds[VARIABLE].shape[1:]), "time": TIME_ENCODING}
+        encoding = archive_encoding(ds)
         self._root()  # the store's root group, so the archive is one zarr hierarchy
         self._to_zarr(ds, self._zstore, mode="w", encoding=encoding)
 
@@ -332,8 +386,8 @@ class ProductArchive:
         """Data first, then the time index, then the commit: the time index never names a slot
         whose data is not there yet (a merge's readers see the journal meanwhile, see ``open``)."""
         region = {"time": slice(start, start + ds.sizes["time"])}
-        ds[[VARIABLE]].drop_vars(["x", "y"]).to_zarr(self._zstore, mode="r+", region=region,
-                                                     consolidated=False, zarr_format=3)
+        ds[[VARIABLE]].drop_vars(["x", "y"]).to_zarr(self._zstore, mode="r+", region=region, consolidated=False,
+                                                     zarr_format=3, write_empty_chunks=True)
         # xarray's region mode leaves index coordinates alone, so the times go in through zarr
         # (same CF encoding: int64 seconds since the epoch) before the commit.
         seconds = ds["time"].values.astype("datetime64[s]").astype(np.int64)
@@ -393,9 +447,15 @@ class ProductArchive:
             old_tail = current[[VARIABLE]].isel(time=slice(start, None)).load()
         merged = xr.concat([old_tail, new[[VARIABLE]]], dim="time").sortby("time")
         merged.attrs = {"insert_at": start, "complete": False}
-        encoding = {VARIABLE: precip_encoding(merged[VARIABLE].shape[1:]), "time": TIME_ENCODING}
+        encoding = archive_encoding(merged)
         require_group(self._root_store, STAGING_GROUP)  # zarr v3 has no implicit parent groups
-        self._to_zarr(merged, self._staging_store, mode="w", encoding=encoding)
+        try:
+            self._to_zarr(merged, self._staging_store, mode="w", encoding=encoding)
+        except OSError as exc:
+            if disk_full(exc):  # an incomplete journal is never replayed: release its space now
+                with contextlib.suppress(Exception):
+                    self._discard_staging()
+            raise
         # The journal counts only once this flag is written (one atomic key).
         self._fence()
         self._root()[self._staging].attrs.update({"complete": True})
@@ -409,8 +469,46 @@ class ProductArchive:
         end = start + staged.sizes["time"]
         if committed < end:
             self._append(staged.isel(time=slice(committed - start, None)))
+        elif committed > end and staged.attrs.get("truncate") is True:
+            self._shrink(end)  # frames dropped (drop_frames): invisible until the commit below
         self._overwrite_region(staged, start)
         self._discard_staging()
+
+    def _shrink(self, length: int) -> None:
+        for name in (VARIABLE, "time"):
+            array = zarr.open_array(self._zstore, path=name, mode="r+", zarr_format=3)
+            array.resize((length, *array.shape[1:]))
+
+    def drop_frames(self, indices: Sequence[int]) -> int:
+        """Remove committed frames (damaged ones that ``nowcast store check --repair`` found), so a
+        re-ingest of their source files puts them back; returns how many were dropped.
+
+        The frames after the first dropped one are rewritten through the merge journal, so a kill
+        at any point leaves either the old product or the new one, never times paired with
+        another time's data. The frames kept are read through the checked store: a damaged frame
+        not in ``indices`` stops the drop (DamagedChunk) rather than being copied."""
+        with self.writer_lock():
+            self._recover()
+            length = self._committed_length()
+            drop = sorted({int(i) for i in indices if 0 <= int(i) < length})
+            if not drop:
+                return 0
+            start = drop[0]
+            keep = [i for i in range(start, length) if i not in set(drop)]
+            if not keep:  # only the tail goes: shrink and commit (a kill before the commit changes nothing)
+                self._shrink(start)
+                self._fence()
+                zarr.consolidate_metadata(self._zstore, zarr_format=3)
+                return len(drop)
+            with _open_consolidated(self._zstore) as current:
+                tail = current[[VARIABLE]].isel(time=keep).load()
+            tail.attrs = {"insert_at": start, "complete": False, "truncate": True}
+            require_group(self._root_store, STAGING_GROUP)
+            self._to_zarr(tail, self._staging_store, mode="w", encoding=archive_encoding(tail))
+            self._fence()
+            self._root()[self._staging].attrs.update({"complete": True})
+            self._apply_staging()
+            return len(drop)
 
     def _discard_staging(self) -> None:
         """Unmark the journal (one atomic key) before deleting it key by key: a journal that is
@@ -435,7 +533,7 @@ class ProductArchive:
             else:
                 self._discard_staging()
                 note = "discarded an incomplete staging journal"
-        if self.product in root and not self.exists():
+        if not self.exists() and self.product in root:  # exists() first: a damaged product raises, never dropped
             del root[self.product]
             note = "removed a product group whose creation never committed"
         return note
@@ -456,15 +554,47 @@ class ProductArchive:
 
 
 def list_products(store: str, storage_options: dict | None = None) -> list[str]:
-    """Product groups in a store (staging journals excluded)."""
+    """Product groups in a store (staging journals excluded), damaged ones included.
+
+    Listed from the store's keys rather than by parsing every child's metadata (zarr's
+    ``group_keys``): one truncated ``zarr.json`` must not hide every other product. Opening a
+    damaged product then raises ``DamagedProduct`` naming it."""
+    zstore = open_zarr_store(store, storage_options, read_only=True)
+    prototype = zarr.core.buffer.default_buffer_prototype()
+
+    async def names() -> list[str]:
+        if await zstore.get("zarr.json", prototype) is None:
+            return []
+        found = []
+        async for name in zstore.list_dir(""):
+            name = name.rstrip("/")
+            if name.startswith("_") or name == "zarr.json":
+                continue
+            raw = await zstore.get(f"{name}/zarr.json", prototype)
+            if raw is None:
+                continue
+            try:
+                if json.loads(raw.to_bytes()).get("node_type") != "group":
+                    continue
+            except ValueError:  # damaged: listed, so that it is reported rather than vanishing
+                pass
+            found.append(name)
+        return sorted(found)
+
     try:
-        root = zarr.open_group(
-            open_zarr_store(store, storage_options, read_only=True), mode="r", zarr_format=3,
-            use_consolidated=False,
-        )
+        return zarr.core.sync.sync(names())
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         return []
-    return sorted(name for name in root.group_keys() if not name.startswith("_"))
+
+
+def disk_full(exc: BaseException) -> bool:
+    """True when ``exc`` (or what it wraps) is a full disk or an exhausted quota."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def store_problem(exc: BaseException, store: str) -> str | None:

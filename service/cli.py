@@ -17,9 +17,9 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
 ) -> None:
     """Serve forecasts over HTTP (FastAPI + uvicorn)."""
-    import uvicorn
-
     from service.app import create_app
+    from service.server import run
     from service.settings import load_settings
 
-    uvicorn.run(create_app(load_settings(config)), host=host, port=port, log_level="info")
+    settings = load_settings(config)
+    run(create_app(settings), settings, host, port)

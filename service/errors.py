@@ -7,6 +7,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pipelines.integrity import DamagedChunk, DamagedData
+
 #: validation problems listed in an error body; the rest are counted
 MAX_LISTED_PROBLEMS = 5
 
@@ -21,10 +23,27 @@ def error_body(code: str, message: str, **extra: object) -> dict:
     return {"error": {"code": code, "message": message, **extra}, "detail": message}
 
 
+#: damaged archive data (a chunk or a product's metadata): the service's fault, and it lasts until
+#: ``nowcast store check --repair`` and a re-ingest; every other product keeps answering
+DAMAGED_STATUS = 503
+
+
+def damaged_body(exc: DamagedData) -> dict:
+    """The structured error for damaged data: never a forecast from it, never a plain-text 500."""
+    extra: dict[str, object] = {"product": exc.product}
+    if isinstance(exc, DamagedChunk):
+        extra.update(time=exc.time, chunk=exc.key, reason=exc.reason)
+    return error_body("damaged_data", str(exc), **extra)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(DamagedData)
+    async def damaged(_: Request, exc: DamagedData) -> JSONResponse:
+        return JSONResponse(damaged_body(exc), status_code=DAMAGED_STATUS)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

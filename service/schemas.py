@@ -192,9 +192,18 @@ class ProductInfo(BaseModel):
     graticule: list[GraticuleLine]
 
 
+class DamagedProductInfo(BaseModel):
+    """A product that cannot be read (``nowcast store check`` names the damage; ``--repair`` mends it)."""
+
+    name: str
+    error: str
+
+
 class ProductsResponse(BaseModel):
     products: list[ProductInfo]
     colour_scale: ColourScale
+    damaged: list[DamagedProductInfo] = Field(default_factory=list,
+                                              description="Products left out because their data is damaged")
 
 
 class ProductTimesResponse(BaseModel):
@@ -248,3 +257,6 @@ class SkillResponse(BaseModel):
     end: str | None = Field(description="Window end (inclusive), UTC: the product's newest frame unless given")
     models: list[ModelSkill] = Field(description="Per model, sorted by name; empty until a forecast is verified")
     pending: dict[str, int] = Field(description="Forecasts per model waiting for the observations of their leads")
+    unreadable_records: dict[str, Any] | None = Field(
+        None, description="Records that could not be read (damaged): left out of the scores, counted, the first "
+                          "few named; the next verification pass rewrites those it can score again")

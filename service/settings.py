@@ -55,6 +55,11 @@ class ServiceSettings(BaseSettings):
     verification_grace_minutes: float = Field(
         120.0, ge=0, description="How long past its last lead a forecast waits for missing observations")
     skill_hours: float = Field(24.0, gt=0, description="Window of the nowcast_skill_* gauges")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="Close a connection whose request headers are not all in this many seconds after "
+                                "its first byte (slow-header clients)")
+    max_connections: int = Field(
+        1000, ge=1, description="Concurrent connections (and requests) served; beyond it, 503 at once")
 
     @field_validator("models")
     @classmethod

@@ -6,7 +6,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
-from pipelines.store import list_products
+from pipelines.integrity import DamagedData
+from pipelines.store import ProductArchive, list_products
 from service.dependencies import get_metrics, get_settings
 from service.metrics import Metrics
 from service.settings import ServiceSettings
@@ -24,17 +25,32 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request, settings: ServiceSettings = Depends(get_settings)) -> JSONResponse:
     """Models are loaded and the store answers."""
     models = getattr(request.app.state, "models", {})
+    damaged: dict[str, str] = {}
     try:
         products = await run_in_threadpool(list_products, settings.store)
         store_ok, store_error = True, None
+        damaged = await run_in_threadpool(_damaged_products, settings.store, products)
     except Exception as exc:  # any failure to reach the store means not ready
         products, store_ok, store_error = [], False, f"{type(exc).__name__}: {exc}"
     ready = bool(models) and store_ok
     body = {"status": "ready" if ready else "not ready", "models": sorted(models), "store": settings.store,
-            "store_reachable": store_ok, "products": products}
+            "store_reachable": store_ok, "products": [p for p in products if p not in damaged]}
+    if damaged:  # named, without failing the healthy products: they are served as before
+        body["damaged_products"] = damaged
     if store_error:
         body["store_error"] = store_error
     return JSONResponse(body, status_code=200 if ready else 503)
+
+
+def _damaged_products(store: str, products: list[str]) -> dict[str, str]:
+    """Products whose metadata cannot be opened, with why (their chunks: ``nowcast store check``)."""
+    damaged = {}
+    for name in products:
+        try:
+            ProductArchive(store, name).exists()
+        except DamagedData as exc:
+            damaged[name] = str(exc)
+    return damaged
 
 
 @router.get("/metrics", response_class=Response)

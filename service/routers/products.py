@@ -24,6 +24,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from pipelines.grid import Grid
+from pipelines.integrity import DamagedData
 from pipelines.plots import MAX_RAIN_MM_H, RAIN_COLOURS, RAIN_LEVELS, rain_colormap
 from pipelines.query import parse_utc, time_step_minutes, utc_text
 from pipelines.store import ProductArchive, list_products
@@ -35,6 +36,7 @@ from service.routers.forecast import ERRORS, compute_forecast
 from service.schemas import (
     YEARS,
     ColourScale,
+    DamagedProductInfo,
     ErrorResponse,
     ForecastFramesResponse,
     ForecastRequest,
@@ -213,14 +215,16 @@ async def products(request: Request, settings: ServiceSettings = Depends(get_set
     except Exception as exc:  # an unreachable store is the service's problem, said as such
         raise ApiError(503, "store_unavailable", f"the archive {settings.store} cannot be read: "
                                                  f"{type(exc).__name__}: {str(exc)[:200]}") from exc
-    described = []
+    described, damaged = [], []
     for name in names:
         try:
             archive = get_archive(request, name)
+            described.append(await run_in_threadpool(describe_product, archive))
         except ApiError:  # a product still being created: not there yet
             continue
-        described.append(await run_in_threadpool(describe_product, archive))
-    return ProductsResponse(products=described, colour_scale=colour_scale())
+        except DamagedData as exc:  # named, and the others are still listed
+            damaged.append(DamagedProductInfo(name=name, error=str(exc)))
+    return ProductsResponse(products=described, colour_scale=colour_scale(), damaged=damaged)
 
 
 @router.get("/products/{product}/times", response_model=ProductTimesResponse, tags=["products"],
