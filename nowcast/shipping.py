@@ -180,16 +180,19 @@ def _monitor(stage: str) -> str | None:
     return None if checkpoints else "val/csi_1mm/lead_030min"
 
 
-def _validation_scores(run: Path, epoch: int) -> dict[str, float]:
-    """What the CSV logs hold for the validation at the end of ``epoch``, with the CSI averaged over
-    the leads added for runs that logged only the per-lead scores."""
+def _validation_scores(run: Path, epoch: int, step: int | None = None) -> dict[str, float]:
+    """What the CSV logs hold for the validation at the end of ``epoch`` (or, for runs that validate
+    several times an epoch, at optimizer step ``step``), with the CSI averaged over the leads added
+    for runs that logged only the per-lead scores."""
     import csv
 
     scores: dict[str, float] = {}
     for log in sorted(run.glob("logs/*/metrics.csv")):
         with log.open() as f:
             for row in csv.DictReader(f):
-                if row.get("epoch") == str(epoch) and row.get("val/csi_1mm/lead_030min"):
+                # logged a step or two before the checkpoint's global_step: the last validation up to it
+                at = row.get("epoch") == str(epoch) if step is None else 0 <= step - int(row.get("step") or -9) <= 3
+                if at and row.get("val/csi_1mm/lead_030min"):
                     scores = {k: float(v) for k, v in row.items() if k.startswith("val/") and v}
     for threshold in ("1", "5"):
         leads = [v for k, v in scores.items() if k.startswith(f"val/csi_{threshold}mm/lead_")]
@@ -220,7 +223,8 @@ def _best_stage(name: str, run_dir: Path) -> tuple[str, dict[str, Any], dict[str
         if not source.is_file():
             continue
         checkpoint = torch.load(source, map_location="cpu", weights_only=False)
-        scores = _validation_scores(run_dir / stage, int(checkpoint["epoch"]))
+        scores = (_validation_scores(run_dir / stage, int(checkpoint["epoch"]), int(checkpoint["global_step"]))
+                  or _validation_scores(run_dir / stage, int(checkpoint["epoch"])))
         candidates.append((scores.get(monitor, float("-inf")), stage, checkpoint, scores))
     if not candidates:
         raise FileNotFoundError(f"no checkpoint for {name} under {run_dir}: train it first")
