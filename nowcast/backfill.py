@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -26,7 +26,14 @@ import xarray as xr
 import zarr
 
 from nowcast import __version__
-from nowcast.forecaster import LoadedForecaster, load_forecaster
+from nowcast.backfill_probabilities import VARIABLE as PROBABILITY
+from nowcast.backfill_probabilities import (
+    add_probability_layout,
+    backfill_thresholds,
+    check_stored_thresholds,
+    forecast_and_probabilities,
+)
+from nowcast.forecaster import LoadedForecaster, load_forecaster, model_identity
 from pipelines.cf import rain_rate_dataset
 from pipelines.channels import AuxiliaryInputs
 from pipelines.grid import Grid
@@ -46,6 +53,8 @@ class Task:
     indices: tuple[int, ...]
     history_starts: tuple[int, ...]
     step_minutes: float | None = None  # the product's; resampled in time when the model's differs
+    thresholds: tuple[float, ...] = ()  # exceedance probabilities to store too (nowcast.backfill_probabilities)
+    members: int | None = None  # ensemble size they are counted over (None: the model's default)
 
 
 @cache
@@ -56,8 +65,11 @@ def _forecaster(spec: str) -> LoadedForecaster:
 
 def create_forecast_store(
     out: str, inits: np.ndarray, lead_steps: int, step_minutes: float, grid: Grid, forecaster: LoadedForecaster,
-    product: str, model_spec: str,
+    product: str, model_spec: str, name: str | None = None, thresholds: tuple[float, ...] = (),
 ) -> None:
+    """Lay out the forecast store; ``name`` (default the forecaster's) is what its forecasts are
+    recorded as, with the weights' fingerprint beside it (``model_identity``)."""
+    name = name or forecaster.name
     ny, nx = grid.shape
     leads = np.array([np.timedelta64(int(round(step_minutes * 60 * (k + 1))), "s") for k in range(lead_steps)])
     precip = da.full((len(inits), lead_steps, ny, nx), np.nan, dtype=np.float32, chunks=(1, lead_steps, ny, nx))
@@ -67,7 +79,9 @@ def create_forecast_store(
                        {"standard_name": "forecast_reference_time", "long_name": "init time (UTC)"}),
          "lead_time": ("lead_time", leads.astype("timedelta64[ns]"), {"standard_name": "forecast_period"})},
         grid, "forecast rain rate",
-        {"title": f"{forecaster.name} nowcasts of {product}", "product": product, "model": forecaster.name,
+        {"title": f"{name} nowcasts of {product}", "product": product, "model": name,
+         "model_architecture": forecaster.architecture, "model_fingerprint": forecaster.fingerprint or "",
+         "model_identity": model_identity(name, forecaster.fingerprint),
          "model_source": model_spec, "nowcast_version": __version__, "step_minutes": step_minutes},
     )
     template["done"] = (("init_time",), da.zeros(len(inits), dtype=np.int8, chunks=1),
@@ -78,6 +92,8 @@ def create_forecast_store(
         "init_time": {"units": "seconds since 1970-01-01", "dtype": "int64"},
         "lead_time": {"units": "seconds", "dtype": "int64"},
     }
+    if thresholds:  # probability(init_time, lead_time, threshold, y, x) beside precip
+        add_probability_layout(template, encoding, thresholds, lead_steps)
     template.to_zarr(open_zarr_store(out), mode="w", compute=False, encoding=encoding, zarr_format=3,
                      consolidated=True)
 
@@ -106,11 +122,18 @@ def run_task(task: Task) -> TaskDone:
         reads = [inputs.read(times[s : s + history]) for s in task.history_starts]
         auxiliary = {p: np.stack([r[p] for r in reads]) for p in forecaster.input_products}
         missing = inputs.cases_missing
-    forecasts = forecaster.predict(window, task.lead_steps, task.step_minutes, auxiliary=auxiliary)  # [B, lead, H, W]
+    probabilities = None
+    if task.thresholds:  # [B, lead, threshold, H, W] too; an ensemble model's precip is its members' mean
+        forecasts, probabilities = forecast_and_probabilities(forecaster, window, task.lead_steps, task.step_minutes,
+                                                              task.thresholds, task.members)
+    else:
+        forecasts = forecaster.predict(window, task.lead_steps, task.step_minutes, auxiliary=auxiliary)
     # outside the radar's coverage (nodata in the last observed frame) the forecast is nodata too
     forecasts = np.where(np.isnan(window[:, -1:]), np.nan, forecasts)
     out = open_zarr_store(task.out)
     frames = xr.Dataset({"precip": (("init_time", "lead_time", "y", "x"), forecasts.astype(np.float32))})
+    if probabilities is not None:
+        frames[PROBABILITY] = (("init_time", "lead_time", "threshold", "y", "x"), probabilities.astype(np.float32))
     done = zarr.open_array(out, path="done", mode="r+", zarr_format=3)
     for k, index in enumerate(task.indices):
         frames.isel(init_time=slice(k, k + 1)).to_zarr(
@@ -123,17 +146,26 @@ def run_task(task: Task) -> TaskDone:
 def backfill(
     model: str, store: str, product: str, start: str, end: str, out: str, every: int = 1,
     lead_steps: int | None = None, scheduler: str = "local", workers: int = 2, batch: int = 4,
-    on_progress: Callable[[int, int], None] | None = None, verify: bool = True,
+    on_progress: Callable[[int, int], None] | None = None, verify: bool = True, label: str | None = None,
+    thresholds: Sequence[float] | None = None, members: int | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a backfill; returns a summary.
 
+    ``label``: the name the run's forecasts are recorded under (default the model's name); the
+    weights' fingerprint always rides beside it, so two networks that share a name never pool.
+
     ``verify``: register the store with the archive's verification ledger and score the init
     times whose observations are in (``summary["verification"]``); the rest are scored by later
-    passes (the service's, or ``nowcast verify``) as their frames are ingested."""
+    passes (the service's, or ``nowcast verify``) as their frames are ingested.
+
+    ``thresholds`` (mm/h): also store exceedance probabilities, counted over ``members`` members for an
+    ensemble model (``nowcast.backfill_probabilities``)."""
     forecaster = _forecaster(model)
     archive = ProductArchive(store, product)
     if not archive.exists():
         raise KeyError(f"no product {product!r} in {store}")
+    name = label or forecaster.name
+    thresholds = backfill_thresholds(forecaster, thresholds)
     times = archive.times()
     step = time_step_minutes(times)
     if step is None:
@@ -146,17 +178,19 @@ def backfill(
     windows = plan_windows(times, history, 0, step, start, end, every)
     inits, history_starts = windows.inits, windows.starts
     if not len(inits):
-        raise ValueError(f"no init time in {start} .. {end} has {history} frames of history")
+        raise ValueError(f"no init time in {start} .. {end} has {history} frames of history; {product} holds "
+                         f"{len(times)} frames {utc_text(times[0])} .. {utc_text(times[-1])} every {step:g} min")
     existing = _existing(out)
     if existing is None:
-        create_forecast_store(out, inits, leads, step, archive.grid(), forecaster, product, model)
+        create_forecast_store(out, inits, leads, step, archive.grid(), forecaster, product, model, name, thresholds)
     else:
-        _check_compatible(existing, inits, leads, forecaster, out)
+        _check_compatible(existing, inits, leads, forecaster, out, name)
+        check_stored_thresholds(existing, thresholds, out)
     done = zarr.open_array(open_zarr_store(out), path="done", mode="r", zarr_format=3)[:]
     todo = [i for i in range(len(inits)) if not done[i]]
     tasks = [
         Task(store, product, model, out, leads, tuple(todo[i : i + batch]),
-             tuple(int(history_starts[j]) for j in todo[i : i + batch]), step)
+             tuple(int(history_starts[j]) for j in todo[i : i + batch]), step, thresholds, members)
         for i in range(0, len(todo), max(1, batch))
     ]
     finished = len(inits) - len(todo)
@@ -169,9 +203,10 @@ def backfill(
             missing[product] += count
         if on_progress:
             on_progress(finished, len(inits))
-    summary = {"out": out, "model": forecaster.name, "init_times": len(inits), "skipped_already_done": len(inits) -
-               len(todo), "written": len(todo), "lead_steps": leads, "first": utc_text(inits[0]),
-               "last": utc_text(inits[-1])}
+    summary = {"out": out, "model": name, "identity": model_identity(name, forecaster.fingerprint),
+               "init_times": len(inits), "skipped_already_done": len(inits) - len(todo), "written": len(todo),
+               "lead_steps": leads, "first": utc_text(inits[0]), "last": utc_text(inits[-1]),
+               **({"thresholds": list(thresholds)} if thresholds else {})}
     if forecaster.auxiliary:  # init times written with zeros-plus-mask for a missing auxiliary frame
         summary["auxiliary_cases_missing"] = missing
     if verify:
@@ -191,11 +226,16 @@ def _existing(out: str) -> xr.Dataset | None:
 
 
 def _check_compatible(existing: xr.Dataset, inits: np.ndarray, leads: int, forecaster: LoadedForecaster,
-                      out: str) -> None:
+                      out: str, name: str | None = None) -> None:
+    """A resumed store must hold this very model's forecasts: same name, same weights, same leads."""
     planned = existing["init_time"].values.astype("datetime64[s]")
-    if existing.sizes["lead_time"] != leads or existing.attrs.get("model") != forecaster.name:
-        raise ValueError(f"{out} holds {existing.attrs.get('model')} forecasts with {existing.sizes['lead_time']} "
-                         f"leads; use a new --out for {forecaster.name} with {leads}")
+    identity = model_identity(name or forecaster.name, forecaster.fingerprint)
+    held = existing.attrs.get("model_identity")
+    if held is None:  # laid out before identities were recorded: the name is all there is to compare
+        held, identity = existing.attrs.get("model"), name or forecaster.name
+    if existing.sizes["lead_time"] != leads or held != identity:
+        raise ValueError(f"{out} holds {held} forecasts with {existing.sizes['lead_time']} "
+                         f"leads; use a new --out for {identity} with {leads}")
     if len(planned) != len(inits) or not np.array_equal(planned, inits):
         raise ValueError(f"{out} was laid out for {len(planned)} init times {planned[0]}Z .. {planned[-1]}Z; "
                          f"rerun with that range (and --every) to resume, or use a new --out")

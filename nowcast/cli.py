@@ -17,6 +17,40 @@ from pipelines.cli import StoreOption, console, print_report, print_summary, pro
 app = typer.Typer(no_args_is_help=True)
 
 
+#: where --model NAME is looked up beyond baselines, shipped models and checkpoint files
+RegistryOption = Annotated[Path | None, typer.Option(
+    "--registry", "--model-store", help="Model store: --model production, or a version by name.",
+    envvar="NOWCAST_REGISTRY")]
+ServiceConfigOption = Annotated[Path | None, typer.Option(
+    help="Service YAML whose models: 'label=path' entries --model may name.", envvar="NOWCAST_SERVICE_CONFIG")]
+
+
+def resolve_or_exit(spec: str, registry: Path | None, service_config: Path | None):
+    """``--model`` resolved (``nowcast.model_names``), or the names that exist and exit 2."""
+    from nowcast.model_names import resolve_model
+
+    if spec == "production" and registry is None:
+        console.print("[red]error:[/] --model production needs --registry (or NOWCAST_REGISTRY) "
+                      "with a production version")
+        raise typer.Exit(2)
+    try:
+        return resolve_model(spec, registry, service_config)
+    except FileNotFoundError as exc:
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def fail(exc: Exception, store: str, product: str | None = None, code: int = 2) -> typer.Exit:
+    """One line for an error the user can act on; an unknown product also lists what the store holds."""
+    from pipelines.info import holdings
+
+    message = str(exc.args[0] if exc.args else exc)
+    if isinstance(exc, KeyError) and message.startswith("no product"):
+        message = holdings(store, product)
+    console.print(f"[red]error:[/] {message}", soft_wrap=True)
+    return typer.Exit(code)
+
+
 def load_rule(path: Path | None, window_hours: float | None):
     """The promotion rule from YAML (defaults without one), with an optional window override."""
     import dataclasses
@@ -25,6 +59,25 @@ def load_rule(path: Path | None, window_hours: float | None):
 
     rule = PromotionRule.from_yaml(path) if path else PromotionRule()
     return dataclasses.replace(rule, window_hours=window_hours) if window_hours else rule
+
+
+def print_checkpoints(callback) -> None:
+    """Where training left its checkpoints, on stdout (a script reads the path from there)."""
+    if callback is None:
+        console.print("no checkpoint saved (trainer.enable_checkpointing is off)")
+        return
+    best, last = getattr(callback, "best_model_path", ""), getattr(callback, "last_model_path", "")
+    score = getattr(callback, "best_model_score", None)
+    monitor = getattr(callback, "monitor", None)
+    if best:
+        typer.echo(f"best checkpoint: {Path(best).resolve()}"
+                   + (f" ({monitor} {float(score):.4g})" if monitor and score is not None else ""))
+    if last:
+        typer.echo(f"last checkpoint: {Path(last).resolve()}")
+    if not best and not last:
+        console.print("no checkpoint saved (no epoch finished)")
+    else:
+        console.print("use it: nowcast evaluate --model PATH ..., or add it to a model store with nowcast promote")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
@@ -38,6 +91,8 @@ def train(
     promote: Annotated[bool, typer.Option(help="Then verify against production; promote if better.")] = False,
     rule: Annotated[Path | None, typer.Option(help="Promotion rule YAML (configs/promotion.yaml).")] = None,
     window_hours: Annotated[float | None, typer.Option(help="Override the rule's held-out window (hours).")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error, not only its message.")
+                     ] = False,
 ) -> None:
     """Train a model (LightningCLI style: extra arguments such as --trainer.max_epochs 5 override the config).
 
@@ -73,9 +128,11 @@ def train(
     try:
         with lock_dir.lock() if is_rank_zero else contextlib.nullcontext():
             cli = run_training(args)
+            callback = cli.trainer.checkpoint_callback
+            if cli.trainer.is_global_zero:
+                print_checkpoints(callback)
             if not (promote and cli.trainer.is_global_zero):
                 return
-            callback = cli.trainer.checkpoint_callback
             checkpoint = (callback.best_model_path or callback.last_model_path) if callback else None
             if not checkpoint:
                 console.print("[red]error:[/] training left no checkpoint to promote")
@@ -85,6 +142,8 @@ def train(
                 ModelStore(registry), checkpoint, data.store, data.products[0], load_rule(rule, window_hours),
             )
             console.print(json.dumps(decision, indent=2))
+            if decision.get("explanation"):
+                console.print(decision["explanation"], soft_wrap=True)
             raise typer.Exit(code)
     except StoreLocked as exc:
         console.print(f"[yellow]locked:[/] {exc}; not starting a second run")
@@ -94,6 +153,13 @@ def train(
                       "Start over with --no-resume, or give this run its own checkpoint directory "
                       "(trainer.callbacks ModelCheckpoint dirpath).")
         raise typer.Exit(2) from exc
+    except (ValueError, LookupError, FileNotFoundError) as exc:
+        # a config or data problem the user can act on: its message, not 150 lines of Lightning's stack
+        if debug:
+            raise
+        message = str(exc.args[0] if exc.args else exc)
+        console.print(f"[red]error:[/] {message}\n(nowcast train --debug ... shows the traceback)", soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -121,6 +187,8 @@ def promote(
         console.print(f"[red]error:[/] {exc.args[0] if exc.args else exc}")
         raise typer.Exit(FAILED) from exc
     typer.echo(json.dumps(decision, indent=2))
+    if decision.get("explanation"):
+        console.print(decision["explanation"], soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -151,6 +219,11 @@ def evaluate(
     probability_matching: Annotated[str, typer.Option(
         help="auto (each checkpoint's own choice; none for baselines), none, or cdf: each lead matched to the "
              "distribution of the last observed frame.")] = "auto",
+    members: Annotated[int | None, typer.Option(
+        help="Ensemble members of the models that forecast them (steps; default theirs, 20): their CRPS, Brier "
+             "score, ROC area and reliability diagram are scored too.")] = None,
+    registry: RegistryOption = None,
+    service_config: ServiceConfigOption = None,
 ) -> None:
     """Verify models against the archive: CSI/POD/FAR, MAE and FSS per lead time.
 
@@ -163,6 +236,8 @@ def evaluate(
         console.print("[red]error:[/] give --model (models to run) or --forecasts (backfilled forecast stores to "
                       "score)" + (", not both" if model else ""))
         raise typer.Exit(2)
+    named = [resolve_or_exit(spec, registry, service_config) for spec in model or []]
+    model = [f"{m.name}={m.spec}" if m.name else m.spec for m in named]
     with store_errors(store), progress_bar() as progress:
         task = progress.add_task("evaluate", total=None)
         callbacks = {"on_case": lambda: progress.advance(task), "total": lambda n: progress.update(task, total=n)}
@@ -175,10 +250,18 @@ def evaluate(
                                         lead_steps=lead_steps, precision=precision,
                                         time_interpolation=time_interpolation,
                                         probability_matching=None if probability_matching == "auto"
-                                        else probability_matching, **callbacks)
+                                        else probability_matching, members=members, **callbacks)
         except (LookupError, ValueError, FileNotFoundError) as exc:
-            console.print(f"[red]error:[/] {exc.args[0] if exc.args else exc}")
-            raise typer.Exit(2) from exc
+            raise fail(exc, store, product) from exc
+    # a table of dashes is no answer: say why, and what the archive holds
+    if report["n_cases"] == 0 and not report.get("damaged_cases_skipped"):
+        from pipelines.info import holdings
+
+        span = f"{start or 'the start'} .. {end or 'the end'}"
+        why = (f"all {report['n_dry_cases_skipped']} cases in {span} were dry" if report["n_dry_cases_skipped"]
+               else f"no case in {span} has its history and {len(report['lead_minutes'])} leads without a gap")
+        console.print(f"[red]error:[/] nothing verified: {why}. {holdings(store, product)}", soft_wrap=True)
+        raise typer.Exit(2)
     awaiting = report.get("n_cases_awaiting_observations")
     console.print(f"{report['n_cases']} cases ({report['n_dry_cases_skipped']} dry skipped"
                   + (f", {awaiting} awaiting observations" if awaiting else "") + "); wrote "
@@ -208,41 +291,41 @@ def backfill(
     scheduler: Annotated[str, typer.Option(help="'local' (processes) or a Dask scheduler tcp://HOST:PORT.")] = "local",
     workers: Annotated[int, typer.Option(help="Local worker processes.")] = 2,
     batch: Annotated[int, typer.Option(help="Init times per forward pass.")] = 4,
-    registry: Annotated[
-        Path | None, typer.Option("--registry", "--model-store", help="Model store, for --model production.",
-                                  envvar="NOWCAST_REGISTRY")
-    ] = None,
+    registry: RegistryOption = None,
     verify: Annotated[bool, typer.Option(
         help="Score the forecasts whose observations are in, and leave the rest to later verification passes "
              "(GET /v1/skill).")] = True,
+    label: Annotated[str | None, typer.Option(
+        help="Name this run's forecasts are recorded under (default: the model's name); the weights' "
+             "fingerprint always rides beside it.")] = None,
+    threshold: Annotated[list[float] | None, typer.Option(
+        help="Also store P(rate >= this, mm/h) per lead (repeatable); needs a model with probabilities "
+             "(steps).")] = None,
+    members: Annotated[int | None, typer.Option(
+        help="Ensemble members the probabilities are counted over (default: the model's, 20 for steps).")] = None,
+    service_config: ServiceConfigOption = None,
 ) -> None:
     """Forecast every init time of a range into a Zarr forecast store (resumable, idempotent).
 
-    --model production takes the model store's production version."""
+    --model production takes the model store's production version; a version's name, or a label of
+    the service config's models, names that checkpoint."""
     from nowcast.backfill import backfill as run_backfill
-    from nowcast.model_store import ModelStore
 
-    if model == "production":
-        checkpoint = ModelStore(registry).production_checkpoint() if registry else None
-        if checkpoint is None:
-            console.print("[red]error:[/] --model production needs --registry (or NOWCAST_REGISTRY) "
-                          "with a production version")
-            raise typer.Exit(2)
-        model = str(checkpoint)
+    resolved = resolve_or_exit(model, registry, service_config)
+    model, label = resolved.spec, label or resolved.name
 
     with store_errors(out if "://" in out else store), progress_bar() as progress:
         task = progress.add_task(f"backfill {product}", total=None)
         try:
             summary = run_backfill(
                 model, store, product, start, end, out, every=every, lead_steps=lead_steps, scheduler=scheduler,
-                workers=workers, batch=batch, verify=verify,
+                workers=workers, batch=batch, verify=verify, label=label, thresholds=threshold, members=members,
                 on_progress=lambda done, total: progress.update(task, completed=done, total=total),
             )
         except (LookupError, ValueError, FileNotFoundError) as exc:
-            console.print(f"[red]error:[/] {exc.args[0] if exc.args else exc}")
-            raise typer.Exit(2) from exc
+            raise fail(exc, store, product) from exc
     console.print(
-        f"{summary['init_times']} init times {summary['first']} .. {summary['last']}: "
+        f"{summary['identity']}: {summary['init_times']} init times {summary['first']} .. {summary['last']}: "
         f"{summary['written']} written, {summary['skipped_already_done']} already done -> {summary['out']}"
     )
     if "auxiliary_cases_missing" in summary:  # written with zeros-plus-mask for the missing frames

@@ -18,6 +18,12 @@ import numpy as np
 
 from nowcast.cases import archive_layout, is_dry, pixel_size_km
 from nowcast.forecaster import DEFAULT_LEAD_STEPS, LoadedForecaster, load_forecaster
+from nowcast.probabilistic_verification import (
+    ProbabilisticVerifier,
+    case_forecasts,
+    probabilistic_scores,
+    write_probabilistic_outputs,
+)
 from nowcast.verification import LeadTimeVerifier, scores_table_markdown
 from pipelines.channels import AuxiliaryInputs
 from pipelines.integrity import DamagedData
@@ -52,15 +58,23 @@ def evaluate(
     crop: int | None = None, stride: int = 1, lead_steps: int | None = None,
     on_case: Callable[[], None] | None = None, total: Callable[[int], None] | None = None,
     precision: str = "32", time_interpolation: str = "motion", probability_matching: str | None = None,
+    keep_case: Callable[[np.ndarray], bool] | None = None, members: int | None = None,
 ) -> dict[str, Any]:
+    """``keep_case``: given a case's frame times (history and leads), False leaves it out (promotion
+    scores only cases the candidate never saw); the report counts them (``n_cases_excluded``).
+    ``members``: ensemble size of the models that offer one (``steps``; default theirs). Every model is
+    also scored probabilistically (``nowcast.probabilistic_verification``): ``probabilistic`` per lead."""
     archive = ProductArchive(store, product)
     if not archive.exists():
         raise KeyError(f"no product {product!r} in {store}")
     forecasters: dict[str, LoadedForecaster] = {}
     for spec in models:
+        # "name=spec": a model the caller named (``nowcast.model_names``), reported by that name
+        name, _, spec = spec.partition("=") if "=" in spec and not Path(spec).is_file() else ("", "", spec)
         loaded = load_forecaster(spec, precision=precision, time_interpolation=time_interpolation,
                                  probability_matching=probability_matching)
-        label = spec if spec == loaded.name else f"{loaded.name} ({Path(spec).name})"
+        loaded.name = name or loaded.name
+        label = spec if spec == loaded.name else name or f"{loaded.name} ({Path(spec).name})"
         if label in forecasters:  # e.g. two model store versions, both called model.ckpt
             label = f"{loaded.name} ({Path(spec).parent.name}/{Path(spec).name})"
         if label in forecasters:
@@ -74,6 +88,10 @@ def evaluate(
                               default=DEFAULT_LEAD_STEPS)
     history = max(f.frames_needed(step) for f in forecasters.values())  # other steps: resampled in time
     cases = select_cases(times, history, leads, step, start, end, stride)
+    excluded = 0
+    if keep_case is not None:
+        kept = [case for case in cases if keep_case(times[case.start : case.start + history + leads])]
+        excluded, cases = len(cases) - len(kept), kept
     if total:
         total(len(cases))
     ys, xs = centre_crop(grid.shape, crop)
@@ -81,6 +99,8 @@ def evaluate(
     # multi-source networks: their auxiliary products, aligned and regridded onto this product's grid
     auxiliary = {label: AuxiliaryInputs(store, f.auxiliary, grid) for label, f in forecasters.items() if f.auxiliary}
     verifiers = {label: LeadTimeVerifier(leads, step, km) for label in forecasters}
+    probabilistic = {label: ProbabilisticVerifier(leads, step) for label, f in forecasters.items()
+                     if "probability" in f.outputs}
     archive_array = archive.open()["precip"]
     used, dry, showcase, damaged = [], 0, None, []
     for case in cases:
@@ -98,11 +118,14 @@ def evaluate(
                 on_case()
             continue
         past_times = times[case.start : case.start + history]
-        forecasts = {label: f.predict(past, leads, step, auxiliary=auxiliary[label].read(past_times, ys, xs)
-                                      if label in auxiliary else None)
-                     for label, f in forecasters.items()}
-        for label, forecast in forecasts.items():
-            verifiers[label].accumulate(forecast, future)
+        forecasts = {}
+        for label, f in forecasters.items():  # an ensemble model's deterministic forecast is its members' mean
+            forecasts[label], scored = case_forecasts(
+                f, past, leads, step, auxiliary[label].read(past_times, ys, xs) if label in auxiliary else None,
+                members)
+            verifiers[label].accumulate(forecasts[label], future)
+            if scored:
+                probabilistic[label].accumulate(future, **scored)
         wetness = float(np.nanmean(future >= 1.0))
         if showcase is None or wetness > showcase[0]:
             showcase = (wetness, case, future, forecasts)
@@ -113,13 +136,16 @@ def evaluate(
     report = {
         **report_header(store, product, step, leads, km, crop, stride, start, end, len(used), dry),
         "cases": used,
+        **({"n_cases_excluded": excluded} if keep_case is not None else {}),
         **({"damaged_cases_skipped": damaged} if damaged else {}),
         "models": {
-            label: {"name": f.name, "source": f.source, "input_steps": f.input_steps,
+            label: {"name": f.name, "identity": f.identity, "source": f.source, "input_steps": f.input_steps,
                     **({"precision": f.precision} if f.trainable else {}),
                     **({"time_interpolation": f.time_interpolation} if f.resamples(step) else {}),
                     "probability_matching": f.probability_matching,
                     "scores": results[label],
+                    "outputs": f.outputs,
+                    "probabilistic": probabilistic_scores(probabilistic.get(label), results[label]),
                     **({"auxiliary_cases_missing": auxiliary[label].cases_missing} if label in auxiliary else {})}
             for label, f in forecasters.items()
         },
@@ -143,6 +169,7 @@ def write_outputs(report: dict[str, Any], results: dict[str, list[dict]], showca
     markdown = out.with_suffix(".md")
     markdown.write_text(header + scores_table_markdown(results) + "\n")
     report["files"]["markdown"] = str(markdown)
+    write_probabilistic_outputs(report, markdown, out)  # its table, and the reliability diagram PNG
     if report["n_cases"]:
         png = plot_scores_by_lead(results, out.with_name(out.stem + "_csi.png"))
         report["files"]["csi_png"] = str(png)

@@ -6,7 +6,8 @@ The ledger lives in the archive's store, beside the product, under ``_verificati
   was served (float32 mm/h, ``[lead, y, x]``, NaN = nodata) until the frames at its leads are
   ingested. Its data are written first, then its ``complete`` flag; an incomplete one is never
   scored (a later request rewrites it).
-- ``scores/<model>/<YYYYMMDD>/<init>``: one record per (model, init time): a group whose
+- ``scores/<model>/<YYYYMMDD>/<init>``: one record per (model, init time), where ``<model>`` is the
+  forecaster's identity (name@weights fingerprint, ``nowcast.forecaster.model_identity``): a group whose
   attributes hold the case's additive sums (``LeadTimeVerifier.state``), or why it is not scored
   (a dry init frame, as ``nowcast evaluate`` skips it; observations that never came). A record
   is one key, written atomically, and writing it again replaces it: a case is counted once,
@@ -52,7 +53,7 @@ DEFAULT_GRACE_MINUTES = 120.0
 #: outcomes of one case, as its record's ``status``
 SCORED, DRY, MISSING, WAITING = "scored", "dry", "missing_observations", "waiting"
 INIT_FORMAT = "%Y%m%dT%H%M%S"
-_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}")
 _NOT_THERE = (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError)
 #: records and forecasts named in a warning or an answer when unreadable; the rest are counted
 MAX_NAMED = 5
@@ -81,6 +82,12 @@ def _node_attrs(zstore: Any, path: str) -> dict[str, Any] | None:
         return dict(json.loads(raw.to_bytes()).get("attributes") or {})
     except (ValueError, AttributeError) as exc:
         raise DamagedRecord(f"unreadable verification record {path}/zarr.json: {exc}") from exc
+
+
+def split_identity(identity: str) -> tuple[str, str | None]:
+    """``convlstm@1a2b3c4d5e6f`` -> (``convlstm``, ``1a2b3c4d5e6f``); a bare name has no fingerprint."""
+    name, at, fingerprint = identity.rpartition("@")
+    return (name, fingerprint) if at and name and fingerprint else (identity, None)
 
 
 def model_key(name: str) -> str:
@@ -160,7 +167,9 @@ class VerificationLedger:
 
     # -- registering forecasts ----------------------------------------------------------------
     def register(self, model: str, init: np.datetime64, forecast: np.ndarray, step_minutes: float) -> bool:
-        """Keep a forecast made from the archive at ``init`` until it can be verified.
+        """Keep a forecast made from the archive at ``init`` until it can be verified. ``model`` is
+        the forecaster's identity (``LoadedForecaster.identity``: name@fingerprint), so two networks
+        that share a name are recorded and scored apart.
 
         Returns False, writing nothing, when this (model, init) is already held with as many leads
         or more (pending or scored): the service answers the same forecast many times."""
@@ -291,7 +300,7 @@ class VerificationLedger:
                 check_made_from(path, ds, self.product, self.store, step, grid)
             except (FileNotFoundError, ValueError):
                 continue  # moved, deleted or remade from another product since: nothing to verify from it
-            model = str(ds.attrs["model"])
+            model = str(ds.attrs.get("model_identity") or ds.attrs["model"])  # older stores: the name alone
             recorded = self._recorded_inits(model)
             index = {t: i for i, t in enumerate(ds["init_time"].values.astype("datetime64[s]"))}
             n_leads = ds.sizes["lead_time"]
@@ -362,8 +371,9 @@ class VerificationLedger:
         step_s = int(round(step * 60))
         t0 = int(np.datetime64(case.init, "s").astype(np.int64))
         wanted = [index.get(t0 + k * step_s) for k in range(case.n_leads + 1)]  # the init frame, then each lead's
-        base = {"model": case.model, "init_time": utc_text(case.init), "n_leads": case.n_leads,
-                "step_minutes": step, "source": case.source}
+        name, fingerprint = split_identity(case.model)
+        base = {"model": name, "identity": case.model, "fingerprint": fingerprint,
+                "init_time": utc_text(case.init), "n_leads": case.n_leads, "step_minutes": step, "source": case.source}
         if None in wanted:
             if newest < t0 + case.n_leads * step_s + self.grace_minutes * 60:
                 result.count(WAITING)
@@ -421,11 +431,21 @@ class VerificationLedger:
                         records.append(attrs)
             if records:
                 answer["models"].append(_pool(records))
+        _name_shared_rows(answer["models"])
         answer["models"].sort(key=lambda m: m["model"])
         answer["pending"] = self.pending_count()
         if unreadable:
             answer["unreadable_records"] = {"count": len(unreadable), "first": unreadable[:MAX_NAMED]}
         return answer
+
+
+def _name_shared_rows(rows: list[dict[str, Any]]) -> None:
+    """Rows are per identity; where two share a name each shows its identity (name@fingerprint)
+    as its ``model``, so that no reader takes two networks for one."""
+    names = [row["model"] for row in rows]
+    for row in rows:
+        if names.count(row["model"]) > 1:
+            row["model"] = row["identity"]
 
 
 def _in_window(name: str, first: np.datetime64, last: np.datetime64) -> bool:
@@ -437,7 +457,9 @@ def _pool(records: list[dict[str, Any]]) -> dict[str, Any]:
     """One model's records pooled: its scores per lead, and how many cases each outcome had."""
     scored = sorted((r for r in records if r.get("status") == SCORED), key=lambda r: r["init_time"])
     inits = sorted(r["init_time"] for r in records)
-    out: dict[str, Any] = {"model": records[0]["model"], "n_cases": 0,
+    identity = str(records[0].get("identity") or records[0]["model"])  # older records: their name
+    out: dict[str, Any] = {"model": records[0]["model"], "identity": identity,
+                           "fingerprint": split_identity(identity)[1], "n_cases": 0,
                            "n_dry_cases_skipped": sum(r.get("status") == DRY for r in records),
                            "n_missing_observations": sum(r.get("status") == MISSING for r in records),
                            "n_other_settings": 0, "first_init": inits[0], "last_init": inits[-1], "scores": []}

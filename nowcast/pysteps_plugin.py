@@ -6,7 +6,9 @@ returning ``[timesteps, H, W]``. These wrap ``nowcast.forecaster``: ``precip`` i
 motion), and ``checkpoint=`` picks a trained model (default: the shipped weights). A
 multi-source checkpoint (``pipelines.channels``) also takes ``auxiliary={product: [T, H, W]}``:
 its auxiliary products on ``precip``'s grid at ``precip``'s times (NaN where none); a missing
-one is refused with its name.
+one is refused with its name. ``n_ens_members=N`` asks a model that offers an ensemble
+(``LoadedForecaster.outputs``) for ``[N, timesteps, H, W]``, as pysteps' own ensemble methods answer;
+``nowcast_steps`` is the ``steps`` baseline this way (for comparing with pysteps' STEPS itself).
 
 They are declared under the ``pysteps.plugins.nowcasts`` entry-point group; pysteps releases
 that discover nowcast plugins pick them up from there. For pysteps versions whose
@@ -36,7 +38,8 @@ def _load(spec: str) -> LoadedForecaster:
 def _method(default_model: str) -> Callable[..., np.ndarray]:
     def forecast(
         precip: np.ndarray, velocity: Any = None, timesteps: int | list[float] | None = None,
-        checkpoint: str | None = None, auxiliary: dict[str, np.ndarray] | None = None, **_: Any,
+        checkpoint: str | None = None, auxiliary: dict[str, np.ndarray] | None = None,
+        n_ens_members: int | None = None, **_: Any,
     ) -> np.ndarray:
         forecaster = _load(checkpoint or default_model)
         if timesteps is None:
@@ -50,6 +53,11 @@ def _method(default_model: str) -> Callable[..., np.ndarray]:
             raise ValueError(f"{checkpoint} holds a {forecaster.architecture!r} network, not {expected!r} "
                              f"({default_model}): use pysteps.nowcasts.get_method('{PREFIX}{forecaster.architecture}')"
                              " for it")
+        if n_ens_members is not None:  # pysteps' ensemble convention: [members, timesteps, H, W]
+            if "ensemble" not in forecaster.outputs:
+                raise ValueError(f"{forecaster.name} forecasts {', '.join(forecaster.outputs)} output, no ensemble "
+                                 "(n_ens_members); GET /v1/models and LoadedForecaster.outputs say which do")
+            return forecaster.predict_ensemble(np.asarray(precip, dtype=np.float32), timesteps, n_ens_members)
         return forecaster.predict(np.asarray(precip, dtype=np.float32), timesteps, auxiliary=auxiliary)
 
     forecast.__name__ = f"{PREFIX}{default_model}"
@@ -67,10 +75,11 @@ convlstm_sprog = _method("convlstm_sprog")
 convlstm_taasrad19 = _method("convlstm_taasrad19")
 predrnn_taasrad19 = _method("predrnn_taasrad19")
 sa_convlstm_taasrad19 = _method("sa_convlstm_taasrad19")
+steps = _method("steps")
 METHODS = {
     f.__name__: f
     for f in (convlstm, predrnn, sa_convlstm, convlstm_flow, predrnn_flow, sa_convlstm_flow, convlstm_sprog,
-              convlstm_taasrad19, predrnn_taasrad19, sa_convlstm_taasrad19)
+              convlstm_taasrad19, predrnn_taasrad19, sa_convlstm_taasrad19, steps)
 }
 
 

@@ -73,6 +73,38 @@ def _replace_section(path: Path, section: str) -> None:
     path.write_text(text)
 
 
+def validation_curve(name: str, run_dir: Path = Path("runs/weights")) -> list[tuple[int, float, float]]:
+    """(optimizer steps, validation CSI at 1 mm/h 30 min, 60 min) at every validation of ``name``'s run:
+    the learning curve over the training it had (does more training on more data still help?)."""
+    import csv
+
+    curve = []
+    for log in sorted((run_dir / name).glob("logs/*/metrics.csv")):
+        with log.open() as f:
+            for row in csv.DictReader(f):
+                if row.get("val/csi_1mm/lead_030min"):
+                    curve.append((int(row["step"]) + 1, float(row["val/csi_1mm/lead_030min"]),
+                                  float(row["val/csi_1mm/lead_060min"])))
+    return curve
+
+
+def curve_table(models: list[str]) -> str:
+    """Validation CSI (1 mm/h, 30 / 60 min) at each validation, per network, as a markdown table."""
+    curves = {m: validation_curve(m) for m in models}
+    steps = sorted({s for c in curves.values() for s, _, _ in c})
+    if not steps:
+        return ""
+    rows = ["| steps | " + " | ".join(f"{m} 30 / 60 min" for m in models) + " |",
+            "|---|" + "---|" * len(models)]
+    for step in steps:
+        cells = []
+        for m in models:
+            point = next(((a, b) for s, a, b in curves[m] if s == step), None)
+            cells.append("" if point is None else f"{point[0]:.3f} / {point[1]:.3f}")
+        rows.append(f"| {step} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
 def skill_section(report: dict[str, Any], models: list[str]) -> str:
     parts = [f"## {TEST_LABEL}: the long archive ({report['n_cases']} cases)", "",
              "The Trentino radar of TAASRAD19 (64 x 64 pixels of 3.75 km, 5 min; nodata outside the 120 km",
@@ -87,6 +119,10 @@ def skill_section(report: dict[str, Any], models: list[str]) -> str:
         target = Path("docs") / "skill_taasrad19_case.gif"
         shutil.copyfile(gif, target)
         parts += [f"![wettest case, {TEST_LABEL}]({target.name})", ""]
+    curves = curve_table(models)
+    if curves:
+        parts += ["Learning curves: the validation month's CSI at 1 mm/h (30 / 60 min) at each validation of each",
+                  "run (batches of 8 windows; an epoch is about 700 steps), from the runs' CSV logs:", "", curves]
     return "\n".join(parts)
 
 

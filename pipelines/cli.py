@@ -10,11 +10,10 @@ import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 app = typer.Typer(no_args_is_help=True)
@@ -25,12 +24,12 @@ console = Console(stderr=True)
 StoreOption = Annotated[str, typer.Option(help="Zarr store: a local path or an fsspec URL.", envvar="NOWCAST_STORE")]
 
 
-def progress_bar() -> Progress:
-    """The progress display of long commands (on stderr, so --json output stays clean)."""
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeRemainingColumn(), console=console, transient=False,
-    )
+def progress_bar() -> Any:
+    """The progress display of long commands (on stderr, so --json output stays clean): a bar on a
+    terminal, periodic plain lines otherwise (``pipelines.progress``: cron, batch and CI logs)."""
+    from pipelines.progress import progress_display
+
+    return progress_display(console)
 
 
 @contextlib.contextmanager
@@ -77,7 +76,17 @@ def run_ingest(paths: list[Path], fmt: str, store: str, product: str, workers: i
     from pipelines.locking import EXIT_BUSY, WriterBusy
     from pipelines.store import ProductArchive, disk_full
 
-    files = discover(paths)
+    try:
+        files = discover(paths)
+    except FileNotFoundError as exc:  # a mistyped path: one line, not a traceback
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    if not files:  # nothing to do is not success: a wrong folder would otherwise pass unnoticed
+        from pipelines.info import holdings
+
+        console.print(f"[red]error:[/] no files under {', '.join(map(str, paths))} (searched recursively, hidden "
+                      f"files skipped); nothing ingested. {holdings(store, product)}", soft_wrap=True)
+        raise typer.Exit(2)
     before = _stored_frames(store, product)
     try:
         with store_errors(store), progress_bar() as progress:
@@ -122,8 +131,14 @@ def print_report(report) -> None:
         console.print(f"recovered: {report.recovered}")
     if report.qc:
         console.print("quality control: " + ", ".join(f"{k} {v}" for k, v in sorted(report.qc.items())))
-    for path, error in report.failed:
-        console.print(f"[red]rejected[/] {path}: {error}")
+    for path, error in report.failed:  # the path once: most errors start with it too
+        error = str(error)
+        kind, sep, rest = error.partition(": ")
+        if rest.startswith(f"{path}: "):
+            error = f"{kind}{sep}{rest[len(str(path)) + 2:]}"
+        elif error.startswith(f"{path}: "):
+            error = error[len(str(path)) + 2:]
+        console.print(f"[red]rejected[/] {path}: {error}", soft_wrap=True)
 
 
 @app.command()

@@ -168,11 +168,13 @@ class RadarDataModule(pl.LightningDataModule):
                       f"blocks of {h.block_hours:g} h, pattern {list(self.splitter.pattern)}")
         rank_zero_info(f"windows per split: train {counts['train']}, val {counts['val']}, test {counts['test']} "
                        f"({h.t_in}+{h.t_out} frames each, {split_text}, products {self.products})")
-        if counts["train"] == 0:
-            raise ValueError(
-                f"no training windows: a window ({h.t_in}+{h.t_out} frames) must lie inside one {h.block_hours:g}-hour "
-                f"block assigned to 'train' by split_pattern {list(self.splitter.pattern)}; raise data.block_hours, "
-                "lower data.t_in/data.t_out, or put more 'train' in data.split_pattern")
+        if counts["train"] == 0:  # the advice is computed from each product: frames, step, runs, blocks
+            from pipelines.store import ProductArchive
+            from pipelines.window_advice import no_windows_advice
+
+            raise ValueError("no training windows. " + " ".join(
+                no_windows_advice(p, ProductArchive(h.store, p).times(), h.t_in, h.t_out, self.splitter,
+                                  holdout_hours=h.holdout_hours) + "." for p in self.products))
         self._report_auxiliary(h.products[0] if h.products else "the target")
         if counts["val"] == 0:
             rank_zero_info("no validation windows: nothing will be validated (add 'val' to data.split_pattern)")

@@ -131,9 +131,9 @@ def build_cache(
     todo = [int(i) for i in init_indices(times, t_out) if not done[i]]
     if not todo:
         return path
-    from rich.progress import Progress
+    from pipelines.progress import progress_display
 
-    bar = Progress(disable=not progress, transient=False)
+    bar = progress_display(disable=not progress)  # plain lines when not on a terminal
     with bar, worker_pool(workers) as pool:
         task = bar.add_task(f"{method} of {product}", total=len(todo))
         futures = [pool.submit(_compute_one, store, product, path, i, t_out, method) for i in todo]

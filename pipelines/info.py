@@ -118,3 +118,26 @@ def product_overlap(store: str, first: str, second: str, storage_options: dict |
         space["y_range"] = [float(y[inside].min()), float(y[inside].max())]
         space["units"] = ga.unit
     return {"first": first, "second": second, "time": time, "space": space}
+
+
+def holdings(store: str, product: str | None = None, storage_options: dict | None = None) -> str:
+    """What the archive holds, in one sentence for an error message: ``product``'s frames, time range
+    and step, or (no such product, or none given) every product with its own."""
+    def one(name: str) -> str:
+        times = ProductArchive(store, name, storage_options).times()
+        if not len(times):
+            return f"{name}: no frames"
+        step = time_step_minutes(times)
+        return (f"{name}: {len(times)} frames {utc_text(times[0])} .. {utc_text(times[-1])}"
+                + (f" every {step:g} min" if step else ""))
+
+    try:
+        if product is not None and ProductArchive(store, product, storage_options).exists():
+            return f"{store} holds {one(product)}"
+        names = list_products(store, storage_options)
+    except Exception:  # an unreadable store: the caller's own error says enough
+        return f"{store} could not be read"
+    if not names:
+        return f"{store} holds no products yet (nowcast ingest adds them)"
+    missing = f"no product {product!r}; " if product is not None else ""
+    return f"{store}: {missing}products " + "; ".join(one(name) for name in names)

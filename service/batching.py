@@ -28,6 +28,8 @@ class _Job:
     step_minutes: float | None = None  # the frames' step; the forecaster resamples to its own
     deadline: float = float("inf")  # time.monotonic() after which nobody waits for the answer
     auxiliary: dict[str, np.ndarray] | None = None  # a multi-source model's other products, like frames
+    #: () for one field; ("ensemble", members) or ("probability", thresholds, members) (service.outputs)
+    output: tuple = ()
 
     @property
     def abandoned(self) -> bool:
@@ -35,7 +37,7 @@ class _Job:
 
     @property
     def key(self) -> tuple:
-        return (*self.frames.shape, self.lead_steps, self.step_minutes)
+        return (*self.frames.shape, self.lead_steps, self.step_minutes, self.output)
 
 
 class Overloaded(RuntimeError):
@@ -81,16 +83,18 @@ class MicroBatcher:
         return 0 if self._queue is None else self._queue.qsize()
 
     async def submit(self, frames: np.ndarray, lead_steps: int, step_minutes: float | None = None,
-                     timeout_s: float | None = None, auxiliary: dict[str, np.ndarray] | None = None) -> np.ndarray:
+                     timeout_s: float | None = None, auxiliary: dict[str, np.ndarray] | None = None,
+                     output: tuple = ()) -> np.ndarray:
         """The forecast; ``Overloaded`` when ``max_queue`` requests already wait. A request whose
-        ``timeout_s`` has passed is dropped from the queue, never computed for nobody."""
+        ``timeout_s`` has passed is dropped from the queue, never computed for nobody. ``output``: see
+        ``_Job.output``; such requests run one per forward pass (each holds many fields)."""
         assert self._queue is not None, "batcher not started"
         if self._queue.qsize() >= self.max_queue:
             raise Overloaded(f"model {self.name!r} has {self.max_queue} requests queued")
         future = asyncio.get_running_loop().create_future()
         self._last_submit = time.monotonic()
         deadline = float("inf") if timeout_s is None else time.monotonic() + timeout_s
-        self._queue.put_nowait(_Job(frames, lead_steps, future, step_minutes, deadline, auxiliary))
+        self._queue.put_nowait(_Job(frames, lead_steps, future, step_minutes, deadline, auxiliary, output))
         try:
             return await asyncio.wait_for(future, timeout_s)
         finally:
@@ -116,8 +120,8 @@ class MicroBatcher:
         while True:
             jobs = await self._collect()
             groups: dict[tuple[int, ...], list[_Job]] = defaultdict(list)
-            for job in jobs:
-                groups[job.key].append(job)
+            for index, job in enumerate(jobs):  # probabilistic jobs alone: memory bounded by one request's
+                groups[job.key if not job.output else (index,)].append(job)
             self._busy = True
             try:
                 for group in groups.values():
@@ -139,10 +143,16 @@ class MicroBatcher:
         if group[0].auxiliary:  # every job of a model carries the same products (checked by the router)
             auxiliary = {p: np.stack([job.auxiliary[p] for job in group]) for p in group[0].auxiliary}
         started = time.perf_counter()
+        output = group[0].output
+        if not output:
+            run = partial(self.forecaster.predict, auxiliary=auxiliary)
+        elif output[0] == "ensemble":
+            run = partial(self.forecaster.predict_ensemble, members=output[1])
+        else:
+            run = partial(self.forecaster.predict_probabilities, thresholds=list(output[1]), members=output[2])
         try:
             result = await loop.run_in_executor(
-                self._executor, partial(self.forecaster.predict, auxiliary=auxiliary), stacked,
-                group[0].lead_steps, group[0].step_minutes)
+                self._executor, partial(run, step_minutes=group[0].step_minutes), stacked, group[0].lead_steps)
         except Exception as exc:  # hand the failure to every waiting request
             for job in group:
                 if not job.future.done():

@@ -53,8 +53,11 @@ def check_frames(frames: np.ndarray, model: ServedModel, settings: ServiceSettin
     if min(t, h, w) < 1:
         raise ApiError(422, "bad_shape", f"frames must not be empty, got shape {frames.shape}")
     if h * w > settings.max_grid_pixels:
+        side = int(settings.max_grid_pixels ** 0.5)
         raise ApiError(422, "grid_too_large", f"grid {h}x{w} has {h * w} pixels, over the maximum "
-                                              f"{settings.max_grid_pixels}")
+                                              f"{settings.max_grid_pixels} (max_grid_pixels): for a product, ask "
+                                              f"for a bbox [x0, y0, x1, y1] in its CRS of at most {side}x{side} "
+                                              "pixels (GET /v1/products gives its grid); else send a smaller grid")
     needed = model.forecaster.frames_needed(step)
     if t < needed:
         raise ApiError(422, "too_few_frames", f"model {model.name!r} needs {needed} input frames, got {t}")

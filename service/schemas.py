@@ -43,6 +43,16 @@ class ForecastRequest(BaseModel):
                     "GET /v1/models): per product T x H x W mm/h on the frames' grid at the frames' times; "
                     "null = no value. Product requests read them from the archive instead.",
     )
+    output: Literal["deterministic", "probability", "ensemble"] = Field(
+        "deterministic", description="deterministic: one field per lead (frames); probability: P(rate >= threshold) "
+                                     "per lead and threshold (probabilities); ensemble: members. The model must list "
+                                     "it in its outputs (GET /v1/models)")
+    thresholds: list[Number] | None = Field(
+        None, min_length=1, max_length=1000,
+        description="probability output: rain rates in mm/h (at most the service's max_thresholds)")
+    members: StrictInt | None = Field(
+        None, ge=1, description="ensemble output (and probabilities counted over members): how many; default the "
+                                "service's default_members, at most its max_members")
 
     @field_validator("end_time", "time")
     @classmethod
@@ -95,6 +105,26 @@ class ForecastResponse(ForecastTimes):
     grid: GridInfo
 
 
+class ProbabilityForecastResponse(ForecastTimes):
+    """``"output": "probability"``: P(rain rate >= threshold), 0..1."""
+
+    output: Literal["probability"] = "probability"
+    thresholds: list[float] = Field(description="mm/h, as requested")
+    members: int | None = Field(description="Members the probabilities were counted over (null: the model's own)")
+    probabilities: list[list[list[list[float | None]]]] = Field(
+        description="[lead][threshold][y][x] in 0..1; null where there is no radar (the last frame's nodata)")
+    grid: GridInfo
+
+
+class EnsembleForecastResponse(ForecastTimes):
+    """``"output": "ensemble"``: equally likely futures, mm/h."""
+
+    output: Literal["ensemble"] = "ensemble"
+    members: list[list[list[list[float | None]]]] = Field(
+        description="[member][lead][y][x] mm/h; null where there is no radar (the last frame's nodata)")
+    grid: GridInfo
+
+
 class GridLimits(BaseModel):
     multiple_of: int = Field(description="Frame sizes the model takes (1: any; frames are padded inside)")
     max_pixels: int = Field(description="Largest H x W a request may send")
@@ -124,6 +154,10 @@ class ModelInfo(BaseModel):
         default_factory=list,
         description="Auxiliary products a multi-source network reads beside the requested product, in "
                     "order; empty: the requested product alone")
+    outputs: list[Literal["deterministic", "probability", "ensemble"]] = Field(
+        default_factory=lambda: ["deterministic"],
+        description="What a forecast request may ask for as its 'output' (probability, ensemble: steps, or a "
+                    "probabilistic network)")
 
 
 class ModelsResponse(BaseModel):

@@ -22,6 +22,13 @@ class ServedModel:
     batcher: MicroBatcher
     version: str | None = None  # the model store's version, for the production model
 
+    @property
+    def identity(self) -> str:
+        """The served name plus the weights' fingerprint: what live verification records it as."""
+        from nowcast.forecaster import model_identity
+
+        return model_identity(self.name, self.forecaster.fingerprint)
+
     def describe(self, settings: ServiceSettings) -> ModelInfo:
         f = self.forecaster
         return ModelInfo(**{
@@ -41,6 +48,7 @@ class ServedModel:
             "skill": model_skill(f) if f.trainable else None,
             "input_products": f.input_products,
             "probability_matching": f.probability_matching,
+            "outputs": f.outputs,
         })
 
 
@@ -77,7 +85,16 @@ def pick_device(setting: str) -> torch.device:
 
 def serve_model(name: str, spec: str, settings: ServiceSettings, metrics: Metrics,
                 version: str | None = None) -> ServedModel:
+    version_name = None
+    if settings.registry and spec != "production" and not Path(spec).is_file():
+        from nowcast.model_store import ModelStore
+
+        store = ModelStore(settings.registry)
+        if spec in store.list():  # a model store version, served by its name
+            version_name, spec = spec, str(store.checkpoint(spec))
     forecaster = load_forecaster(spec, precision=settings.precision)
+    if version_name:
+        forecaster.name, version = version_name, version or version_name
     forecaster.model.to(pick_device(settings.device))
     batch = settings.max_batch_size if settings.micro_batching else 1
     wait = settings.batch_wait_ms if settings.micro_batching else 0.0

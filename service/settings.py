@@ -41,6 +41,13 @@ class ServiceSettings(BaseSettings):
     max_inflight: int = Field(32, description="Forecast requests handled at once (parsing included); "
                                               "beyond it, 503 with Retry-After before the body is read")
     max_input_frames: int = Field(64, description="Most frames a request may send (checked before decoding)")
+    max_thresholds: int = Field(8, ge=1, description="Most thresholds of one probability forecast")
+    max_members: int = Field(50, ge=1, description="Most ensemble members one forecast may ask for")
+    default_members: int = Field(20, ge=1, description="Members of an ensemble (or of the probabilities counted "
+                                                       "over one) when the request does not say")
+    max_ensemble_values: int = Field(
+        16 * 1024 * 1024, ge=1, description="Most members (or thresholds) x leads x pixels in one probability or "
+                                            "ensemble forecast: what bounds its memory (8 bytes each inside STEPS)")
     device: str = Field("auto", description="'auto' (GPU when there is one), 'cpu' or 'cuda'")
     precision: Literal["32", "bf16"] = Field(
         "32", description="'bf16' runs the networks under bfloat16 autocast: for GPUs (and CPUs with AVX-512 BF16 "

@@ -135,3 +135,37 @@ def test_slices_of_a_long_file_read_what_the_whole_file_holds(december: Path) ->
     assert not problems and len(whole) == len(parts) == 288
     assert [f.time for f in whole] == [f.time for f in parts]
     np.testing.assert_array_equal(whole[137].data, parts[137].data)
+
+
+@pytest.mark.parametrize("committed_before_kill", [16, 150])
+def test_kill_9_mid_ingest_then_rerun_stores_every_frame_once(
+    tmp_path: Path, december: Path, committed_before_kill: int,
+) -> None:
+    """A real ``kill -9`` of ``nowcast ingest`` once some of a long file's frames are committed (in
+    the first slice, and in the second), then the same command again: all 288 frames, each once."""
+    import subprocess
+    import sys
+
+    from tests.conftest import kill_9_when
+
+    store = str(tmp_path / "killed.zarr")
+    command = [str(Path(sys.executable).with_name("nowcast")), "ingest", "--format", "cf_netcdf", "--store", store,
+               "--product", "taasrad19", "--batch-size", "8", str(december)]
+    archive = ProductArchive(store, "taasrad19")
+
+    def committed() -> bool:
+        try:
+            return archive.exists() and len(archive.times()) >= committed_before_kill
+        except Exception:  # mid-write metadata: not yet
+            return False
+
+    kill_9_when(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), committed,
+                "ingest")
+    partial = len(ProductArchive(store, "taasrad19").times())
+    assert committed_before_kill <= partial < 288
+    rerun = subprocess.run(command, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    times = ProductArchive(store, "taasrad19").times()
+    assert len(times) == 288 and len(np.unique(times)) == 288 and np.all(np.diff(times) > np.timedelta64(0, "s"))
+    with xr.open_dataset(december) as ds:
+        np.testing.assert_array_equal(times, ds["time"].values.astype("datetime64[s]"))

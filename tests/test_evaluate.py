@@ -67,7 +67,8 @@ def test_dry_cases_are_skipped(tmp_path: Path) -> None:
 def test_unknown_model_and_product_are_clear_errors(fmi_archive: str, tmp_path: Path) -> None:
     bad_model = nowcast_cli("evaluate", "--store", fmi_archive, "--product", "fmi", "--model", "unet",
                             "--out", str(tmp_path / "r.json"))
-    assert bad_model.returncode == 2 and "neither a model name" in bad_model.stderr
+    assert bad_model.returncode == 2 and "is not a model name" in bad_model.stderr
+    assert "convlstm_taasrad19" in bad_model.stderr  # the names that would work
     bad_product = nowcast_cli("evaluate", "--store", fmi_archive, "--product", "opera", "--model", "persistence",
                               "--out", str(tmp_path / "r.json"))
     assert bad_product.returncode == 2 and "no product 'opera'" in bad_product.stderr

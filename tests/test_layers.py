@@ -45,7 +45,7 @@ def test_the_entry_module_composes_every_layer_command_line() -> None:
     program = typer.main.get_command(app)
     assert set(program.commands) == {"ingest", "store", "train", "promote", "evaluate", "backfill", "verify", "demo",
                                      "serve"}
-    assert set(program.commands["store"].commands) == {"info", "show"}
+    assert set(program.commands["store"].commands) == {"info", "show", "check"}
 
 
 def test_the_image_holds_every_package_the_command_imports() -> None:

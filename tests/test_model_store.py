@@ -65,10 +65,13 @@ def test_training_is_locked_against_a_second_run(tmp_path: Path) -> None:
 
 def test_train_then_promote_from_the_command_line(tmp_path: Path) -> None:
     overrides = synthetic_training_config(tmp_path)
-    command = train_command(overrides, extra=("--registry", str(tmp_path / "registry"), "--promote", "--rule",
-                                              str(RULE), "--window-hours", "3"))
+    # a test block in the split: promotion verifies on the cases the run never trained or validated on
+    command = train_command(overrides, extra=("--data.split_pattern", "[train,val,test]", "--registry",
+                                              str(tmp_path / "registry"), "--promote", "--rule", str(RULE),
+                                              "--window-hours", "3"))
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == PROMOTED, result.stderr[-3000:]
+    assert f"last checkpoint: {tmp_path / 'ckpt' / 'last.ckpt'}" in result.stdout  # where training saved
     registry = ModelStore(tmp_path / "registry")
     assert registry.production() and registry.production_checkpoint().is_file()
 

@@ -332,6 +332,7 @@ def test_body_limit_and_inference_timeout(secured: str) -> None:
     assert response.status_code == 413 and "over the limit of 20000 bytes" in response.json()["error"]["message"]
     slow = httpx.post(f"{secured}/v1/forecast", json=inline(h=4, w=4), headers=headers)
     assert slow.status_code == 504 and slow.json()["error"]["code"] == "inference_timeout"
+    assert "inference_timeout_s" in slow.json()["error"]["message"]  # the setting that governs it
 
 
 def test_schemathesis_finds_no_server_error(server: str, workdir: Path) -> None:

@@ -93,6 +93,7 @@ def _ddp_overrides(tmp_path: Path, store: str, epochs: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_ddp_on_two_processes_splits_the_archive_resumes_and_reduces_validation(
     tmp_path: Path, two_months: str,
 ) -> None:

@@ -24,10 +24,11 @@ MODELS: dict[str, str] = {
     "optical_flow": "nowcast.models.baselines:OpticalFlow",
     "optical_flow_smooth": "nowcast.models.baselines:OpticalFlowSmooth",
     "sprog": "nowcast.models.baselines:SProg",
+    "steps": "nowcast.models.steps:Steps",
 }
-BASELINES = ("persistence", "optical_flow", "optical_flow_smooth", "sprog")
+BASELINES = ("persistence", "optical_flow", "optical_flow_smooth", "sprog", "steps")
 #: baselines that run in mm/h and so take the normaliser's dict as ``normalization``
-MOTION_BASELINES = ("optical_flow", "optical_flow_smooth", "sprog")
+MOTION_BASELINES = ("optical_flow", "optical_flow_smooth", "sprog", "steps")
 
 
 def model_class(name: str) -> type[Forecaster]:

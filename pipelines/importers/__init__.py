@@ -56,7 +56,26 @@ def detect_format(path: str | Path) -> str:
                 return name
         except Exception:  # a sniffer that chokes on a foreign file just says no
             continue
+    if head.startswith(HDF5_SIGNATURE):  # an HDF5 file no sniffer could open: say what is wrong with it
+        damage = _hdf5_damage(path)
+        if damage:
+            raise UnknownFormatError(f"{path}: an HDF5 file that cannot be opened, truncated or corrupt ({damage})")
     raise UnknownFormatError(f"{path}: format not recognised by any importer ({', '.join(IMPORTERS)})")
+
+
+#: the first bytes of every HDF5 file (KNMI, ODIM, and netCDF-4 files are HDF5)
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _hdf5_damage(path: str | Path) -> str | None:
+    """Why h5py cannot open ``path`` (its first line), or None when it can."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r"):
+            return None
+    except Exception as exc:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def read_file(path: str | Path, fmt: str = AUTO) -> RawFrame:

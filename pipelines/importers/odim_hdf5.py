@@ -50,14 +50,21 @@ ORIGINATING_CENTRES = {
 
 def originating_centre(source: str) -> str | None:
     """The producer named by ODIM's ``what/source`` (``ORG:`` a WMO centre number, else ``NOD:``/``CTY:``)."""
-    fields = dict(part.split(":", 1) for part in source.split(",") if ":" in part)
-    org = fields.get("ORG", "").strip()
-    if org:
-        return ORIGINATING_CENTRES.get(org, f"WMO originating centre {org}")
-    if fields.get("NOD"):
-        return f"ODIM node {fields['NOD'].strip()}"
+    pairs = [tuple(x.strip() for x in part.split(":", 1)) for part in source.split(",") if ":" in part]
+    fields: dict[str, str] = {}
+    for key, value in pairs:  # the first of each: a composite lists its radars after its originator
+        fields.setdefault(key, value)
+    nodes = [value for key, value in pairs if key == "NOD"]
+    if fields.get("ORG"):
+        return ORIGINATING_CENTRES.get(fields["ORG"], f"WMO originating centre {fields['ORG']}")
+    if len(nodes) > 1:  # a composite naming its radars, not its maker: the country, else say what it is
+        if fields.get("CTY"):
+            return f"WMO country {fields['CTY']}"
+        return f"ODIM composite of {len(nodes)} radars ({', '.join(nodes[:3])}{', ...' if len(nodes) > 3 else ''})"
+    if nodes:
+        return f"ODIM node {nodes[0]}"
     if fields.get("CTY"):
-        return f"WMO country {fields['CTY'].strip()}"
+        return f"WMO country {fields['CTY']}"
     return None
 
 

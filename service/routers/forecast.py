@@ -6,7 +6,7 @@ them on the model's micro-batcher and renders the answer in the negotiated forma
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Header, Request, UploadFile
@@ -28,7 +28,15 @@ from service.inputs import (
     pick_model,
     upload_inputs,
 )
-from service.schemas import YEARS, ErrorResponse, ForecastRequest, ForecastResponse
+from service.outputs import OutputRequest, check_output_size, output_request
+from service.schemas import (
+    YEARS,
+    EnsembleForecastResponse,
+    ErrorResponse,
+    ForecastRequest,
+    ForecastResponse,
+    ProbabilityForecastResponse,
+)
 from service.serving import ServedModel
 from service.settings import ServiceSettings
 
@@ -43,9 +51,12 @@ ERRORS = {
     422: {"model": ErrorResponse, "description": "invalid frames, lead, grid, times or parameters"},
     504: {"model": ErrorResponse, "description": "inference took longer than the timeout"},
 }
+#: the JSON answer, by the request's "output": frames, probabilities or members (service.outputs)
+AnyForecastResponse = ForecastResponse | ProbabilityForecastResponse | EnsembleForecastResponse
 RESPONSES = {
-    200: {"model": ForecastResponse, "content": {"application/x-netcdf": {}, "image/gif": {}, "image/png": {}},
-          "description": "forecast frames in mm/h with their valid times"},
+    200: {"model": AnyForecastResponse, "content": {"application/x-netcdf": {}, "image/gif": {}, "image/png": {}},
+          "description": "forecast frames in mm/h with their valid times (or, by 'output', exceedance "
+                         "probabilities or ensemble members; those as JSON or NetCDF only)"},
     **ERRORS,
 }
 
@@ -63,38 +74,55 @@ def media_type(accept: str | None) -> str:
     return media
 
 
+def check_media(output: OutputRequest, media: str) -> None:
+    """Probabilities and members come as numbers (JSON, NetCDF); the pictures are of one rain-rate field."""
+    if not output.deterministic and media not in ("application/json", "application/x-netcdf"):
+        raise ApiError(406, "not_acceptable", f"{output.kind} output comes as application/json or "
+                                              "application/x-netcdf")
+
+
 async def compute_forecast(request: Request, model: ServedModel, inputs: Inputs, lead_steps: int,
-                           settings: ServiceSettings) -> np.ndarray:
-    """The checked inputs through the model's micro-batcher: [lead_steps, H, W] mm/h (NaN = nodata).
-    A whole-grid forecast from the archive is kept for live verification."""
+                           settings: ServiceSettings, output: OutputRequest = OutputRequest()) -> np.ndarray:
+    """The checked inputs through the model's micro-batcher: [lead_steps, H, W] mm/h (NaN = nodata), or
+    the probabilities / members ``output`` asks for. A whole-grid forecast from the archive is kept for
+    live verification."""
     frames = check_frames(inputs.frames, model, settings, inputs.step_minutes)
     auxiliary = check_auxiliary(inputs, model, kept=frames.shape[0])
+    check_output_size(output, lead_steps, frames.shape[1] * frames.shape[2], settings)
+    if not output.deterministic and model.forecaster.resamples(inputs.step_minutes):
+        raise ApiError(422, "bad_step", f"{output.kind} output of {model.name!r} needs frames at its own step "
+                                        f"({model.forecaster.step_minutes:g} min)")
     try:
         result = await model.batcher.submit(frames, lead_steps, inputs.step_minutes,
-                                            timeout_s=settings.inference_timeout_s, auxiliary=auxiliary)
+                                            timeout_s=settings.inference_timeout_s, auxiliary=auxiliary,
+                                            output=output.job)
     except TimeoutError as exc:
-        raise ApiError(504, "inference_timeout", f"no forecast within {settings.inference_timeout_s:g} s") from exc
+        raise ApiError(504, "inference_timeout", (
+            f"no forecast from {model.name!r} within {settings.inference_timeout_s:g} s (the service setting "
+            f"inference_timeout_s, NOWCAST_INFERENCE_TIMEOUT_S): raise it, or ask for fewer leads or a smaller "
+            f"bbox; a network is fastest at its trained leads ({model.forecaster.default_lead_steps})")) from exc
     except Overloaded as exc:
         request.app.state.metrics.shed.labels(model.name).inc()
         raise ApiError(503, "overloaded", f"{exc}; retry in a few seconds",
                        headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
-    if inputs.product is not None and settings.verify_forecasts:  # verified once its leads are observed
-        request.app.state.verification.keep_soon(inputs.product, model.name, inputs.init, result,
+    if inputs.product is not None and settings.verify_forecasts and output.deterministic:  # once observed
+        request.app.state.verification.keep_soon(inputs.product, model.identity, inputs.init, result,
                                                  inputs.step_minutes)
     return result
 
 
 async def run_forecast(request: Request, model: ServedModel, inputs: Inputs, lead_steps: int, media: str,
-                       settings: ServiceSettings) -> Response:
-    result = await compute_forecast(request, model, inputs, lead_steps, settings)
-    forecast = Forecast(model.name, result, inputs.init, inputs.step_minutes, inputs.grid)
+                       settings: ServiceSettings, output: OutputRequest = OutputRequest()) -> Response:
+    result = await compute_forecast(request, model, inputs, lead_steps, settings, output)
+    forecast = Forecast(model.name, result, inputs.init, inputs.step_minutes, inputs.grid, output.kind,
+                        output.thresholds, output.members if output.kind == "probability" else None)
     if media == "application/json":
         return NumpyJSONResponse(to_json(forecast))
     render = {"application/x-netcdf": to_netcdf, "image/gif": to_gif, "image/png": to_png}[media]
     return Response(await run_in_threadpool(render, forecast), media_type=media)
 
 
-@router.post("/forecast", response_model=ForecastResponse, responses=RESPONSES)
+@router.post("/forecast", response_model=AnyForecastResponse, responses=RESPONSES)
 async def forecast(
     request: Request, body: ForecastRequest,
     accept: Annotated[str | None, Header()] = None,
@@ -104,14 +132,16 @@ async def forecast(
     model = pick_model(models, body.model)
     media = media_type(accept)
     check_lead(body.lead_steps, settings)
+    output = output_request(body.output, body.thresholds, body.members, model, settings)
+    check_media(output, media)
     if body.frames is not None:
         inputs = inline_inputs(body, model)
     else:
         inputs = await run_in_threadpool(archive_inputs, get_archive(request, body.product), body, model)
-    return await run_forecast(request, model, inputs, body.lead_steps, media, settings)
+    return await run_forecast(request, model, inputs, body.lead_steps, media, settings, output)
 
 
-@router.post("/forecast/upload", response_model=ForecastResponse, responses=RESPONSES)
+@router.post("/forecast/upload", response_model=AnyForecastResponse, responses=RESPONSES)
 async def forecast_upload(
     request: Request,
     file: Annotated[UploadFile, File(description=".npy (T x H x W, mm/h) or NetCDF with precip(time, y, x)")],
@@ -119,6 +149,9 @@ async def forecast_upload(
     lead_steps: Annotated[int, Form(ge=1)],
     end_time: Annotated[datetime, Form()],
     step_minutes: Annotated[float | None, Form(gt=0, le=1440)] = None,
+    output: Annotated[Literal["deterministic", "probability", "ensemble"], Form()] = "deterministic",
+    thresholds: Annotated[list[float] | None, Form(description="probability output: mm/h, one field each")] = None,
+    members: Annotated[int | None, Form(ge=1)] = None,
     accept: Annotated[str | None, Header()] = None,
     settings: ServiceSettings = Depends(get_settings), models: dict[str, ServedModel] = Depends(get_models),
 ) -> Response:
@@ -126,8 +159,10 @@ async def forecast_upload(
     served = pick_model(models, model)
     media = media_type(accept)
     check_lead(lead_steps, settings)
+    wanted = output_request(output, thresholds, members, served, settings)
+    check_media(wanted, media)
     if not YEARS[0] <= end_time.year <= YEARS[1]:
         raise ApiError(422, "bad_times", f"end_time year {end_time.year} is outside {YEARS[0]}-{YEARS[1]}")
     name = (file.filename or "upload")[:100]
     inputs = await run_in_threadpool(upload_inputs, await file.read(), name, served, settings, step_minutes, end_time)
-    return await run_forecast(request, served, inputs, lead_steps, media, settings)
+    return await run_forecast(request, served, inputs, lead_steps, media, settings, wanted)

@@ -293,6 +293,9 @@ async def forecast_frames(
     """POST /v1/forecast's forecast (same body, same checks) as one PNG per lead, for animating."""
     model = pick_model(models, body.model)
     check_lead(body.lead_steps, settings)
+    if body.output != "deterministic" or body.thresholds or body.members is not None:
+        raise ApiError(422, "bad_output", "forecast frames are pictures of the deterministic forecast; ask "
+                                          "POST /v1/forecast for probabilities or members")
     if body.frames is not None:
         inputs = inline_inputs(body, model)
     else:

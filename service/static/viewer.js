@@ -158,9 +158,21 @@ async function loadObserved(ms, generation) {
   if (generation === state.generation) render();
 }
 
+/**
+ * Lead steps (at the product's step) worth asking of a model: a network only what it was trained
+ * for (trained_output_steps at its own step_minutes), a baseline up to the service's max_lead_steps.
+ * Asking a network for more makes it roll forward on its own output (slow, and past what it learned).
+ */
+function modelLeads(info, productStep) {
+  if (!info) return Infinity;
+  if (!info.trained_output_steps) return info.max_lead_steps;
+  const minutes = info.trained_output_steps * (info.step_minutes || productStep);
+  return Math.max(1, Math.min(info.max_lead_steps, Math.floor(minutes / productStep + 1e-9)));
+}
+
 async function loadForecast(model, generation) {
   const info = state.models.find((m) => m.name === model);
-  const leads = Math.min(state.leads, info ? info.max_lead_steps : state.leads);
+  const leads = Math.min(state.leads, modelLeads(info, state.step));
   const key = forecastKey(model, leads);
   if (state.forecasts.has(key) && !state.forecasts.get(key).error) return;
   state.forecasts.set(key, { pending: true });
@@ -204,7 +216,8 @@ function refresh({ keepLead = true } = {}) {
   const oldLead = state.index - (state.history - 1);
   state.step = product.step_minutes || 5;
   state.history = Math.max(1, Math.round(LOOP_MINUTES / state.step));
-  const maxLead = Math.max(1, ...state.models.filter((m) => state.selected.includes(m.name)).map((m) => m.max_lead_steps));
+  const maxLead = Math.max(1, ...state.models.filter((m) => state.selected.includes(m.name))
+    .map((m) => modelLeads(m, state.step)));
   state.leads = Math.max(1, Math.min(Math.round(LOOP_MINUTES / state.step), maxLead));
   state.initTime = parseTime(state.init === "latest" ? product.last_time : state.init);
   const stepMs = state.step * 60000;
@@ -303,7 +316,7 @@ function render() {
       show(panel, asObserved(observed, "observed, before init"), ms);
     } else {
       const info = state.models.find((m) => m.name === name);
-      const leads = Math.min(state.leads, info ? info.max_lead_steps : state.leads);
+      const leads = Math.min(state.leads, modelLeads(info, state.step));
       const entry = state.forecasts.get(forecastKey(name, leads)) || { pending: true };
       const k = Math.round(lead / state.step) - 1;
       if (entry.frames && k < entry.frames.length) {
