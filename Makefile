@@ -29,4 +29,11 @@ bench: venv
 	for m in convlstm predrnn sa_convlstm; do $(BIN)/python bench/models.py --model $$m --workload W1; done
 	$(BIN)/python bench/live_verification.py
 
-.PHONY: venv demo test bench weights
+# The deployment run for real (README "Deploy"): installs and starts a Docker engine when none runs
+# (Debian's docker.io and docker-compose), builds the images, brings docker-compose.yml up, checks it end to
+# end (tests/test_compose.py: seven steps, each named when it fails), takes it down with -v and stops the
+# engine it started. Needs root or sudo.
+compose-test: venv
+	deploy/compose-test.sh
+
+.PHONY: venv demo test bench weights compose-test

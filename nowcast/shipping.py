@@ -256,6 +256,9 @@ def export(name: str, run_dir: Path = Path("runs/weights")) -> dict[str, Any]:
     }
     if len(records) > 1:
         record["stages"] = records
+    notes = [r["note"] for r in records if r.get("note")]
+    if notes:  # what a person wrote into a run's ledger (e.g. that it shared the machine)
+        record["note"] = "; ".join(notes)
     info = dict(best["nowcast"], training=record, probability_matching=probability_matching(stage))
     state = {k: v for k, v in best["state_dict"].items() if k.startswith("net.")}
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)

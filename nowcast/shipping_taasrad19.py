@@ -146,7 +146,7 @@ def card_section(report: dict[str, Any] | None) -> str:
                   f"- config: `{record.get('config')}`",
                   f"- trained on: {record.get('trained_on')}, wall time {record.get('wall_time_s')} s, "
                   f"{record.get('epochs')} epochs / {record.get('steps')} steps (shipped epoch "
-                  f"{record.get('best_epoch')})",
+                  f"{record.get('best_epoch')})" + (f"; {record['note']}" if record.get("note") else ""),
                   f"- validation (2016-07) CSI at 1 mm/h, 30/60 min {record.get('val_csi_1mm_30min')}/"
                   f"{record.get('val_csi_1mm_60min')}; CSI 5 mm/h 30 min {record.get('val_csi_5mm_30min')}"]
         row = rows.get(name)

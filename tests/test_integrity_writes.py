@@ -90,7 +90,8 @@ def _scored_evaluate(scores: dict[str, float], barrier: threading.Barrier | None
                 time.sleep(1.0)
         entries = {}
         for i, model in enumerate(models):
-            csi = scores[Path(model).parent.name.split("-", 1)[1]]
+            version = Path(model).parent.name  # a model store version; a baseline (optical flow) scores 0
+            csi = scores[version.split("-", 1)[1]] if "-" in version else scores.get(model, 0.0)
             entries[f"m{i}"] = {"scores": [{"csi": {"1": csi}}]}
         return {"models": entries, "n_cases": 5}
     return evaluate
