@@ -14,6 +14,8 @@ from lightning_fabric.utilities.types import _PATH
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from pipelines.locking import process_alive
+
 log = logging.getLogger(__name__)
 
 
@@ -35,14 +37,7 @@ _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True  # this very process: a save of its own, never a killed one's leftover
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+    return process_alive(pid)  # this very process too: a save of its own, never a killed one's leftover
     return True
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from pipelines.locking import EXIT_BUSY
+from pipelines.locking import EXIT_BUSY, process_alive
 
 #: the exit code of a ``nowcast train`` that found another run holding the lock
 LOCKED = EXIT_BUSY
@@ -167,13 +167,7 @@ def _writer_alive(path: Path) -> bool:
             return time.time() - path.stat().st_mtime < STALE_TEMPORARY_S
         except FileNotFoundError:
             return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True  # this process (another thread of it may be writing), or another live one
+    return process_alive(pid)  # this process (another thread of it may be writing), or another live one
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -336,6 +336,21 @@ def skill_table(report: dict) -> str:
                                   for label, values in skill_rows(report))
 
 
+def card_head(name: str, path: Path) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """A shipped model's ``nowcast`` section, its training record, and the model card's first lines
+    about it (network, config, what trained it and for how long)."""
+    info = torch.load(path, map_location="cpu", weights_only=False)["nowcast"]
+    record = info.get("training", {})
+    kwargs = {k: v for k, v in info["model_kwargs"].items() if k != "normalization"}
+    return info, record, [
+        f"### `{name}`", "",
+        f"- network: `{info['model']}` {kwargs}; file {path.stat().st_size / 1e6:.1f} MB",
+        f"- config: `{record.get('config')}`",
+        f"- trained on: {record.get('trained_on')}, wall time {record.get('wall_time_s')} s, "
+        f"{record.get('epochs')} epochs / {record.get('steps')} steps (shipped epoch {record.get('best_epoch')})"
+        + (f"; {record['note']}" if record.get("note") else "")]
+
+
 def model_card(reports: dict[str, dict]) -> str:
     lines = ["# Shipped models", "",
              "Rebuilt by `make weights` (`python -m nowcast.shipping`) on a CPU, or on a GPU by",
@@ -362,15 +377,8 @@ def model_card(reports: dict[str, dict]) -> str:
         path = WEIGHTS_DIR / f"{name}.ckpt"
         if not path.is_file():
             continue
-        info = torch.load(path, map_location="cpu", weights_only=False)["nowcast"]
-        record = info.get("training", {})
-        kwargs = {k: v for k, v in info["model_kwargs"].items() if k != "normalization"}
-        lines += [f"### `{name}`", "",
-                  f"- network: `{info['model']}` {kwargs}; file {path.stat().st_size / 1e6:.1f} MB",
-                  f"- config: `{record.get('config')}`",
-                  f"- trained on: {record.get('trained_on')}, wall time {record.get('wall_time_s')} s, "
-                  f"{record.get('epochs')} epochs / {record.get('steps')} steps "
-                  f"(shipped epoch {record.get('best_epoch')})",
+        info, record, head = card_head(name, path)
+        lines += [*head,
                   f"- validation CSI at 1 mm/h, 30/60 min {record.get('val_csi_1mm_30min')}/"
                   f"{record.get('val_csi_1mm_60min')}, mean over the leads {record.get('val_csi_1mm_mean')}; "
                   f"CSI 5 mm/h 30 min {record.get('val_csi_5mm_30min')} (chosen on `{record.get('selected_on')}`)"]

@@ -23,8 +23,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from nowcast import shipping
 from nowcast.forecaster import SHIPPED_TAASRAD19, WEIGHTS_DIR
 
@@ -138,15 +136,8 @@ def card_section(report: dict[str, Any] | None) -> str:
         path = WEIGHTS_DIR / f"{name}.ckpt"
         if not path.is_file():
             continue
-        info = torch.load(path, map_location="cpu", weights_only=False)["nowcast"]
-        record = info.get("training", {})
-        kwargs = {k: v for k, v in info["model_kwargs"].items() if k != "normalization"}
-        lines += [f"### `{name}`", "",
-                  f"- network: `{info['model']}` {kwargs}; file {path.stat().st_size / 1e6:.1f} MB",
-                  f"- config: `{record.get('config')}`",
-                  f"- trained on: {record.get('trained_on')}, wall time {record.get('wall_time_s')} s, "
-                  f"{record.get('epochs')} epochs / {record.get('steps')} steps (shipped epoch "
-                  f"{record.get('best_epoch')})" + (f"; {record['note']}" if record.get("note") else ""),
+        _, record, head = shipping.card_head(name, path)
+        lines += [*head,
                   f"- validation (2016-07) CSI at 1 mm/h, 30/60 min {record.get('val_csi_1mm_30min')}/"
                   f"{record.get('val_csi_1mm_60min')}; CSI 5 mm/h 30 min {record.get('val_csi_5mm_30min')}"]
         row = rows.get(name)

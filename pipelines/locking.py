@@ -303,3 +303,15 @@ class _LeaseLock:
                 pass
         else:
             self.fs.rm_file(self.path)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs on this machine (this process included): a temporary file
+    named with a live writer's pid is in use, a dead one's is a leftover to clean."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
