@@ -44,6 +44,12 @@ class Overloaded(RuntimeError):
     """The model's queue is full: shed the request (503 + Retry-After) instead of queueing it."""
 
 
+class Retired(RuntimeError):
+    """This batcher has stopped (its model was replaced): the caller resubmits to the model now served
+    under the same name. A request may pick a model, read its frames, and only then submit, by
+    which time a reload may have drained and stopped the old model."""
+
+
 class MicroBatcher:
     def __init__(self, name: str, forecaster: LoadedForecaster, metrics: Metrics, max_batch: int, wait_ms: float,
                  max_queue: int = 64):
@@ -53,6 +59,7 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task | None = None
         self._busy = False
+        self._accepting = False
         self._last_submit = 0.0
         # one thread per model: forward passes of a model run one after another, off the loop
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
@@ -60,11 +67,18 @@ class MicroBatcher:
     def start(self) -> None:
         self._queue = asyncio.Queue()
         self._task = asyncio.create_task(self._run(), name=f"batcher-{self.name}")
+        self._accepting = True
 
     async def stop(self) -> None:
+        """Stop computing; requests still queued are handed ``Retired`` (never left to time out)."""
+        self._accepting = False
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        while self._queue is not None and not self._queue.empty():
+            job = self._queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(Retired(f"model {self.name!r} was replaced"))
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def drain_and_stop(self, quiet_s: float = 1.0, limit_s: float = 120.0) -> None:
@@ -85,10 +99,11 @@ class MicroBatcher:
     async def submit(self, frames: np.ndarray, lead_steps: int, step_minutes: float | None = None,
                      timeout_s: float | None = None, auxiliary: dict[str, np.ndarray] | None = None,
                      output: tuple = ()) -> np.ndarray:
-        """The forecast; ``Overloaded`` when ``max_queue`` requests already wait. A request whose
+        """The forecast; ``Overloaded`` when ``max_queue`` requests already wait, ``Retired`` once stopped. A request whose
         ``timeout_s`` has passed is dropped from the queue, never computed for nobody. ``output``: see
         ``_Job.output``; such requests run one per forward pass (each holds many fields)."""
-        assert self._queue is not None, "batcher not started"
+        if self._queue is None or not self._accepting:
+            raise Retired(f"model {self.name!r} is not serving (replaced or stopped)")
         if self._queue.qsize() >= self.max_queue:
             raise Overloaded(f"model {self.name!r} has {self.max_queue} requests queued")
         future = asyncio.get_running_loop().create_future()
@@ -126,6 +141,11 @@ class MicroBatcher:
             try:
                 for group in groups.values():
                     await self._forward(loop, group)
+            except asyncio.CancelledError:  # stopped mid-batch: the unanswered are resubmitted elsewhere
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(Retired(f"model {self.name!r} was stopped"))
+                raise
             finally:
                 self._busy = False
 

@@ -146,3 +146,49 @@ def test_service_follows_the_production_pointer_without_dropping_requests(
         stop.set()
         thread.join()
         next(server, None)
+
+
+def test_a_request_that_picked_a_replaced_model_is_answered_by_its_successor() -> None:
+    """The race a reload opens: a request picks the production model, reads its frames, and submits
+    only after the reload drained and stopped that model. It must be answered, not left to time out."""
+    import asyncio
+
+    import numpy as np
+
+    from nowcast.forecaster import load_forecaster
+    from service.batching import MicroBatcher, Retired
+    from service.metrics import Metrics
+
+    async def scenario() -> tuple[str, str, np.ndarray]:
+        metrics = Metrics()
+        old = MicroBatcher("production", load_forecaster("persistence"), metrics, max_batch=4, wait_ms=0)
+        new = MicroBatcher("production", load_forecaster("persistence"), metrics, max_batch=4, wait_ms=0)
+        old.start()
+        new.start()
+        frames = np.random.default_rng(0).gamma(1.0, 2.0, (4, 16, 16)).astype("float32")
+        await old.drain_and_stop(quiet_s=0.0)  # the reload finished with the old model
+        try:
+            await old.submit(frames, 2, timeout_s=30)
+            late = "answered by a stopped model"
+        except Retired as exc:
+            late = str(exc)
+        # a job already queued when a model is stopped hard is handed Retired too, not a timeout
+        queued = MicroBatcher("production", load_forecaster("persistence"), metrics, max_batch=4, wait_ms=0)
+        queued.start()
+        queued._task.cancel()  # the worker is gone: the job below can only be answered by stop()
+        waiting = asyncio.create_task(queued.submit(frames, 2, timeout_s=30))
+        await asyncio.sleep(0.05)
+        await queued.stop()
+        try:
+            await waiting
+            stuck = "answered"
+        except Retired as exc:
+            stuck = str(exc)
+        answer = await new.submit(frames, 2, timeout_s=30)
+        await new.stop()
+        return late, stuck, answer
+
+    late, stuck, answer = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert "not serving" in late
+    assert "replaced" in stuck
+    assert answer.shape == (2, 16, 16)

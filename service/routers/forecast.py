@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from service.auth import require_api_key
-from service.batching import Overloaded
+from service.batching import Overloaded, Retired
 from service.dependencies import get_archive, get_models, get_settings
 from service.errors import ApiError
 from service.formats import Forecast, NumpyJSONResponse, negotiate, to_gif, to_json, to_netcdf, to_png
@@ -101,6 +101,12 @@ async def compute_forecast(request: Request, model: ServedModel, inputs: Inputs,
             f"no forecast from {model.name!r} within {settings.inference_timeout_s:g} s (the service setting "
             f"inference_timeout_s, NOWCAST_INFERENCE_TIMEOUT_S): raise it, or ask for fewer leads or a smaller "
             f"bbox; a network is fastest at its trained leads ({model.forecaster.default_lead_steps})")) from exc
+    except Retired as exc:  # the model was replaced between picking it and submitting: ask its successor
+        current = request.app.state.models.get(model.name)
+        if current is None or current is model:
+            raise ApiError(503, "model_unavailable", f"{exc}; retry in a few seconds",
+                           headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
+        return await compute_forecast(request, current, inputs, lead_steps, settings, output)
     except Overloaded as exc:
         request.app.state.metrics.shed.labels(model.name).inc()
         raise ApiError(503, "overloaded", f"{exc}; retry in a few seconds",
