@@ -1,12 +1,13 @@
 """Training-step and inference speed of a public implementation of one of our models (one JSON object).
 
     python bench/peers.py --impl openstl|predrnn_pytorch|sa_convlstm_tsugumi --model convlstm|predrnn|sa_convlstm
-        --workload W1|W2|R256 [--device cpu|cuda] [--precision 32|bf16] [--repeats N] [--threads N]
+        --workload W1|W2|R256 [W ...] [--device cpu|cuda] [--precision 32|bf16 [bf16]] [--repeats N] [--threads N]
         [--openstl PATH] [--predrnn-pytorch PATH] [--sa-convlstm PATH]
         [--reverse-scheduled-sampling] [--sa-mode autoregressive|sequences]
 
 The same harness, workload and step as ``bench/models.py`` (``bench/harness.py``), so "theirs / ours" is a
-meaningful ratio. Their code is imported from a checkout of theirs, never copied here; by default
+meaningful ratio (several workloads or precisions: one JSON line each, in one process). Their code is
+imported from a checkout of theirs, never copied here; by default
 ``third_party/<name>`` (ignored by git)::
 
     git clone https://github.com/chengtan9907/OpenSTL third_party/OpenSTL
@@ -84,9 +85,12 @@ def _load(name: str, path: Path) -> types.ModuleType:
 def _repository_root_first(root: Path, *packages: str) -> None:
     """Their scripts run from the repository root and import its top-level packages (``core``...) from there."""
     for name in packages:
-        if name in sys.modules:
+        module = sys.modules.get(name)
+        where = module and (getattr(module, "__file__", None) or next(iter(getattr(module, "__path__", [])), ""))
+        if module is not None and not str(where).startswith(str(root)):  # not theirs (theirs: an earlier workload)
             raise SystemExit(f"peers.py: error: a module named {name!r} is already imported; cannot import theirs")
-    sys.path.insert(0, str(root))
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
 
 
 def _patches(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -232,9 +236,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--impl", required=True, choices=sorted(BUILDERS))
     parser.add_argument("--model", required=True, choices=["convlstm", "predrnn", "sa_convlstm"])
-    parser.add_argument("--workload", required=True, choices=sorted(WORKLOADS))
+    parser.add_argument("--workload", required=True, nargs="+", choices=sorted(WORKLOADS))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--precision", default="32", choices=["32", "bf16"])
+    parser.add_argument("--precision", default=["32"], nargs="+", choices=["32", "bf16"])
     parser.add_argument("--repeats", type=int, default=10, help="timed steps after 3 warm-ups (median)")
     parser.add_argument("--threads", type=int, default=2, help="CPU intra-op threads")
     for impl, (_, name) in REPOS.items():
@@ -256,14 +260,26 @@ def main() -> None:
         sys.exit(f"peers.py: error: no checkout of {REPOS[args.impl][0]} at {root} (see --help)")
     device = torch.device(args.device)
     set_threads(device, args.threads)
-    torch.manual_seed(0)
-    workload = TINY if args.tiny else WORKLOADS[args.workload]
-    peer = build(root, args.model, workload, device, args.reverse_scheduled_sampling, args.sa_mode)
-    result = measure(peer.module, peer.forward, workload, device, args.precision, args.repeats)
-    print(json.dumps({"model": args.model, "implementation": args.impl, **result,
-                      "workload_spec": workload_dict(workload), "environment": environment(device),
-                      "recurrent_steps": peer.recurrent_steps, "driver": peer.driver,
-                      "source": source(args.impl, root)}))
+    for name in args.workload:
+        workload = TINY if args.tiny else WORKLOADS[name]
+        for precision in args.precision:
+            torch.manual_seed(0)
+            peer = build(root, args.model, workload, device, args.reverse_scheduled_sampling, args.sa_mode)
+            recurrent_steps, driver = peer.recurrent_steps, peer.driver
+            try:
+                result = measure(peer.module, peer.forward, workload, device, precision, args.repeats)
+            except Exception as exc:  # out of memory at one workload: report it, measure the others
+                print(json.dumps({"model": args.model, "implementation": args.impl, "workload": workload.name,
+                                  "precision": precision, "error": f"{type(exc).__name__}: {exc}"[:2000]}), flush=True)
+                continue
+            finally:
+                peer = None
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            print(json.dumps({"model": args.model, "implementation": args.impl, **result,
+                              "workload_spec": workload_dict(workload), "environment": environment(device),
+                              "recurrent_steps": recurrent_steps, "driver": driver,
+                              "source": source(args.impl, root)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ report image_base_mb "$(docker image inspect -f '{{.Size}}' "$NOWCAST_BASE_IMAGE
 begin "checks (tests/test_compose.py: steps 1-7)"
 log=$(mktemp)
 NOWCAST_COMPOSE_TEST=1 NOWCAST_COMPOSE_CMD="$compose" NOWCAST_ENGINE_STARTED_HERE=$engine_started \
-    "$PY" -m pytest -v -p no:cacheprovider tests/test_compose.py 2>&1 | tee "$log"
+    "$PY" -m pytest -v -p no:cacheprovider -n 0 tests/test_compose.py 2>&1 | tee "$log"
 code=${PIPESTATUS[0]}
 report checks_s "$(took)"
 if [ "$code" -ne 0 ]; then

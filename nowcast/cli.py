@@ -160,6 +160,17 @@ def train(
         message = str(exc.args[0] if exc.args else exc)
         console.print(f"[red]error:[/] {message}\n(nowcast train --debug ... shows the traceback)", soft_wrap=True)
         raise typer.Exit(2) from None
+    except Exception as exc:
+        # damaged data, raised here or (as text) in a data-loader worker: the one line that names it
+        from pipelines.integrity import EXIT_DAMAGED, damage_message
+
+        damage = damage_message(exc)
+        if damage is None or debug:
+            raise
+        console.print(f"[red]error:[/] training stopped on {damage}. `nowcast store check --store` with the "
+                      "config's data.store lists every damaged frame; `--repair` drops them, and re-ingesting their "
+                      "source files restores them.\n(nowcast train --debug ... shows the traceback)", soft_wrap=True)
+        raise typer.Exit(EXIT_DAMAGED) from None
 
 
 @app.command()
@@ -347,7 +358,9 @@ def verify(
     out: Annotated[Path | None, typer.Option(help="Write the rolling scores (GET /v1/skill's JSON) here.")] = None,
 ) -> None:
     """Score the kept forecasts whose observations are now in: one pass of the service's live
-    verification (for cron, or without a service), then the rolling scores per model and lead."""
+    verification (for cron, or without a service), then the rolling scores per model and lead.
+
+    Exits 2, saying what the archive holds, when no forecast of the product is kept there."""
     from nowcast.live_verification import VerificationLedger, verify_store
     from nowcast.verification import scores_table_markdown
 
@@ -355,10 +368,13 @@ def verify(
         task = progress.add_task("verify", total=None)
         passes = verify_store(store, product, grace_minutes=grace_minutes,
                               on_case=lambda model, outcome: progress.advance(task))
-    if not passes:
-        console.print(f"nothing to verify: no forecast of {product or 'any product'} is kept in {store} "
-                      "(the service keeps those it makes from the archive; nowcast backfill registers its stores)")
-        return
+    if not passes:  # nothing to do is not success (as evaluate, backfill, ingest): say what the archive holds
+        from pipelines.info import holdings
+
+        console.print(f"[red]error:[/] nothing to verify: no forecast of {product or 'any product'} is kept in "
+                      f"{store} (the service keeps those it makes from the archive; nowcast backfill registers its "
+                      f"stores). {holdings(store, product)}", soft_wrap=True)
+        raise typer.Exit(2)
     answers = {}
     for name, done in passes.items():
         console.print(f"{name}: {done.scored} scored, {done.dry} dry, {done.waiting} awaiting observations, "

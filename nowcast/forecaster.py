@@ -66,7 +66,9 @@ def tent(n: int) -> torch.Tensor:
 SHIPPED = ("convlstm_sprog", "convlstm_flow", "sa_convlstm_flow", "predrnn_flow", "convlstm", "sa_convlstm", "predrnn")
 #: networks trained on the long TAASRAD19 archive (64 x 64 pixels of 3.75 km, 5 min): shipped weights
 #: named after the archive, each a registered architecture (its checkpoint says which)
-SHIPPED_TAASRAD19 = ("convlstm_taasrad19", "predrnn_taasrad19", "sa_convlstm_taasrad19")
+#: (``convlstm_exceedance_taasrad19`` is the probabilistic one: exceedance probabilities, nowcast/models/exceedance.py)
+SHIPPED_TAASRAD19 = ("convlstm_taasrad19", "predrnn_taasrad19", "sa_convlstm_taasrad19",
+                     "convlstm_exceedance_taasrad19")
 
 
 def shipped_models(archive: str | None = None) -> list[str]:

@@ -190,6 +190,10 @@ def promote(
                 continue  # score again against the new production, outside the lock
             code = _decide(rule, decision, report["n_cases"], current, candidate_score, production_score,
                            baseline_score, report.get("n_cases_excluded", 0))
+            if rescored:  # it lost a race: say so beside the decision
+                decision["explanation"] += (
+                    f" (production moved to {' then '.join(map(str, rescored))} while this candidate was scored; "
+                    "it was scored again against it)")
             # the decision is recorded before the pointer moves: a kill after the move leaves it
             # recorded (confirmed by the next promotion), a kill before leaves it marked unmoved
             if code != PROMOTED:

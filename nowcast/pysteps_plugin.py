@@ -75,11 +75,12 @@ convlstm_sprog = _method("convlstm_sprog")
 convlstm_taasrad19 = _method("convlstm_taasrad19")
 predrnn_taasrad19 = _method("predrnn_taasrad19")
 sa_convlstm_taasrad19 = _method("sa_convlstm_taasrad19")
+convlstm_exceedance_taasrad19 = _method("convlstm_exceedance_taasrad19")  # its field: the rate exceeded at p=0.2
 steps = _method("steps")
 METHODS = {
     f.__name__: f
     for f in (convlstm, predrnn, sa_convlstm, convlstm_flow, predrnn_flow, sa_convlstm_flow, convlstm_sprog,
-              convlstm_taasrad19, predrnn_taasrad19, sa_convlstm_taasrad19, steps)
+              convlstm_taasrad19, predrnn_taasrad19, sa_convlstm_taasrad19, convlstm_exceedance_taasrad19, steps)
 }
 
 

@@ -129,17 +129,25 @@ def card_section(report: dict[str, Any] | None) -> str:
     lines = ["## Networks trained on the TAASRAD19 archive", "",
              "Trained on the long archive of one radar (Trentino, 64 x 64 pixels of 3.75 km, 5 min), split by whole",
              "months: 2015-10 .. 2016-06 train (only windows whose last input frame rains at >= 1 mm/h over at least",
-             "1 % of its observed pixels), 2016-07 validates (checkpoint choice on the CSI at 1 mm/h, 30 min),",
+             "1 % of its observed pixels), 2016-07 validates (checkpoint choice on the metric each model names),",
              "2016-09, 2016-10 and 2016-11 test. 4 input frames, 12 x 5 min leads, whole 64 x 64 frames, rotations",
              "and flips. They suit this grid and step; on 1 km radar use the networks above.", ""]
     for name in SHIPPED_TAASRAD19:
         path = WEIGHTS_DIR / f"{name}.ckpt"
         if not path.is_file():
             continue
-        _, record, head = shipping.card_head(name, path)
+        info, record, head = shipping.card_head(name, path)
         lines += [*head,
                   f"- validation (2016-07) CSI at 1 mm/h, 30/60 min {record.get('val_csi_1mm_30min')}/"
-                  f"{record.get('val_csi_1mm_60min')}; CSI 5 mm/h 30 min {record.get('val_csi_5mm_30min')}"]
+                  f"{record.get('val_csi_1mm_60min')}; CSI 5 mm/h 30 min {record.get('val_csi_5mm_30min')} "
+                  f"(chosen on `{record.get('selected_on')}`)"]
+        thresholds = info["model_kwargs"].get("thresholds")
+        if thresholds:  # a probabilistic network (nowcast/models/exceedance.py)
+            level = info["model_kwargs"].get("level")
+            lines.append(f"- outputs: probability, P(rate >= t) at any t from its heads at {thresholds} mm/h; "
+                         "deterministic, " + ("the mean of the normalised rate" if level is None else
+                                              f"the rate exceeded with probability {level}")
+                         + "; verified against `steps` in docs/skill.md (Probabilistic nowcasts on TAASRAD19)")
         row = rows.get(name)
         if row:
             lines.append(f"- test, {TEST_LABEL}: CSI 1 mm/h 30/60 min {row[0]:.3f}/{row[1]:.3f}, CSI 5 mm/h 30 min "

@@ -21,6 +21,7 @@ from nowcast import __version__
 from nowcast.contingency import contingency, csi
 from nowcast.losses import balance_weights, mse_mae, pinball, soft_csi
 from nowcast.models import BASELINES, get_model, model_class
+from nowcast.models.fast_path import check_fast_path, set_fast_path
 from nowcast.postprocessing import check_probability_matching
 from pipelines.normalization import RainNormalizer
 
@@ -53,6 +54,7 @@ class NowcastModule(pl.LightningModule):
         init_weights: str | None = None,
         input_channels: int = 1,
         probability_matching: str = "none",
+        fast_path: str = "eager",
     ):
         """``loss: quantile`` trains each pixel's ``quantile`` (``nowcast.losses.pinball``) instead of
         its mean. ``csi_weight`` adds a soft-CSI term (``nowcast.losses.soft_csi``) at ``csi_thresholds``
@@ -65,7 +67,10 @@ class NowcastModule(pl.LightningModule):
         that reads only frames learns from a forecast smoother and more consistent than six days of
         observations can be. ``probability_matching`` does not change training: it is saved with the
         weights and says how their forecasts are post-processed (``nowcast.postprocessing``; chosen on
-        the validation day, docs/skill.md)."""
+        the validation day, docs/skill.md). ``fast_path`` (``auto``, ``compile``, ``eager``) runs each recurrent
+        cell step compiled (``nowcast.models.fast_path``; ``auto``: on CUDA only); it changes speed, not the
+        numbers or the weights, and is not part of the checkpoint's model arguments. Default ``eager``
+        until bench/gpu_step.sh has measured on a GPU that compiling pays (docs/performance.md)."""
         super().__init__()
         if model in BASELINES:
             raise ValueError(f"{model!r} is a baseline: nothing to train")
@@ -80,7 +85,7 @@ class NowcastModule(pl.LightningModule):
         if t_in < needed:
             raise ValueError(f"{model} needs at least {needed} input frames (data.t_in), got {t_in}")
         self.save_hyperparameters()
-        self.net = get_model(model, **self._net_kwargs())
+        self.net = set_fast_path(get_model(model, **self._net_kwargs()), check_fast_path(fast_path))
         if init_weights:
             self._load_net_weights(init_weights)
         self.normalizer = RainNormalizer()
@@ -91,10 +96,18 @@ class NowcastModule(pl.LightningModule):
     def _load_net_weights(self, path: str) -> None:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         source = checkpoint.get("nowcast", {}).get("model")
-        if source != self.hparams.model:
+        # a network that can start from another architecture's weights says how (its load_initial_state)
+        adopt = getattr(self.net, "load_initial_state", None)
+        if source != self.hparams.model and not callable(adopt):
             raise CheckpointMismatch(f"init_weights {path} holds {source!r}, this run trains {self.hparams.model!r}")
         state = {k[len("net."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
-        self.net.load_state_dict(state)
+        if callable(adopt):
+            try:
+                adopt(state, source)
+            except ValueError as exc:
+                raise CheckpointMismatch(f"init_weights {path}: {exc}") from exc
+        else:
+            self.net.load_state_dict(state)
 
     # -- data-derived settings, saved in the checkpoint ---------------------------------------
     def setup(self, stage: str) -> None:
@@ -106,6 +119,10 @@ class NowcastModule(pl.LightningModule):
             self.data_info = info
         if getattr(self.net, "motion", False):  # a hybrid runs its baseline in mm/h at inference
             self.net.normalization = self.normalizer.to_dict()
+        placed = getattr(self.net, "normalizer", None)  # a network whose thresholds live in model space
+        if isinstance(placed, RainNormalizer) and placed != self.normalizer:
+            raise ValueError(f"{self.hparams.model} places its thresholds with the normalisation {placed.to_dict()}, "
+                             f"the data use {self.normalizer.to_dict()}: give it as model.model_kwargs.normalization")
         self.check_extrapolation(datamodule)
 
     def check_extrapolation(self, datamodule: Any) -> None:
@@ -216,8 +233,20 @@ class NowcastModule(pl.LightningModule):
             raise ValueError("model.teacher_weight needs a teacher's forecasts: set data.teacher (e.g. sprog)")
         return loss
 
+    def _own_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor] | None:
+        """(loss, deterministic forecast) of a network that trains with its own loss (a probabilistic
+        head: ``loss_and_forecast``, e.g. nowcast/models/exceedance.py), else None."""
+        own = getattr(self.net, "loss_and_forecast", None)
+        if not callable(own):
+            return None
+        return own(batch["inputs"], batch["targets"], batch["target_mask"], self.hparams.t_out)
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         probabilities = self.sampling_probabilities() if self.training else {}
+        own = self._own_loss(batch)
+        if own is not None:
+            self.log("train/loss", own[0], prog_bar=True, batch_size=batch["inputs"].shape[0])
+            return own[0]
         prediction = self.net(batch["inputs"], self.hparams.t_out, targets=batch["targets"], **probabilities,
                               **self._conditioning(batch))
         loss = self._loss(prediction, batch)
@@ -234,9 +263,13 @@ class NowcastModule(pl.LightningModule):
         self._counts = torch.zeros(self.hparams.t_out, 2 + 3 * len(VALIDATION_THRESHOLDS), device=self.device)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        prediction = self.net(batch["inputs"], self.hparams.t_out, **self._conditioning(batch))
-        self.log("val/loss", self._loss(prediction, batch), prog_bar=True, sync_dist=True,
-                 batch_size=batch["inputs"].shape[0])
+        own = self._own_loss(batch)
+        if own is None:
+            prediction = self.net(batch["inputs"], self.hparams.t_out, **self._conditioning(batch))
+            loss = self._loss(prediction, batch)
+        else:
+            loss, prediction = own
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["inputs"].shape[0])
         forecast = self.normalizer.inverse(prediction.float())
         observed = self.normalizer.inverse(batch["targets"].float())
         mask = batch["target_mask"]

@@ -74,7 +74,7 @@ def run_ingest(paths: list[Path], fmt: str, store: str, product: str, workers: i
                lock_timeout: float = 60.0, zr: tuple[float, float] | None = None, json_out: bool = False):
     from pipelines.ingest import discover, ingest
     from pipelines.locking import EXIT_BUSY, WriterBusy
-    from pipelines.store import ProductArchive, disk_full
+    from pipelines.store import ProductArchive, disk_full, settle_pending_writes
 
     try:
         files = discover(paths)
@@ -101,22 +101,30 @@ def run_ingest(paths: list[Path], fmt: str, store: str, product: str, workers: i
     except OSError as exc:
         if not disk_full(exc):
             raise
-        released = None
-        with contextlib.suppress(Exception):  # an incomplete merge journal must not keep the disk full
-            released = ProductArchive(store, product).recover()
+        settle_pending_writes()  # the failed batch's other chunk writes end before anything is released
+        archive, released, left = ProductArchive(store, product), None, None
+        with contextlib.suppress(Exception):  # uncommitted chunks and an incomplete journal must not keep it full
+            released = archive.recover()
+        with contextlib.suppress(Exception):
+            left = archive.journal_left()
         after = _stored_frames(store, product)
         committed = after - before if after is not None and before is not None else None
+        journal = {None: "none left",
+                   "complete": "kept: a complete merge journal, which readers see and the rerun finishes",
+                   "incomplete": "left: an incomplete merge journal, which the next write removes"}[left]
         summary = {"product": product, "store": store, "error": "disk_full", "files": len(files),
-                   "frames_committed": committed, "frames_in_store": after,
-                   "journal": released or "none left", "exit_code": EXIT_DISK_FULL}
+                   "frames_committed": committed, "frames_in_store": after, "released": released,
+                   "journal": journal, "exit_code": EXIT_DISK_FULL}
         if json_out:
             typer.echo(json.dumps(summary, indent=2))
         console.print(
             f"[red]error:[/] the disk is full ({getattr(exc, 'filename', None) or store}): ingest of {product} "
             f"stopped. {committed if committed is not None else 'An unknown number of'} frame(s) were committed "
             f"before it filled ({after if after is not None else '?'} stored in all); every committed frame is "
-            "whole, and no staging journal is left holding space. Free space (or grow the volume), then rerun the "
-            "same command: frames already stored are skipped.", soft_wrap=True)
+            f"whole{', ' + released if released else ''}, and "
+            f"{'the staging journal is ' + journal if left else 'no staging journal holds space'}. "
+            "Free space (or grow the volume), then rerun the same command: frames already stored are skipped.",
+            soft_wrap=True)
         raise typer.Exit(EXIT_DISK_FULL) from None
     return report
 

@@ -14,6 +14,7 @@ committed frame exists: a missing one in a read-only open is damage, not nodata.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -246,5 +247,26 @@ def damaged_from(exc: BaseException) -> DamagedData | None:
     while seen is not None:
         if isinstance(seen, DamagedData):
             return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+#: the last line of a traceback that ended in DamagedData, as it reaches another process in text
+_DAMAGE_LINE = re.compile(r"^(?:\w+\.)*Damaged(?:Data|Chunk|Product|Record): (.+)$", re.MULTILINE)
+
+
+def damage_message(exc: BaseException) -> str | None:
+    """The one-line message of the damaged data behind ``exc``, else None: a ``DamagedData`` that
+    ``exc`` is or wraps, or one raised in another process that reached this one as text. A
+    data-loader worker's exception reaches the trainer as a RuntimeError holding only the worker's
+    traceback (torch rebuilds it from its type and text, which DamagedChunk's fields do not fit)."""
+    found = damaged_from(exc)
+    if found is not None:
+        return str(found)
+    seen: BaseException | None = exc
+    while seen is not None:
+        lines = _DAMAGE_LINE.findall(str(seen))
+        if lines:
+            return lines[-1].strip()
         seen = seen.__cause__ or seen.__context__
     return None

@@ -160,7 +160,12 @@ class _LocalLock:
                     raise _busy(self.store, self.product, holder, timeout) from None
                 time.sleep(POLL_SECONDS)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(_me()).encode(), 0)
+        try:
+            os.pwrite(fd, json.dumps(_me()).encode(), 0)
+        except OSError as exc:  # a full disk: the flock excludes all the same (only "busy" messages lose
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):  # the holder's name), and recovery must run
+                os.close(fd)
+                raise
         self.fd = fd
 
     def release(self) -> None:

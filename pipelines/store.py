@@ -453,6 +453,7 @@ class ProductArchive:
             self._to_zarr(merged, self._staging_store, mode="w", encoding=encoding)
         except OSError as exc:
             if disk_full(exc):  # an incomplete journal is never replayed: release its space now
+                settle_pending_writes()
                 with contextlib.suppress(Exception):
                     self._discard_staging()
             raise
@@ -512,10 +513,32 @@ class ProductArchive:
 
     def _discard_staging(self) -> None:
         """Unmark the journal (one atomic key) before deleting it key by key: a journal that is
-        half deleted must never be replayed."""
+        half deleted must never be replayed. An incomplete journal has nothing to unmark and is
+        deleted at once: that writes nothing, so it works on a full disk (and frees its space)."""
         root = self._root()
-        root[self._staging].attrs.update({"complete": False})
+        journal = root[self._staging]
+        if journal.attrs.get("complete") is True:
+            journal.attrs.update({"complete": False})
         del root[self._staging]
+
+    def _journal_keys_left(self) -> bool:
+        """True when keys remain under the journal's prefix (with or without its group metadata)."""
+
+        async def any_key() -> bool:
+            async for _ in self._root_store.list_prefix(f"{self._staging}/"):
+                return True
+            return False
+
+        return zarr.core.sync.sync(any_key())
+
+    def journal_left(self) -> str | None:
+        """What is left of this product's merge journal: None (nothing), "complete" (kept: it is
+        what readers see and the next write finishes) or "incomplete"."""
+        try:
+            journal = zarr.open_group(self._staging_store, mode="r", zarr_format=3, use_consolidated=False)
+        except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
+            return None
+        return "complete" if journal.attrs.get("complete") is True else "incomplete"
 
     def recover(self) -> str | None:
         """Finish or discard an interrupted insert; drop a creation that never committed."""
@@ -533,9 +556,18 @@ class ProductArchive:
             else:
                 self._discard_staging()
                 note = "discarded an incomplete staging journal"
+        elif self._journal_keys_left():  # a deletion cut short after its zarr.json went: never complete
+            zarr.core.sync.sync(self._root_store.delete_dir(self._staging))
+            note = "removed what was left of a discarded staging journal"
         if not self.exists() and self.product in root:  # exists() first: a damaged product raises, never dropped
             del root[self.product]
             note = "removed a product group whose creation never committed"
+        elif self.exists():  # an append stopped before its commit (a kill, a full disk): free its chunks
+            committed = self._committed_length()
+            grown = zarr.open_array(self._zstore, path=VARIABLE, mode="r", zarr_format=3).shape[0]
+            if grown > committed:
+                self._shrink(committed)  # chunks first, then the arrays' own metadata; readers never saw them
+                note = note or f"released {grown - committed} uncommitted frame(s) of an interrupted append"
         return note
 
     # -- description -------------------------------------------------------------------
@@ -585,6 +617,23 @@ def list_products(store: str, storage_options: dict | None = None) -> list[str]:
         return zarr.core.sync.sync(names())
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         return []
+
+
+def settle_pending_writes(timeout: float = 30.0) -> None:
+    """Wait (at most ``timeout`` s) for the chunk writes still in flight after one of them failed.
+
+    zarr writes a batch of chunks with ``asyncio.gather`` on its own event loop; when one write
+    fails (a full disk) the others carry on. Releasing a journal before they end would race them
+    (a late write re-creating a key just deleted), and at exit the interpreter prints every
+    unfinished one ("Task was destroyed but it is pending!")."""
+    import asyncio
+
+    async def settle() -> None:
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if others:
+            await asyncio.wait(others, timeout=timeout)
+
+    zarr.core.sync.sync(settle())
 
 
 def disk_full(exc: BaseException) -> bool:

@@ -99,8 +99,8 @@ class MicroBatcher:
     async def submit(self, frames: np.ndarray, lead_steps: int, step_minutes: float | None = None,
                      timeout_s: float | None = None, auxiliary: dict[str, np.ndarray] | None = None,
                      output: tuple = ()) -> np.ndarray:
-        """The forecast; ``Overloaded`` when ``max_queue`` requests already wait, ``Retired`` once stopped. A request whose
-        ``timeout_s`` has passed is dropped from the queue, never computed for nobody. ``output``: see
+        """The forecast; ``Overloaded`` when ``max_queue`` requests already wait, ``Retired`` once stopped.
+        A request whose ``timeout_s`` has passed is dropped from the queue, never computed for nobody. ``output``: see
         ``_Job.output``; such requests run one per forward pass (each holds many fields)."""
         if self._queue is None or not self._accepting:
             raise Retired(f"model {self.name!r} is not serving (replaced or stopped)")

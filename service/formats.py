@@ -28,6 +28,7 @@ class Forecast:
     output: str = "deterministic"
     thresholds: tuple[float, ...] = ()  # probability: mm/h
     members: int | None = None  # probability: members counted over (None: the model's own probabilities)
+    identity: str | None = None  # the model's name@fingerprint (ServedModel.identity)
 
     @property
     def lead_steps(self) -> int:
@@ -72,6 +73,7 @@ def to_json(forecast: Forecast) -> dict:
         grid |= {"crs": forecast.grid.crs_proj, "x": forecast.grid.x.tolist(), "y": forecast.grid.y.tolist()}
     body = {
         "model": forecast.model,
+        "identity": forecast.identity,
         "units": "mm/h",
         "init_time": str(forecast.init_time.astype("datetime64[s]")) + "Z",
         "step_minutes": forecast.step_minutes,
@@ -105,7 +107,8 @@ def to_netcdf(forecast: Forecast) -> bytes:
         forecast.frames.astype(np.float32), dims, coords,
         forecast.grid, "forecast rain rate",
         {"title": f"{forecast.model} nowcast",
-         "forecast_reference_time": str(forecast.init_time.astype("datetime64[s]")) + "Z"},
+         "forecast_reference_time": str(forecast.init_time.astype("datetime64[s]")) + "Z",
+         **({"model_identity": forecast.identity} if forecast.identity else {})},
     )
     if forecast.output == "probability":  # not a rain rate: the same layout, another variable
         ds = ds.rename({VARIABLE: "probability_of_exceedance"})

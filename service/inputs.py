@@ -70,6 +70,24 @@ def check_frames(frames: np.ndarray, model: ServedModel, settings: ServiceSettin
     return frames[-needed:].astype(np.float32)
 
 
+def check_model_grid(model: ServedModel, h: int, w: int, lead_steps: int, settings: ServiceSettings) -> None:
+    """Refuse, before any compute, a grid over the model's own limit (``ServedModel.pixel_limit``): on
+    a CPU, what its measured cost lets it forecast within ``inference_timeout_s`` at these leads, so
+    that the answer is a 422 naming the limit and its setting at once, not a 504 a minute later."""
+    limit, limited_by = model.pixel_limit(settings, lead_steps)
+    if h * w <= limit:
+        return
+    if limited_by == "model_max_grid_pixels":
+        why = f"the service setting model_max_grid_pixels allows {model.name!r} at most {limit} pixels"
+    else:
+        why = (f"on this CPU {model.name!r} would not forecast {lead_steps} leads of more than {limit} pixels "
+               f"within half of inference_timeout_s ({settings.inference_timeout_s:g} s), by its measured cost "
+               "(docs/performance.md); raise inference_timeout_s, or set model_max_grid_pixels for it")
+    side = int(limit ** 0.5)
+    raise ApiError(422, "grid_too_large", f"grid {h}x{w} has {h * w} pixels: {why}; for a product, ask for a bbox "
+                                          f"[x0, y0, x1, y1] of at most {side}x{side} pixels, or for fewer leads")
+
+
 def check_auxiliary(inputs: Inputs, model: ServedModel, kept: int) -> dict[str, np.ndarray] | None:
     """The auxiliary frames a multi-source model reads, each shaped like the frames (last ``kept``
     of them); a missing product is refused with its name, an unknown one too."""

@@ -93,6 +93,8 @@ class ForecastTimes(BaseModel):
     """What every forecast answer starts with: the model, the unit and the times of its leads."""
 
     model: str
+    identity: str | None = Field(None, description="The model's identity (GET /v1/models): its name plus a "
+                                                   "short fingerprint of its weights")
     units: str = "mm/h"
     init_time: str
     step_minutes: float
@@ -127,13 +129,23 @@ class EnsembleForecastResponse(ForecastTimes):
 
 class GridLimits(BaseModel):
     multiple_of: int = Field(description="Frame sizes the model takes (1: any; frames are padded inside)")
-    max_pixels: int = Field(description="Largest H x W a request may send")
+    max_pixels: int = Field(description="Largest H x W a request may send at the model's own leads")
+    limited_by: Literal["max_grid_pixels", "model_max_grid_pixels", "cpu_cost"] = Field(
+        "max_grid_pixels", description="What sets max_pixels: the service's max_grid_pixels, the model's entry "
+                                       "in model_max_grid_pixels, or (cpu_cost) what the model can forecast on "
+                                       "this CPU within half of inference_timeout_s by its measured cost; more "
+                                       "leads than its own lower it in proportion")
 
 
 class ModelInfo(BaseModel):
     """One served model: what it needs, what it gives, where it came from and how good it is."""
 
     name: str = Field(description="The name requests use")
+    identity: str = Field(description="What its forecasts are recorded and verified as (GET /v1/skill): the name "
+                                      "plus a short fingerprint of the weights (name@1a2b3c4d5e6f); a baseline's "
+                                      "name alone")
+    fingerprint: str | None = Field(description="sha256 of the network's weights and post-processing (null: "
+                                                "baseline); the same weights give the same one under any name")
     architecture: str = Field(description="Registered model name (convlstm, optical_flow, ...)")
     kind: Literal["network", "baseline"]
     input_steps: int = Field(description="Frames the model reads at its own step")
@@ -271,7 +283,11 @@ class LeadSkill(BaseModel):
 
 
 class ModelSkill(BaseModel):
-    model: str = Field(description="The served name (or the backfill store's model)")
+    model: str = Field(description="The served name (or the backfill store's model); where two rows share a "
+                                   "name, each shows its identity instead")
+    identity: str | None = Field(None, description="What the row's forecasts were recorded as: the name plus a "
+                                                   "short fingerprint of the weights (GET /v1/models); one row each")
+    fingerprint: str | None = Field(None, description="That short fingerprint (null: a baseline)")
     n_cases: int = Field(description="Forecasts scored in the window")
     n_dry_cases_skipped: int = Field(description="Forecasts from a dry init frame, left out as evaluate does")
     n_missing_observations: int = Field(description="Forecasts given up: observations of a lead never came")

@@ -2,17 +2,55 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from nowcast.forecaster import LoadedForecaster, load_forecaster
+from nowcast.forecaster import WEIGHTS_DIR, LoadedForecaster, load_forecaster
 from service.batching import MicroBatcher
 from service.metrics import Metrics
 from service.schemas import ModelInfo
 from service.settings import ServiceSettings
+
+#: what one forecast at the service's grid limit costs each shipped model and baseline on a CPU, as
+#: ``bench/cpu_forecast_limit.py --write`` measured it (docs/performance.md)
+CPU_COST = WEIGHTS_DIR / "cpu_cost.json"
+#: the share of ``inference_timeout_s`` a forecast at a model's CPU limit may take by that measured cost:
+#: the rest is headroom for a busier machine and for the other models' forecasts running beside it
+CPU_BUDGET_SHARE = 0.5
+
+
+@functools.cache
+def _cpu_cost_table() -> dict[str, Any]:
+    import json
+
+    return json.loads(CPU_COST.read_text())["models"] if CPU_COST.is_file() else {}
+
+
+def measured_cpu_cost(forecaster: LoadedForecaster) -> dict[str, Any] | None:
+    """The bench's measurement for these very weights (a shipped network by name and fingerprint, a
+    baseline by name); None for anything it did not measure (a user's checkpoint)."""
+    entry = _cpu_cost_table().get(forecaster.name)
+    if entry is None or entry.get("fingerprint") != forecaster.fingerprint:
+        return None
+    return entry
+
+
+def cpu_pixel_limit(forecaster: LoadedForecaster, timeout_s: float, lead_steps: int | None = None) -> int | None:
+    """Most pixels a forecast of ``lead_steps`` (default: the model's own) may have on a CPU so that it
+    takes at most CPU_BUDGET_SHARE of ``timeout_s`` by its measured cost: the process CPU seconds of one
+    forecast (all threads: on two idle cores the wall time is at most that), linear in the pixels and in
+    the steps the model runs (its input steps plus the leads). None: no measurement for this model."""
+    cost = measured_cpu_cost(forecaster)
+    if cost is None:
+        return None
+    leads = lead_steps or forecaster.default_lead_steps
+    scale = (forecaster.input_steps + leads) / (forecaster.input_steps + cost["lead_steps"])
+    seconds_per_pixel = cost["cpu_seconds"] / cost["pixels"] * scale
+    return int(CPU_BUDGET_SHARE * timeout_s / seconds_per_pixel)
 
 
 @dataclass
@@ -29,10 +67,32 @@ class ServedModel:
 
         return model_identity(self.name, self.forecaster.fingerprint)
 
+    @property
+    def on_cpu(self) -> bool:
+        """Runs on the CPU (every baseline does: pysteps is numpy)."""
+        return next(self.forecaster.model.parameters(), torch.empty(0)).device.type == "cpu"
+
+    def pixel_limit(self, settings: ServiceSettings, lead_steps: int | None = None) -> tuple[int, str]:
+        """The most pixels one forecast of ``lead_steps`` may have, and what sets it: the setting
+        ``model_max_grid_pixels`` for this model; on a CPU, its measured cost within
+        ``inference_timeout_s`` ("cpu_cost", ``cpu_pixel_limit``); else ``max_grid_pixels``. Never above
+        ``max_grid_pixels``."""
+        override = settings.model_max_grid_pixels.get(self.name)
+        if override is not None:
+            return min(override, settings.max_grid_pixels), "model_max_grid_pixels"
+        if self.on_cpu:
+            limit = cpu_pixel_limit(self.forecaster, settings.inference_timeout_s, lead_steps)
+            if limit is not None and limit < settings.max_grid_pixels:
+                return limit, "cpu_cost"
+        return settings.max_grid_pixels, "max_grid_pixels"
+
     def describe(self, settings: ServiceSettings) -> ModelInfo:
         f = self.forecaster
+        max_pixels, limited_by = self.pixel_limit(settings)
         return ModelInfo(**{
             "name": self.name,
+            "identity": self.identity,
+            "fingerprint": f.fingerprint,
             "architecture": f.name,
             "kind": "network" if f.trainable else "baseline",
             "input_steps": f.input_steps,
@@ -40,7 +100,7 @@ class ServedModel:
             "trained_output_steps": f.max_lead_steps if f.trainable else None,
             "step_minutes": f.step_minutes,  # None: a baseline works at whatever step its frames have
             "fixed_step": f.step_minutes is not None,
-            "grid": {"multiple_of": 1, "max_pixels": settings.max_grid_pixels},  # predict pads
+            "grid": {"multiple_of": 1, "max_pixels": max_pixels, "limited_by": limited_by},  # predict pads
             "parameters": sum(p.numel() for p in f.model.parameters()),
             "source": f.source,
             "version": self.version,
@@ -57,8 +117,6 @@ def model_skill(forecaster: LoadedForecaster) -> dict[str, Any] | None:
     version's checkpoint), or for shipped weights their validation score and the model card's
     test scores (``nowcast/weights/skill.json``); None for a bare checkpoint."""
     import json
-
-    from nowcast.forecaster import WEIGHTS_DIR
 
     path = Path(forecaster.source)
     meta = path.parent / "meta.json"

@@ -32,6 +32,11 @@ class ServiceSettings(BaseSettings):
     api_keys: list[str] = Field(default_factory=list, description="When set, model and forecast routes need one")
     max_body_bytes: int = Field(64 * 1024 * 1024, description="Largest request body")
     max_grid_pixels: int = Field(1024 * 1024, description="Largest H x W of a forecast")
+    model_max_grid_pixels: dict[str, int] = Field(
+        default_factory=dict,
+        description="Per served model (by its name): the largest H x W of its forecasts, instead of the limit "
+                    "its measured CPU cost gives within inference_timeout_s (docs/performance.md); never above "
+                    "max_grid_pixels")
     max_lead_steps: int = Field(24, description="Most lead steps a request may ask for")
     micro_batching: bool = Field(True, description="Group concurrent requests into one forward pass")
     batch_wait_ms: float = Field(5.0, description="How long a request may wait for others to batch with")

@@ -39,6 +39,21 @@ def nowcast_cli(*args: str, check: bool = False, **kwargs) -> subprocess.Complet
 THREAD_LIMITS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``-n``, on by default in pyproject.toml) each worker gets its share of the
+    cores, for torch here and for every ``nowcast`` subprocess it starts: N workers each spawning
+    torch on every core would oversubscribe the machine and make the suite slower, not faster."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers <= 1:
+        return
+    share = str(max(1, (os.cpu_count() or 1) // workers))
+    for name in THREAD_LIMITS[:3]:
+        os.environ[name] = share
+    import torch
+
+    torch.set_num_threads(int(share))
+
+
 @pytest.fixture(autouse=True)
 def _thread_limits_restored() -> Iterator[None]:
     """Undo a test's LocalCluster setting OMP_NUM_THREADS=1 here: every later ``nowcast``

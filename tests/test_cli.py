@@ -24,6 +24,7 @@ def test_ingest_contract_command_line(store: str) -> None:
     assert ProductArchive(store, "mch").times().size == 40
 
 
+@pytest.mark.slow
 def test_demo_ingests_real_radar_and_prints_the_summary(tmp_path: Path) -> None:
     env = {**os.environ, "NOWCAST_SAMPLE_DATA": str(DATA)}
     store = str(tmp_path / "demo.zarr")

@@ -46,6 +46,10 @@ pytestmark = pytest.mark.skipif(
            "it needs a Docker engine and builds the images",
 )
 
+if os.environ.get("NOWCAST_COMPOSE_TEST") == "1" and int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    raise pytest.UsageError("tests/test_compose.py is one run of seven steps in order: run it with `-n 0` "
+                            "(make compose-test does), not spread over pytest-xdist workers")
+
 PROJECT = os.environ.get("NOWCAST_COMPOSE_PROJECT", "nowcast-compose-test")
 COMPOSE = shlex.split(os.environ.get("NOWCAST_COMPOSE_CMD", "docker compose"))
 #: MinIO where its images can be pulled (NOWCAST_COMPOSE_STORE=minio), else the local S3 server

@@ -26,6 +26,20 @@ def test_backfill_outside_the_archive_gives_its_range(fmi_archive: str, tmp_path
     assert "fmi holds 24 frames 2016-09-28T14:45:00Z .. 2016-09-28T16:40:00Z" in " ".join(result.stderr.split())
 
 
+def test_verify_with_nothing_kept_exits_non_zero_with_what_the_archive_holds(tmp_path: Path) -> None:
+    from conftest import sample_files
+
+    from pipelines.ingest import ingest
+
+    store = str(tmp_path / "fmi.zarr")  # its own store: no forecast was ever kept in it
+    ingest(sample_files("fmi", 3), store, "fmi", fmt="fmi_pgm", workers=1)
+    result = nowcast_cli("verify", "--store", store, "--product", "fmi")
+    text = " ".join(result.stderr.split())
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "nothing to verify" in text
+    assert f"{store} holds fmi: 3 frames 2016-09-28T14:45:00Z .. 2016-09-28T14:55:00Z every 5 min" in text
+
+
 def test_an_unknown_product_lists_the_products_there_are(fmi_archive: str, tmp_path: Path) -> None:
     result = nowcast_cli("evaluate", "--model", "persistence", "--store", fmi_archive, "--product", "fmi_typo",
                          "--out", str(tmp_path / "r.json"))
@@ -43,7 +57,7 @@ def test_ingest_of_an_empty_folder_or_a_missing_path_fails_in_one_line(tmp_path:
     assert "Traceback" not in missing.stderr and len(missing.stderr.strip().splitlines()) <= 2
 
 
-def train_on(tmp_path: Path, n_frames: int, step_minutes: int) -> tuple[int, str]:
+def train_on(tmp_path: Path, n_frames: int, step_minutes: int, *extra: str) -> tuple[int, str]:
     """``nowcast train`` (the small synthetic config) on a product of ``n_frames`` at ``step_minutes``."""
     import subprocess
 
@@ -56,7 +70,8 @@ def train_on(tmp_path: Path, n_frames: int, step_minutes: int) -> tuple[int, str
     store = str(tmp_path / "short.zarr")
     ProductArchive(store, "short").write(synthetic_frames(n_frames=n_frames, shape=(64, 64),
                                                           step_minutes=step_minutes))
-    result = subprocess.run(train_command(overrides, extra=("--data.store", store, "--data.products", "[short]")),
+    result = subprocess.run(train_command(overrides, extra=("--data.store", store, "--data.products", "[short]",
+                                                            *extra)),
                             capture_output=True, text=True, cwd=tmp_path)
     return result.returncode, result.stderr
 
@@ -67,6 +82,12 @@ def test_a_product_too_short_to_train_on_says_how_many_frames_it_has(tmp_path: P
     assert code == 2 and "Traceback" not in stderr, stderr[-2000:]
     assert "short holds 5 frames every 5 min" in text and "a window needs 7 (4 in + 3 out)" in text
     assert "cannot help" in text  # not the old advice to raise block_hours
+
+
+def test_debug_shows_the_traceback_behind_the_paragraph(tmp_path: Path) -> None:
+    code, stderr = train_on(tmp_path, 5, 5, "--debug")
+    assert code not in (0, 2) and "Traceback" in stderr, stderr[-2000:]
+    assert "short holds 5 frames every 5 min" in " ".join(stderr.split())  # the same message, at its end
 
 
 def test_one_hour_blocks_on_a_ten_minute_product_get_advice_from_the_product(tmp_path: Path) -> None:

@@ -118,3 +118,49 @@ def test_a_model_store_version_is_a_name_for_evaluate(fmi_ten: str, small_checkp
 
     report = json.loads((tmp_path / "report.json").read_text())
     assert list(report["models"]) == [version] and report["models"][version]["identity"].startswith(version + "@")
+
+
+def test_the_service_records_its_forecasts_under_the_identity_it_lists(
+    fmi_ten: str, small_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The service's kept forecasts are scored under name@fingerprint, the identity GET /v1/models shows:
+    the same weights served under another name, or other weights under this one, are other rows."""
+    import time
+
+    import httpx
+    from test_service import start_server
+
+    store = copy_store(fmi_ten, tmp_path)
+    times = ProductArchive(store, "fmi").times()
+    settings = {"store": store, "models": [f"mine={small_checkpoint}"], "verification_interval_s": 0.3}
+    for url in start_server(tmp_path, settings):
+        identity = httpx.get(f"{url}/v1/models").json()["models"][0]["identity"]
+        assert identity == load_forecaster(str(small_checkpoint)).identity.replace("convlstm@", "mine@")
+        body = {"model": "mine", "lead_steps": LEADS, "product": "fmi", "time": utc_text(times[3])}
+        answer = httpx.post(f"{url}/v1/forecast", json=body, timeout=120)
+        assert answer.status_code == 200 and answer.json()["identity"] == identity, answer.text[:500]
+        deadline = time.monotonic() + 60
+        while not (rows := httpx.get(f"{url}/v1/skill", params={"product": "fmi"}, timeout=30).json()["models"]):
+            assert time.monotonic() < deadline, "the kept forecast was not verified within 60 s"
+            time.sleep(0.3)
+    assert [(row["model"], row["identity"]) for row in rows] == [("mine", identity)]
+    assert rows[0]["n_cases"] + rows[0]["n_dry_cases_skipped"] == 1
+
+
+def test_the_service_serves_a_model_store_version_by_its_name(fmi_ten: str, small_checkpoint: Path,
+                                                              tmp_path: Path) -> None:
+    """A service config's ``models:`` may name a model store version (with ``registry``): served under
+    that name, its version and identity (version@fingerprint) listed by GET /v1/models."""
+    import httpx
+    from test_service import start_server
+
+    from nowcast.model_store import ModelStore
+
+    registry = ModelStore(tmp_path / "registry")
+    version = registry.register(small_checkpoint)
+    settings = {"store": fmi_ten, "models": [version], "registry": str(registry.root), "verify_forecasts": False}
+    for url in start_server(tmp_path, settings):
+        [model] = httpx.get(f"{url}/v1/models").json()["models"]
+    fingerprint = load_forecaster(str(small_checkpoint)).fingerprint
+    assert (model["name"], model["version"]) == (version, version)
+    assert model["identity"] == f"{version}@{fingerprint[:12]}" and model["fingerprint"] == fingerprint

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import zarr
-from conftest import nowcast_cli, sample_files
+from conftest import nowcast_cli, sample_files, synthetic_training_config, train_command
 from test_service import start_server
 
 from pipelines.check import check_store
@@ -124,6 +125,28 @@ def test_cleared_time_index_is_found_not_read_as_1970(fmi_copy: str) -> None:
     assert check_store(fmi_copy)["status"] == "damaged"
 
 
+@pytest.mark.parametrize("workers, debug", [(2, False), (0, True)], ids=["data-loader workers", "--debug"])
+def test_training_on_a_damaged_chunk_stops_with_one_paragraph_naming_it(tmp_path: Path, workers: int,
+                                                                         debug: bool) -> None:
+    config = synthetic_training_config(tmp_path)  # a real 36-frame store, one 64 x 64 chunk per frame
+    store = tmp_path / "synth.zarr"
+    times = ProductArchive(str(store), "synth").times()
+    flip_byte(store / "synth" / "precip" / "c" / "10" / "0" / "0")
+    extra = ("--data.num_workers", str(workers), *(("--debug",) if debug else ()))
+    done = subprocess.run(train_command(config, extra=extra), capture_output=True, text=True, cwd=tmp_path)
+    named = f"damaged data: product 'synth' at {utc_text(times[10])}, chunk precip/c/10/0/0: checksum mismatch"
+    if debug:  # the traceback, ending in the DamagedChunk (rich wraps its lines: compare without spaces)
+        assert done.returncode == 1 and "Traceback" in done.stderr, done.stderr[-3000:]
+        assert f"DamagedChunk:{named}".replace(" ", "") in "".join(done.stderr.split()), done.stderr[-3000:]
+        return
+    # through the workers the error arrives as text in a RuntimeError; still one paragraph, its own exit
+    assert done.returncode == EXIT_DAMAGED, (done.returncode, done.stderr[-3000:])
+    assert "Traceback" not in done.stderr and "RuntimeError" not in done.stderr, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and named in errors[0], done.stderr[-3000:]
+    assert "store check" in errors[0] and "--debug" in done.stderr.split(errors[0])[1]
+
+
 @pytest.fixture
 def two_products(tmp_path: Path) -> str:
     """FMI and MeteoSwiss in one store; MeteoSwiss's group zarr.json then cut in half."""
@@ -211,4 +234,17 @@ def test_a_client_dribbling_its_headers_is_disconnected(damaged_service: tuple[s
         assert closed, "the server kept a slow-header connection open"
         sock.close()
     assert time.monotonic() - started < 8  # closed by the 1 s header timeout, not by the client
-    assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200  # and it still serves
+    # the cap: with max_connections (50 here) held open, one more request is refused at once with a 503
+    held = [socket.create_connection((host, int(port)), timeout=10) for _ in range(50)]
+    try:
+        for sock in held:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        refused = httpx.get(f"{url}/healthz", timeout=10)
+    finally:
+        for sock in held:
+            sock.close()
+    assert refused.status_code == 503, refused.text
+    deadline = time.monotonic() + 5  # and once the server has seen them close, it serves again
+    while (status := httpx.get(f"{url}/healthz", timeout=10).status_code) != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert status == 200

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -22,9 +24,11 @@ from nowcast.forecaster import load_forecaster
 from nowcast.live_verification import VerificationLedger
 from nowcast.model_store import ModelStore
 from nowcast.promotion import PROMOTED, PromotionRule, promote
+from pipelines.check import check_store
 from pipelines.ingest import ingest
-from pipelines.store import ProductArchive
+from pipelines.store import STAGING_GROUP, ProductArchive, archive_encoding, frames_to_dataset
 from pipelines.synthetic import synthetic_frames
+from pipelines.zarr_groups import require_group
 
 LEADS = 3
 
@@ -32,7 +36,7 @@ LEADS = 3
 # -- the verification ledger ------------------------------------------------------------------------
 
 
-def test_a_truncated_verification_record_is_skipped_counted_and_rewritten(tmp_path: Path) -> None:
+def test_a_truncated_verification_record_is_skipped_counted_and_the_next_pass_carries_on(tmp_path: Path) -> None:
     store = str(tmp_path / "ledger.zarr")
     ingest(sample_files("mch", 10), store, "mch", fmt="mch_gif", workers=1)
     archive, ledger = ProductArchive(store, "mch"), VerificationLedger(store, "mch")
@@ -125,6 +129,73 @@ def test_two_racing_promotions_never_install_the_worse_model(tmp_path: Path, mon
     # it lost the race, noticed, scored again against the new production, and says so
     assert loser["rescored_against"] == [decisions["good"]["candidate"]]
     assert loser["production_before"] == decisions["good"]["candidate"]
+
+
+def _dry_model(checkpoint: Path, out: Path) -> Path:
+    """The same network with its output layer zeroed: it forecasts no rain, so it scores below the original."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    for key in [k for k in state["state_dict"] if k.startswith("net.output.")]:
+        state["state_dict"][key] = torch.zeros_like(state["state_dict"][key])
+    torch.save(state, out)
+    return out
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    """True when process ``pid`` has ``path`` open (here: it is waiting for the lock in it)."""
+    try:
+        return any(os.path.realpath(f"/proc/{pid}/fd/{fd}") == os.path.realpath(path)
+                   for fd in os.listdir(f"/proc/{pid}/fd"))
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_two_racing_promote_processes_end_on_the_better_model_and_record_both(
+        fmi_archive: str, small_checkpoint: Path, tmp_path: Path) -> None:
+    from nowcast.model_store import PROMOTE_LOCK
+    from nowcast.promotion import KEPT_PRODUCTION
+
+    registry = ModelStore(tmp_path / "registry")
+    checkpoints = {"good": small_checkpoint, "dry": _dry_model(small_checkpoint, tmp_path / "dry.ckpt")}
+    nowcast = str(Path(sys.executable).with_name("nowcast"))
+    procs = {}
+    with registry.lock(PROMOTE_LOCK):  # both start and wait at the lock each promotion takes first
+        for name, checkpoint in checkpoints.items():
+            procs[name] = subprocess.Popen(
+                [nowcast, "promote", "--checkpoint", str(checkpoint), "--registry", str(registry.root), "--store",
+                 fmi_archive, "--product", "fmi", "--rule", str(REPO / "configs" / "promotion.yaml"),
+                 "--window-hours", "0.5", "--crop", "128"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not all(_has_open(proc.pid, registry.root / PROMOTE_LOCK) for proc in procs.values()):
+            assert time.monotonic() < deadline and all(proc.poll() is None for proc in procs.values()), \
+                {name: proc.poll() for name, proc in procs.items()}
+            time.sleep(0.05)
+    # released: both find no production within a moment of each other, then score at the same time
+    outputs = {name: proc.communicate(timeout=600) for name, proc in procs.items()}
+    codes = {name: proc.returncode for name, proc in procs.items()}
+    decisions = {name: json.loads(out) for name, (out, _) in outputs.items()}
+    good, dry = decisions["good"], decisions["dry"]
+    assert good["candidate_score"] > dry["candidate_score"]
+    assert registry.production() == good["candidate"]  # whichever decided first
+    # exactly one lost the race: it noticed production had moved, scored again against the winner, and says so
+    if "rescored_against" in dry:  # good decided first: dry is kept out
+        assert "rescored_against" not in good, good
+        assert dry["rescored_against"] == [good["candidate"]] and dry["production_before"] == good["candidate"]
+        assert codes == {"good": PROMOTED, "dry": KEPT_PRODUCTION} and not dry["promoted"], (codes, dry)
+        loser = "dry"
+    else:  # dry decided first: good scored again against it and replaced it
+        assert good.get("rescored_against") == [dry["candidate"]], (good, dry)
+        assert good["production_before"] == dry["candidate"] and good["promoted"]
+        assert codes == {"good": PROMOTED, "dry": PROMOTED}, codes
+        loser = "good"
+    assert "while this candidate was scored; it was scored again against it" in outputs[loser][1]
+    # both decisions are recorded in the model store, the promoted ones with the pointer's move confirmed
+    for decision in decisions.values():
+        meta = registry.meta(decision["candidate"])
+        assert meta["scores"] and meta["promotion"]["promoted"] == decision["promoted"]
+        assert meta["promotion"]["candidate_score"] == decision["candidate_score"]
+        assert meta["promotion"].get("pointer_moved", False) is decision["promoted"]
+    assert not list(registry.root.glob(".production.*"))
 
 
 KILL_AFTER_POINTER_MOVE = """
@@ -248,17 +319,27 @@ def test_kills_during_checkpoint_saves_leave_no_partial_or_untracked_files(tmp_p
 # -- a full disk ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path: Path):
+def _tmpfs(tmp_path: Path, size: str):
+    """A real tmpfs of ``size`` (mount needs root or CAP_SYS_ADMIN: without it the test is skipped, saying so)."""
     mount = tmp_path / "tmpfs"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
     if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode()[:200]}")
+        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {made.stderr.decode()[:200]}")
     try:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):
+    yield from _tmpfs(tmp_path, "3m")
+
+
+@pytest.fixture
+def tmpfs_5m(tmp_path: Path):
+    yield from _tmpfs(tmp_path, "5m")
 
 
 def test_a_full_disk_during_ingest_is_one_paragraph_its_own_exit_and_a_summary(small_tmpfs: Path) -> None:
@@ -272,5 +353,63 @@ def test_a_full_disk_during_ingest_is_one_paragraph_its_own_exit_and_a_summary(s
     assert summary["error"] == "disk_full" and summary["frames_committed"] > 0
     assert summary["frames_in_store"] == len(ProductArchive(store, "fmi").times())
     assert not (small_tmpfs / "archive.zarr" / "_staging" / "fmi").exists()
+    # the batch that did not fit is released: no chunk past the committed frames holds space
+    precip = small_tmpfs / "archive.zarr" / "fmi" / "precip"
+    assert json.loads((precip / "zarr.json").read_text())["shape"][0] == summary["frames_in_store"]
+    chunks = [path.relative_to(precip / "c") for path in (precip / "c").rglob("*") if path.is_file()]
+    assert max(int(chunk.parts[0]) for chunk in chunks) == summary["frames_in_store"] - 1
+    assert "uncommitted frame(s)" in summary["released"], summary
     # what was committed reads back whole
     assert nowcast_cli("store", "check", "--store", store).returncode == 0
+
+
+def test_a_full_disk_during_an_out_of_order_merge_releases_the_journal(tmpfs_5m: Path) -> None:
+    store = str(tmpfs_5m / "archive.zarr")
+    files = sample_files("fmi", 20)
+    ingest(files[10:], store, "fmi", fmt="fmi_pgm", workers=1)  # the later 10 frames: about 2.6 MB of the 5
+    with ProductArchive(store, "fmi").open() as ds:
+        committed = ds.load()
+    used = shutil.disk_usage(tmpfs_5m).used
+    # the earlier 10 arrive late: the merge's journal (20 frames, about 5.2 MB) cannot fit
+    command = ("ingest", *map(str, files[:10]), "--store", store, "--product", "fmi", "--format", "fmi_pgm", "--json")
+    result = nowcast_cli(*command)
+    assert result.returncode == 74, (result.returncode, result.stderr[-3000:])
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("ingest fmi:")]  # progress lines
+    assert len(errors) == 1 and errors[0].startswith("error: the disk is full"), result.stderr[-3000:]
+    assert "no staging journal holds space" in errors[0]
+    summary = json.loads(result.stdout)
+    assert (summary["frames_committed"], summary["frames_in_store"]) == (0, 10)
+    # the journal is released: its files are gone and its space is free again
+    assert not (tmpfs_5m / "archive.zarr" / "_staging" / "fmi").exists()
+    assert shutil.disk_usage(tmpfs_5m).used <= used + 64 * 1024, (used, shutil.disk_usage(tmpfs_5m).used)
+    # the store reads as it did, and checks clean
+    with ProductArchive(store, "fmi").open() as ds:
+        after = ds.load()
+    np.testing.assert_array_equal(after["time"].values, committed["time"].values)
+    np.testing.assert_array_equal(after["precip"].values, committed["precip"].values)
+    assert check_store(store)["status"] == "ok"
+    # with room again, the same files merge in
+    subprocess.run(["mount", "-o", "remount,size=20m", str(tmpfs_5m)], check=True)
+    assert ingest(files[:10], store, "fmi", fmt="fmi_pgm", workers=1).inserted_out_of_order == 10
+    times = ProductArchive(store, "fmi").times()
+    assert len(times) == 20 and (np.diff(times.astype(np.int64)) > 0).all()
+    assert not (tmpfs_5m / "archive.zarr" / "_staging" / "fmi").exists()
+
+
+def test_what_a_cut_short_journal_deletion_leaves_is_removed_by_the_next_recovery(tmp_path: Path) -> None:
+    store = str(tmp_path / "a.zarr")
+    archive = ProductArchive(store, "synth")
+    frames = synthetic_frames(n_frames=8, shape=(32, 32))
+    archive.write(frames[4:])
+    # a real merge journal, incomplete, whose deletion stopped right after its zarr.json went (rmtree's
+    # order is the directory's): no group any more, so only its keys say it is there
+    late = frames_to_dataset(frames[:4], "synth")[["precip"]]
+    late.attrs = {"insert_at": 0, "complete": False}
+    require_group(archive._root_store, STAGING_GROUP)
+    archive._to_zarr(late, archive._staging_store, mode="w", encoding=archive_encoding(late))
+    journal = tmp_path / "a.zarr" / STAGING_GROUP / "synth"
+    (journal / "zarr.json").unlink()
+    assert archive.journal_left() is None and list(journal.rglob("c/*"))
+    assert archive.recover() == "removed what was left of a discarded staging journal"
+    assert not journal.exists() and archive.recover() is None
+    assert len(archive.times()) == 4

@@ -105,12 +105,15 @@ def test_balanced_loss_weights_heavy_rain() -> None:
 def radar_sample(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
     store = str(tmp_path_factory.mktemp("overfit") / "s.zarr")
     ingest(sample_files("fmi", 12), store, "fmi", fmt="fmi_pgm")
-    ds = SequenceDataset(store, "fmi", 3, 3, crop=32, split=None)
+    ds = SequenceDataset(store, "fmi", 3, 3, crop=16, split=None)  # 16 px: a quarter of the cost of 32, same lesson
     items = [ds[0], ds[5]]
     return {k: torch.stack([item[k] for item in items]) for k in ("inputs", "targets", "target_mask")}
 
 
-@pytest.mark.parametrize(("name", "steps"), [("convlstm", 400), ("sa_convlstm", 600), ("predrnn", 1000)])
+@pytest.mark.slow
+# steps: where each reaches a tenfold fall with margin
+# (measured: convlstm 12x at 100, sa_convlstm 13x at 450, predrnn 13x at 300)
+@pytest.mark.parametrize(("name", "steps"), [("convlstm", 100), ("sa_convlstm", 450), ("predrnn", 300)])
 def test_tiny_model_overfits_real_radar(name: str, steps: int, radar_sample: dict[str, torch.Tensor]) -> None:
     torch.manual_seed(0)
     kwargs = {"hidden": (16,) if name != "predrnn" else (16, 16), "kernel": 3, "patch": 2}

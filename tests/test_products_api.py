@@ -143,7 +143,9 @@ def test_forecast_frames_are_one_png_per_lead(served: str) -> None:
     gap = httpx.post(f"{served}/v1/forecast/frames", json={**body, "time": "2016-09-28T15:35:00Z"}, headers=KEY)
     assert gap.status_code == 422 and "not a frame of 'fmi'" in gap.json()["error"]["message"]
     plain = httpx.post(f"{served}/v1/forecast", json={**body, "lead_steps": 1}, headers=KEY, timeout=60).json()
-    assert set(plain) == {"model", "units", "init_time", "step_minutes", "lead_minutes", "times", "frames", "grid"}
+    # the contract's fields, plus the identity of the weights that made it (issue 31)
+    assert set(plain) == {"model", "identity", "units", "init_time", "step_minutes", "lead_minutes", "times", "frames",
+                          "grid"}
 
 
 def test_the_viewer_page_and_its_files_are_open_and_only_those(served: str) -> None:

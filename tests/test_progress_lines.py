@@ -54,3 +54,37 @@ def test_lines_are_spaced_by_the_interval() -> None:
     printed = out.getvalue().splitlines()
     assert len(printed) == 2 and printed[0].startswith("work: 1/100") and printed[1].startswith("work: 99/100")
     assert "done in" in printed[1]
+
+
+def test_verify_prints_plain_progress_lines(tmp_path: Path) -> None:
+    from nowcast.forecaster import load_forecaster
+    from nowcast.live_verification import VerificationLedger
+    from pipelines.ingest import ingest
+    from pipelines.store import ProductArchive
+
+    store = str(tmp_path / "fmi.zarr")
+    ingest(sample_files("fmi", 4), store, "fmi", fmt="fmi_pgm", workers=1)
+    archive, ledger = ProductArchive(store, "fmi"), VerificationLedger(store, "fmi")
+    times = archive.times()
+    for k in (0, 1):  # two forecasts kept, each with its two leads observed
+        window = archive.window(length=1, end=times[k])
+        assert ledger.register("persistence", times[k], load_forecaster("persistence").predict(window.frames, 2), 5.0)
+    result = nowcast_cli("verify", "--store", store, env=EVERY_UPDATE)
+    assert result.returncode == 0, result.stderr
+    found = re.findall(r"^verify: (\d+), [\d.e+-]+/s$", result.stderr, re.MULTILINE)  # cases scored so far
+    assert found == ["1", "2"], result.stderr
+
+
+def test_the_extrapolation_cache_builder_prints_plain_progress_lines(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    from pipelines.extrapolation import build_cache
+    from pipelines.store import ProductArchive
+    from pipelines.synthetic import synthetic_frames
+
+    monkeypatch.setenv("NOWCAST_PROGRESS_SECONDS", "0")
+    store = str(tmp_path / "synth.zarr")
+    ProductArchive(store, "synth").write(synthetic_frames(n_frames=8, shape=(48, 48)))
+    build_cache(store, "synth", t_out=2, workers=1)
+    found = lines(capsys.readouterr().err, "optical_flow of synth")
+    assert found and found[-1]["done"] == found[-1]["total"] == "4" and "done in" in found[-1][0], found

@@ -126,6 +126,25 @@ def test_models_route_lists_every_model_with_its_constraints(server: str) -> Non
     assert models["optical_flow"]["input_steps"] == 3 and models["persistence"]["kind"] == "baseline"
 
 
+def test_models_and_their_forecasts_show_the_identity_verification_records(server: str, small_checkpoint: Path) -> None:
+    """Issue 31, item 1: /v1/models and every forecast answer carry name@fingerprint, the identity the
+    live verification ledger keeps its rows by, so a user can tell which weights answered."""
+    models = {m["name"]: m for m in httpx.get(f"{server}/v1/models").json()["models"]}
+    fingerprint = load_forecaster(str(small_checkpoint)).fingerprint
+    assert models["convlstm"]["fingerprint"] == fingerprint and len(fingerprint) == 64
+    assert models["convlstm"]["identity"] == f"convlstm@{fingerprint[:12]}"
+    assert models["persistence"]["identity"] == "persistence" and models["persistence"]["fingerprint"] is None
+    body = httpx.post(f"{server}/v1/forecast", json=inline("convlstm", lead=2)).json()
+    assert body["identity"] == models["convlstm"]["identity"]
+    netcdf = httpx.post(f"{server}/v1/forecast", json=inline("convlstm", lead=2),
+                        headers={"Accept": "application/x-netcdf"})
+    with tempfile.NamedTemporaryFile(suffix=".nc") as f:
+        f.write(netcdf.content)
+        f.flush()
+        with xr.open_dataset(f.name) as ds:
+            assert ds.attrs["model_identity"] == models["convlstm"]["identity"]
+
+
 def test_inline_forecast_contract(server: str) -> None:
     response = httpx.post(f"{server}/v1/forecast", json=inline("optical_flow", lead=4))
     assert response.status_code == 200, response.text

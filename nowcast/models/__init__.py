@@ -20,6 +20,7 @@ MODELS: dict[str, str] = {
     "predrnn_flow": "nowcast.models.motion:PredRNNFlow",
     "sa_convlstm_flow": "nowcast.models.motion:SAConvLSTMFlow",
     "convlstm_sprog": "nowcast.models.motion:ConvLSTMSProg",
+    "convlstm_exceedance": "nowcast.models.exceedance:ConvLSTMExceedance",
     "persistence": "nowcast.models.baselines:Persistence",
     "optical_flow": "nowcast.models.baselines:OpticalFlow",
     "optical_flow_smooth": "nowcast.models.baselines:OpticalFlowSmooth",

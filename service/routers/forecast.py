@@ -24,6 +24,7 @@ from service.inputs import (
     check_auxiliary,
     check_frames,
     check_lead,
+    check_model_grid,
     inline_inputs,
     pick_model,
     upload_inputs,
@@ -87,6 +88,7 @@ async def compute_forecast(request: Request, model: ServedModel, inputs: Inputs,
     the probabilities / members ``output`` asks for. A whole-grid forecast from the archive is kept for
     live verification."""
     frames = check_frames(inputs.frames, model, settings, inputs.step_minutes)
+    check_model_grid(model, frames.shape[1], frames.shape[2], lead_steps, settings)
     auxiliary = check_auxiliary(inputs, model, kept=frames.shape[0])
     check_output_size(output, lead_steps, frames.shape[1] * frames.shape[2], settings)
     if not output.deterministic and model.forecaster.resamples(inputs.step_minutes):
@@ -121,7 +123,8 @@ async def run_forecast(request: Request, model: ServedModel, inputs: Inputs, lea
                        settings: ServiceSettings, output: OutputRequest = OutputRequest()) -> Response:
     result = await compute_forecast(request, model, inputs, lead_steps, settings, output)
     forecast = Forecast(model.name, result, inputs.init, inputs.step_minutes, inputs.grid, output.kind,
-                        output.thresholds, output.members if output.kind == "probability" else None)
+                        output.thresholds, output.members if output.kind == "probability" else None,
+                        identity=model.identity)
     if media == "application/json":
         return NumpyJSONResponse(to_json(forecast))
     render = {"application/x-netcdf": to_netcdf, "image/gif": to_gif, "image/png": to_png}[media]

@@ -311,7 +311,8 @@ async def forecast_frames(
     grid = {"ny": int(result.shape[1]), "nx": int(result.shape[2])}
     if inputs.grid is not None:
         grid["crs"] = inputs.grid.crs_proj
-    return ForecastFramesResponse(model=model.name, init_time=utc_text(init), step_minutes=step,
+    return ForecastFramesResponse(model=model.name, identity=model.identity, init_time=utc_text(init),
+                                  step_minutes=step,
                                   lead_minutes=[step * (k + 1) for k in range(len(result))],
                                   times=[utc_text(t) for t in times], frames=await run_in_threadpool(encode),
                                   grid=grid)
