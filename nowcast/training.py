@@ -242,11 +242,11 @@ class NowcastModule(pl.LightningModule):
         return own(batch["inputs"], batch["targets"], batch["target_mask"], self.hparams.t_out)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        probabilities = self.sampling_probabilities() if self.training else {}
         own = self._own_loss(batch)
         if own is not None:
             self.log("train/loss", own[0], prog_bar=True, batch_size=batch["inputs"].shape[0])
             return own[0]
+        probabilities = self.sampling_probabilities() if self.training else {}
         prediction = self.net(batch["inputs"], self.hparams.t_out, targets=batch["targets"], **probabilities,
                               **self._conditioning(batch))
         loss = self._loss(prediction, batch)
