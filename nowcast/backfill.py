@@ -17,7 +17,6 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import dask.array as da
@@ -33,6 +32,7 @@ from nowcast.backfill_probabilities import (
     check_stored_thresholds,
     forecast_and_probabilities,
 )
+from nowcast.forecast_store import open_forecasts  # noqa: F401  (the store's reader, where callers look for it)
 from nowcast.forecaster import LoadedForecaster, load_forecaster, model_identity
 from pipelines.cf import rain_rate_dataset
 from pipelines.channels import AuxiliaryInputs
@@ -265,8 +265,3 @@ def _execute(tasks: list[Task], scheduler: str, workers: int):
         client = stack.enter_context(Client(scheduler))
         for future in dask_completed(client.map(run_task, tasks, pure=False)):
             yield future.result()
-
-
-def open_forecasts(out: str | Path) -> xr.Dataset:
-    """The forecast store as a Dataset (``done`` says which init times are complete)."""
-    return open_rain_dataset(open_zarr_store(str(out), read_only=True))  # rain in float32, as written

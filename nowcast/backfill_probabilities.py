@@ -17,9 +17,10 @@ import numpy as np
 import xarray as xr
 
 from nowcast.ensembles import check_thresholds, exceedance_probabilities
+from nowcast.forecast_store import PROBABILITY_VARIABLE
 from nowcast.forecaster import LoadedForecaster
 
-VARIABLE = "probability"
+VARIABLE = PROBABILITY_VARIABLE
 SCALE = 1e-4
 FILL = 65535
 

@@ -239,7 +239,8 @@ def evaluate(
     """Verify models against the archive: CSI/POD/FAR, MAE and FSS per lead time.
 
     With --forecasts (repeatable), backfilled forecast stores are scored instead of running models:
-    the init times done in every store, the same case rules and report."""
+    the init times done in every store, the same case rules and report; a store's probabilities
+    (backfill --threshold) are scored as a probabilistic model's (Brier score, ROC area per threshold)."""
     from nowcast.evaluate import evaluate as run_evaluation
     from nowcast.score_forecasts import evaluate_forecasts
 
@@ -362,6 +363,7 @@ def verify(
 
     Exits 2, saying what the archive holds, when no forecast of the product is kept there."""
     from nowcast.live_verification import VerificationLedger, verify_store
+    from nowcast.probabilistic_verification import probabilistic_table_markdown
     from nowcast.verification import scores_table_markdown
 
     with store_errors(store), progress_bar() as progress:
@@ -385,6 +387,9 @@ def verify(
         if scored:
             console.print(f"last {hours:g} h to {answers[name]['end']}:")
             console.print(scores_table_markdown(scored))
+        probabilistic = {model: rows for model, rows in scored.items() if any(row.get("brier") for row in rows)}
+        if probabilistic:  # the probability forecasts kept: Brier score and ROC area per threshold
+            console.print(probabilistic_table_markdown(probabilistic))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(answers if product is None else answers[product], indent=1))

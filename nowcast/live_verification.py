@@ -14,6 +14,12 @@ The ledger lives in the archive's store, beside the product, under ``_verificati
   whatever is repeated or killed.
 - attribute ``sources`` of ``_verification/<product>``: backfill stores whose done init times are
   verified the same way, read from the store rather than copied.
+- ``pending_probability/<model>/<init>`` and ``probability_scores/<model>/<YYYYMMDD>/<init>``: the same
+  for exceedance-probability forecasts (``[lead, threshold, y, x]`` in 0..1, the thresholds in the
+  attributes), scored with ``ProbabilisticVerifier`` (Brier score and ROC area per threshold, pysteps'
+  probscores) into records of their own, so that a model's deterministic and probability forecasts of
+  one init time, kept at different times, never rewrite each other's record. ``rolling`` adds their
+  scores to the same rows (``brier``, ``roc_area`` and ``crps`` per lead).
 
 A pass (``verify``) writes the record of every forecast whose observations are all in, then
 drops the pending forecast (flagged incomplete first, so a half-deleted one is never read): a
@@ -29,7 +35,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -40,6 +46,14 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from nowcast.cases import archive_layout, is_dry, pixel_size_km
+from nowcast.forecast_store import (
+    PROBABILITY_VARIABLE,
+    check_made_from,
+    done_init_times,
+    open_forecast_store,
+    stored_thresholds,
+)
+from nowcast.probabilistic_verification import ProbabilisticVerifier
 from nowcast.verification import LeadTimeVerifier
 from pipelines.grid import Grid
 from pipelines.integrity import DamagedRecord
@@ -52,6 +66,9 @@ LEDGER_GROUP = "_verification"
 DEFAULT_GRACE_MINUTES = 120.0
 #: outcomes of one case, as its record's ``status``
 SCORED, DRY, MISSING, WAITING = "scored", "dry", "missing_observations", "waiting"
+#: the kinds of forecast kept, and the folders of each: (pending forecasts, score records)
+DETERMINISTIC, PROBABILITY = "deterministic", "probability"
+TREES = {DETERMINISTIC: ("pending", "scores"), PROBABILITY: ("pending_probability", "probability_scores")}
 INIT_FORMAT = "%Y%m%dT%H%M%S"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}")
 _NOT_THERE = (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError)
@@ -134,6 +151,8 @@ class _Case:
     done: Callable[[], None] = lambda: None  # called once its record is written
     current: Callable[[], bool] = lambda: True  # still the forecast listed (not replaced by a longer one)
     source: str = "service"
+    kind: str = DETERMINISTIC  # PROBABILITY: read() gives [n_leads, threshold, y, x] in 0..1
+    thresholds: tuple[float, ...] = ()  # mm/h, a probability forecast's
 
 
 class VerificationLedger:
@@ -146,7 +165,7 @@ class VerificationLedger:
         self.grace_minutes = float(grace_minutes)
         self._zstore = open_zarr_store(self.store, storage_options)
         self._root = f"{LEDGER_GROUP}/{product}"
-        self._held: set[tuple[str, str, int]] = set()  # (model, init, leads) already registered here
+        self._held: set[tuple[str, str, str, int]] = set()  # (kind, model, init, leads) already registered here
 
     # -- the store --------------------------------------------------------------------------
     def _open(self, path: str = "") -> zarr.Group | None:
@@ -176,28 +195,45 @@ class VerificationLedger:
         forecast = np.asarray(forecast, dtype=np.float32)
         if forecast.ndim != 3 or forecast.shape[0] < 1:
             raise ValueError(f"a forecast is [lead, y, x]; got shape {forecast.shape}")
+        return self._keep(DETERMINISTIC, model, init, forecast, {"step_minutes": float(step_minutes)})
+
+    def register_probabilities(self, model: str, init: np.datetime64, probabilities: np.ndarray,
+                               thresholds: Sequence[float], step_minutes: float,
+                               members: int | None = None) -> bool:
+        """Keep an exceedance-probability forecast made from the archive at ``init``: ``probabilities``
+        [lead, threshold, y, x], P(rate >= threshold) in 0..1, NaN = nodata; ``members`` it was counted
+        over (None: the model's own probabilities). Scored once observed, like ``register``'s forecasts,
+        into a record of its own; False, writing nothing, when as many leads or more are already held."""
+        probabilities = np.asarray(probabilities, dtype=np.float32)
+        thresholds = [float(t) for t in thresholds]
+        if probabilities.ndim != 4 or probabilities.shape[0] < 1 or probabilities.shape[1] != len(thresholds):
+            raise ValueError(f"probabilities are [lead, threshold ({len(thresholds)}), y, x]; got shape "
+                             f"{probabilities.shape}")
+        return self._keep(PROBABILITY, model, init, probabilities,
+                          {"step_minutes": float(step_minutes), "thresholds": thresholds, "members": members})
+
+    def _keep(self, kind: str, model: str, init: np.datetime64, forecast: np.ndarray, attrs: dict[str, Any]) -> bool:
         leads = forecast.shape[0]
-        key = (model, init_key(init), leads)
-        if key in self._held or self.held_leads(model, init) >= leads:
+        key = (kind, model, init_key(init), leads)
+        if key in self._held or self.held_leads(model, init, kind) >= leads:
             self._held.add(key)
             return False
-        pending = self._require(f"pending/{model_key(model)}")
-        _, ny, nx = forecast.shape
+        pending = self._require(f"{TREES[kind][0]}/{model_key(model)}")
+        chunks = (1, *forecast.shape[1:-2], *forecast.shape[-2:])
         array = pending.create_array(
-            init_key(init), shape=forecast.shape, dtype="float32", chunks=(1, ny, nx), fill_value=np.nan,
+            init_key(init), shape=forecast.shape, dtype="float32", chunks=chunks, fill_value=np.nan,
             compressors=(BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec()), overwrite=True,
-            attributes={"model": model, "init_time": utc_text(init), "step_minutes": float(step_minutes),
-                        "complete": False})
+            attributes={"model": model, "init_time": utc_text(init), **attrs, "complete": False})
         array[...] = forecast
         array.attrs.update({"complete": True})  # data first, then the flag: never a half-written forecast
         self._held.add(key)
         return True
 
-    def held_leads(self, model: str, init: np.datetime64) -> int:
+    def held_leads(self, model: str, init: np.datetime64, kind: str = DETERMINISTIC) -> int:
         """Leads of this (model, init) already recorded or pending complete; 0 when neither."""
-        record = self._record(model, init)
+        record = self._record(model, init, kind)
         held = int(record.get("n_leads", 0)) if record else 0
-        pending = self._open(f"pending/{model_key(model)}")
+        pending = self._open(f"{TREES[kind][0]}/{model_key(model)}")
         if pending is not None:
             try:
                 array = pending[init_key(init)]
@@ -220,26 +256,28 @@ class VerificationLedger:
         return list(group.attrs.get("sources", [])) if group is not None else []
 
     # -- records --------------------------------------------------------------------------------
-    def _record_path(self, model: str, init: np.datetime64) -> tuple[str, str]:
+    def _record_path(self, model: str, init: np.datetime64, kind: str = DETERMINISTIC) -> tuple[str, str]:
         day = np.datetime_as_string(np.datetime64(init, "D")).replace("-", "")
-        return f"scores/{model_key(model)}/{day}", init_key(init)
+        return f"{TREES[kind][1]}/{model_key(model)}/{day}", init_key(init)
 
-    def _record(self, model: str, init: np.datetime64) -> dict[str, Any] | None:
+    def _record(self, model: str, init: np.datetime64, kind: str = DETERMINISTIC) -> dict[str, Any] | None:
         """A case's record; None when absent or unreadable (then it is scored again and rewritten)."""
-        folder, name = self._record_path(model, init)
+        folder, name = self._record_path(model, init, kind)
         try:
             return _node_attrs(self._zstore, self._join(f"{folder}/{name}"))
         except DamagedRecord as exc:
             log.warning("%s: scored again, and rewritten", exc)
             return None
 
-    def _write_record(self, model: str, init: np.datetime64, attrs: dict[str, Any]) -> None:
+    def _write_record(self, model: str, init: np.datetime64, attrs: dict[str, Any], kind: str = DETERMINISTIC
+                      ) -> None:
         """One key (the record group's zarr.json), written whole; a second write replaces it."""
-        folder, name = self._record_path(model, init)
+        folder, name = self._record_path(model, init, kind)
         self._require(folder).create_group(name, attributes=attrs, overwrite=True)
 
     def _unchanged(self, folder: str, name: str, n_leads: int) -> bool:
-        group = self._open(f"pending/{folder}")
+        """``folder`` (``pending/<model>``, or ``pending_probability/<model>``) still holds this forecast."""
+        group = self._open(folder)
         try:
             array = group[name] if group is not None else None
         except KeyError:
@@ -258,19 +296,21 @@ class VerificationLedger:
 
     # -- verifying ------------------------------------------------------------------------------
     def pending_count(self) -> dict[str, int]:
-        """Complete pending forecasts per model."""
+        """Init times per model with a complete pending forecast (deterministic, probability or both)."""
+        waiting = {(case.model, init_key(case.init)) for kind in TREES for case in self._pending_cases(kind)}
         counts: dict[str, int] = {}
-        for case in self._pending_cases():
-            counts[case.model] = counts.get(case.model, 0) + 1
+        for model, _ in waiting:
+            counts[model] = counts.get(model, 0) + 1
         return counts
 
-    def _pending_cases(self) -> Iterator[_Case]:
-        """Complete pending forecasts; one whose metadata cannot be read is skipped (logged)."""
-        for folder in _children(self._zstore, self._join("pending")):
-            per_model = self._open(f"pending/{folder}")
+    def _pending_cases(self, kind: str = DETERMINISTIC) -> Iterator[_Case]:
+        """Complete pending forecasts of one kind; one whose metadata cannot be read is skipped (logged)."""
+        tree = TREES[kind][0]
+        for folder in _children(self._zstore, self._join(tree)):
+            per_model = self._open(f"{tree}/{folder}")
             if per_model is None:
                 continue
-            for name in _children(self._zstore, self._join(f"pending/{folder}")):
+            for name in _children(self._zstore, self._join(f"{tree}/{folder}")):
                 init = _parse_init_key(name)
                 if init is None:
                     continue
@@ -280,20 +320,20 @@ class VerificationLedger:
                 except KeyError:
                     continue
                 except Exception as exc:  # a damaged zarr.json: this forecast only
-                    log.warning("unreadable pending forecast %s/pending/%s/%s skipped: %s", self._root, folder,
+                    log.warning("unreadable pending forecast %s/%s/%s/%s skipped: %s", self._root, tree, folder,
                                 name, exc)
                     continue
                 if attrs.get("complete") is not True or not isinstance(array, zarr.Array):
                     continue
+                where = f"{tree}/{folder}"
                 yield _Case(attrs["model"], init, int(array.shape[0]), read=lambda a=array: a[...],
-                            done=lambda f=folder, n=name: self._drop(f"pending/{f}", n),
-                            current=lambda f=folder, n=name, k=int(array.shape[0]): self._unchanged(f, n, k))
+                            done=lambda w=where, n=name: self._drop(w, n),
+                            current=lambda w=where, n=name, k=int(array.shape[0]): self._unchanged(w, n, k),
+                            kind=kind, thresholds=tuple(float(t) for t in attrs.get("thresholds", ())))
 
     def _source_cases(self, step: float, grid: Grid, opened: contextlib.ExitStack) -> Iterator[_Case]:
-        """Done init times of the registered backfill stores that have no record yet (the stores
-        stay open in ``opened`` until their cases are read)."""
-        from nowcast.score_forecasts import check_made_from, done_init_times, open_forecast_store
-
+        """Done init times of the registered backfill stores that have no record yet, their forecasts
+        and (``--threshold``) their probabilities (the stores stay open in ``opened`` until read)."""
         for path in self.sources():
             try:
                 ds = opened.enter_context(open_forecast_store(path))
@@ -301,18 +341,22 @@ class VerificationLedger:
             except (FileNotFoundError, ValueError):
                 continue  # moved, deleted or remade from another product since: nothing to verify from it
             model = str(ds.attrs.get("model_identity") or ds.attrs["model"])  # older stores: the name alone
-            recorded = self._recorded_inits(model)
             index = {t: i for i, t in enumerate(ds["init_time"].values.astype("datetime64[s]"))}
             n_leads = ds.sizes["lead_time"]
-            for init in done_init_times(ds):
-                if init_key(init) in recorded:
-                    continue
-                yield _Case(model, init, n_leads, source=path,
-                            read=lambda i=index[init], d=ds: d["precip"].isel(init_time=i).values)
+            thresholds = stored_thresholds(ds)
+            kinds = {DETERMINISTIC: "precip", **({PROBABILITY: PROBABILITY_VARIABLE} if thresholds else {})}
+            for kind, variable in kinds.items():
+                recorded = self._recorded_inits(model, kind)
+                for init in done_init_times(ds):
+                    if init_key(init) in recorded:
+                        continue
+                    yield _Case(model, init, n_leads, source=path, kind=kind,
+                                thresholds=thresholds if kind == PROBABILITY else (),
+                                read=lambda i=index[init], d=ds, v=variable: d[v].isel(init_time=i).values)
 
-    def _recorded_inits(self, model: str) -> set[str]:
+    def _recorded_inits(self, model: str, kind: str = DETERMINISTIC) -> set[str]:
         """Init keys with a readable record (an unreadable one is scored again, so a rerun mends it)."""
-        folder = self._join(f"scores/{model_key(model)}")
+        folder = self._join(f"{TREES[kind][1]}/{model_key(model)}")
         recorded = set()
         for day in _children(self._zstore, folder):
             for name in _children(self._zstore, f"{folder}/{day}"):
@@ -353,13 +397,15 @@ class VerificationLedger:
         return result
 
     def _cases(self, step: float, grid: Grid, opened: contextlib.ExitStack) -> Iterator[_Case]:
-        """Pending service forecasts, then backfilled init times not also pending."""
+        """Pending service forecasts (deterministic, then probabilities), then backfilled init times not
+        also pending."""
         seen = set()
-        for case in self._pending_cases():
-            seen.add((case.model, init_key(case.init)))
-            yield case
+        for kind in TREES:
+            for case in self._pending_cases(kind):
+                seen.add((kind, case.model, init_key(case.init)))
+                yield case
         for case in self._source_cases(step, grid, opened):
-            if (case.model, init_key(case.init)) not in seen:
+            if (case.kind, case.model, init_key(case.init)) not in seen:
                 yield case
 
     def _verify_case(self, case: _Case, precip: Any, index: dict[int, int], newest: int, step: float, km: float,
@@ -373,7 +419,8 @@ class VerificationLedger:
         wanted = [index.get(t0 + k * step_s) for k in range(case.n_leads + 1)]  # the init frame, then each lead's
         name, fingerprint = split_identity(case.model)
         base = {"model": name, "identity": case.model, "fingerprint": fingerprint,
-                "init_time": utc_text(case.init), "n_leads": case.n_leads, "step_minutes": step, "source": case.source}
+                "init_time": utc_text(case.init), "n_leads": case.n_leads, "step_minutes": step, "source": case.source,
+                **({"kind": PROBABILITY, "thresholds": list(case.thresholds)} if case.kind == PROBABILITY else {})}
         if None in wanted:
             if newest < t0 + case.n_leads * step_s + self.grace_minutes * 60:
                 result.count(WAITING)
@@ -383,11 +430,15 @@ class VerificationLedger:
             observed = precip.isel(time=wanted).values
             if is_dry(observed[0]):  # evaluate's rule: no case from a dry init frame
                 outcome, record = DRY, {**base, "status": DRY}
+            elif case.kind == PROBABILITY:  # Brier score and ROC area at its thresholds (no members: no CRPS)
+                verifier = ProbabilisticVerifier(case.n_leads, step, case.thresholds)
+                verifier.accumulate(observed[1:], probabilities=case.read())
+                outcome, record = SCORED, {**base, "status": SCORED, "sums": verifier.state()}
             else:
                 verifier = LeadTimeVerifier(case.n_leads, step, km)
                 verifier.accumulate(case.read(), observed[1:])
                 outcome, record = SCORED, {**base, "status": SCORED, "sums": verifier.state()}
-        self._write_record(case.model, case.init, record)
+        self._write_record(case.model, case.init, record, case.kind)
         case.done()
         result.count(outcome)
         if on_case:
@@ -406,8 +457,7 @@ class VerificationLedger:
             last = times[-1].astype("datetime64[s]") if len(times) else None
         answer: dict[str, Any] = {"product": self.product, "hours": hours, "start": None,
                                   "end": utc_text(last) if last is not None else None, "models": []}
-        scores = self._open("scores")
-        if last is None or scores is None:
+        if last is None or all(self._open(tree) is None for _, tree in TREES.values()):
             answer["pending"] = self.pending_count()
             return answer
         first = last - np.timedelta64(int(round(hours * 3600)), "s")
@@ -415,22 +465,26 @@ class VerificationLedger:
         days = {np.datetime_as_string(d).replace("-", "")
                 for d in np.arange(first.astype("datetime64[D]"), last.astype("datetime64[D]") + 1)}
         unreadable: list[str] = []
-        folder = self._join("scores")
-        for model_dir in _children(self._zstore, folder):
-            records = []
-            for day in sorted(days & set(_children(self._zstore, f"{folder}/{model_dir}"))):
-                for name in _children(self._zstore, f"{folder}/{model_dir}/{day}"):
-                    if not _in_window(name, first, last):
-                        continue
-                    try:  # an unreadable record is skipped and counted; the rest are pooled
-                        attrs = _node_attrs(self._zstore, f"{folder}/{model_dir}/{day}/{name}")
-                    except DamagedRecord:
-                        unreadable.append(f"{model_dir}/{day}/{name}")
-                        continue
-                    if attrs is not None and "model" in attrs:
-                        records.append(attrs)
-            if records:
-                answer["models"].append(_pool(records))
+        per_model: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        for kind, (_, tree) in TREES.items():
+            folder = self._join(tree)
+            for model_dir in _children(self._zstore, folder):
+                records = per_model.setdefault(model_dir, {k: [] for k in TREES})[kind]
+                for day in sorted(days & set(_children(self._zstore, f"{folder}/{model_dir}"))):
+                    for name in _children(self._zstore, f"{folder}/{model_dir}/{day}"):
+                        if not _in_window(name, first, last):
+                            continue
+                        try:  # an unreadable record is skipped and counted; the rest are pooled
+                            attrs = _node_attrs(self._zstore, f"{folder}/{model_dir}/{day}/{name}")
+                        except DamagedRecord:
+                            unreadable.append(f"{'' if kind == DETERMINISTIC else tree + ':'}{model_dir}/{day}/{name}")
+                            continue
+                        if attrs is not None and "model" in attrs:
+                            records.append(attrs)
+        for model_dir in sorted(per_model):
+            kinds = per_model[model_dir]
+            if kinds[DETERMINISTIC] or kinds[PROBABILITY]:
+                answer["models"].append(_pool(kinds[DETERMINISTIC], kinds[PROBABILITY]))
         _name_shared_rows(answer["models"])
         answer["models"].sort(key=lambda m: m["model"])
         answer["pending"] = self.pending_count()
@@ -453,15 +507,21 @@ def _in_window(name: str, first: np.datetime64, last: np.datetime64) -> bool:
     return init is not None and first < init <= last
 
 
-def _pool(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """One model's records pooled: its scores per lead, and how many cases each outcome had."""
+def _pool(records: list[dict[str, Any]], probability_records: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """One model's records pooled: its scores per lead, and how many cases each outcome had (an init time
+    once, whether its deterministic forecast, its probabilities or both were kept). Probability records
+    add ``brier``, ``roc_area`` and ``crps`` to the rows of the same leads (``_add_probabilistic``)."""
+    everything = [*records, *probability_records]
     scored = sorted((r for r in records if r.get("status") == SCORED), key=lambda r: r["init_time"])
-    inits = sorted(r["init_time"] for r in records)
-    identity = str(records[0].get("identity") or records[0]["model"])  # older records: their name
-    out: dict[str, Any] = {"model": records[0]["model"], "identity": identity,
+    inits = sorted(r["init_time"] for r in everything)
+    identity = str(everything[0].get("identity") or everything[0]["model"])  # older records: their name
+
+    def outcomes(status: str) -> int:
+        return len({r["init_time"] for r in everything if r.get("status") == status})
+
+    out: dict[str, Any] = {"model": everything[0]["model"], "identity": identity,
                            "fingerprint": split_identity(identity)[1], "n_cases": 0,
-                           "n_dry_cases_skipped": sum(r.get("status") == DRY for r in records),
-                           "n_missing_observations": sum(r.get("status") == MISSING for r in records),
+                           "n_dry_cases_skipped": outcomes(DRY), "n_missing_observations": outcomes(MISSING),
                            "n_other_settings": 0, "first_init": inits[0], "last_init": inits[-1], "scores": []}
     if scored:
         sums = [r["sums"] for r in scored]
@@ -476,7 +536,40 @@ def _pool(records: list[dict[str, Any]]) -> dict[str, Any]:
             else:
                 out["n_other_settings"] += 1
         out["scores"] = verifier.result()
+    _add_probabilistic(out, sorted((r for r in probability_records if r.get("status") == SCORED),
+                                   key=lambda r: r["init_time"]))
     return out
+
+
+def _add_probabilistic(out: dict[str, Any], scored: list[dict[str, Any]]) -> None:
+    """Pool a model's scored probability records (on the newest one's bins and step, at every threshold
+    any of them has) into ``brier``, ``roc_area`` and ``crps`` (null: no members were kept) per lead of
+    ``out["scores"]``, and ``n_probabilistic_cases``; leads with no deterministic case get empty rows."""
+    if not scored:
+        return
+    sums = [r["sums"] for r in scored]
+    newest = sums[-1]
+
+    def same_settings(state: dict) -> bool:
+        return (state["n_bins"] == newest["n_bins"] and state["n_roc"] == newest["n_roc"]
+                and abs(float(state["step_minutes"]) - float(newest["step_minutes"])) < 1e-9)
+
+    thresholds = sorted({float(t) for state in sums if same_settings(state) for t in state["thresholds"]})
+    n_leads = max(len(state["n_cases"]) for state in sums)
+    verifier = ProbabilisticVerifier(n_leads, newest["step_minutes"], thresholds, newest["n_bins"], newest["n_roc"])
+    out["n_probabilistic_cases"] = 0
+    for state in sums:
+        if verifier.compatible(state):
+            verifier.merge_state(state)
+            out["n_probabilistic_cases"] += 1
+        else:
+            out["n_other_settings"] += 1
+    rows = out["scores"]
+    if len(rows) < n_leads:  # leads only probabilities were kept for: no deterministic score there
+        rows.extend(LeadTimeVerifier(n_leads, newest["step_minutes"], 1.0).result()[len(rows):])
+    for row, scores in zip(rows, verifier.result(), strict=False):
+        row.update({"n_probabilistic_cases": scores["n_cases"], "brier": scores["brier"],
+                    "roc_area": scores["roc_area"], "crps": scores["crps"]})
 
 
 def open_ledgers(store: str, storage_options: dict | None = None,

@@ -23,12 +23,14 @@ def plot_reliability_diagram(results: dict[str, list[dict]], out: str | Path, ta
     the diagonal of perfect reliability, and the climatological frequency (horizontal, dotted)."""
     first = next(iter(results.values()))
     lead = pick_lead([row["lead_minutes"] for row in first], target_minutes)
-    keys = list(first[lead]["reliability_diagram"])
+    keys = sorted({key for rows in results.values() for key in rows[lead]["reliability_diagram"]}, key=float)
     fig, axes = plt.subplots(1, len(keys), figsize=(4.0 * len(keys), 4.2), dpi=100, squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect")
         for name, rows in results.items():
-            diagram = rows[lead]["reliability_diagram"][key]
+            diagram = rows[lead]["reliability_diagram"].get(key)
+            if diagram is None:  # a store that holds other thresholds
+                continue
             points = [(p, o) for p, o, n in zip(diagram["forecast_probability"], diagram["observed_frequency"],
                                                 diagram["count"], strict=True)
                       if p is not None and o is not None and n >= MIN_BIN_COUNT]

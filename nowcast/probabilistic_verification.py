@@ -134,28 +134,33 @@ class ProbabilisticVerifier:
         }
 
     def compatible(self, state: dict) -> bool:
-        return (tuple(float(t) for t in state["thresholds"]) == self.thresholds and state["n_bins"] == self.n_bins
+        """Whether ``state`` was counted with these bins and step, at thresholds this verifier also counts
+        (the same or fewer: a record with fewer thresholds adds to those it has)."""
+        return (set(float(t) for t in state["thresholds"]) <= set(self.thresholds) and state["n_bins"] == self.n_bins
                 and state["n_roc"] == self.n_roc and abs(float(state["step_minutes"]) - self.step_minutes) < 1e-9)
 
     def merge_state(self, state: dict) -> None:
-        """Add another verifier's ``state()`` (same thresholds, bins and step; as many leads or fewer)."""
+        """Add another verifier's ``state()`` (same bins and step, thresholds among this one's; as many
+        leads or fewer). Each threshold's sums go to that threshold; ``n_cases`` counts the cases of any."""
         if not self.compatible(state):
             raise ValueError("cannot pool probabilistic scores counted with other thresholds, bins or step")
         n = len(state["n_cases"])
         if n > self.n_leads:
             raise ValueError(f"a state of {n} leads does not fit a verifier of {self.n_leads}")
+        ks = [self.thresholds.index(float(t)) for t in state["thresholds"]]  # its thresholds among ours
         self._n_cases[:n] += np.asarray(state["n_cases"], dtype=np.int64)
-        self._brier_sum[:n] += np.asarray(state["brier_sum"], dtype=np.float64)
-        self._brier_n[:n] += np.asarray(state["brier_n"], dtype=np.int64)
+        if ks:
+            self._brier_sum[:n, ks] += np.asarray(state["brier_sum"], dtype=np.float64).reshape(n, len(ks))
+            self._brier_n[:n, ks] += np.asarray(state["brier_n"], dtype=np.int64).reshape(n, len(ks))
         for lead in range(n):
             self._crps[lead]["CRPS_sum"] += state["crps_sum"][lead]
             self._crps[lead]["n"] += state["crps_n"][lead]
-            for k in range(len(self.thresholds)):
+            for j, k in enumerate(ks):
                 for name in ("X_sum", "Y_sum", "num_idx"):
-                    self._reldiag[lead][k][name] += np.asarray(state[f"reldiag_{name}"][lead][k]).astype(
+                    self._reldiag[lead][k][name] += np.asarray(state[f"reldiag_{name}"][lead][j]).astype(
                         self._reldiag[lead][k][name].dtype)
                 for name in ("hits", "misses", "false_alarms", "corr_neg"):
-                    self._roc[lead][k][name] += np.asarray(state[f"roc_{name}"][lead][k], dtype=int)
+                    self._roc[lead][k][name] += np.asarray(state[f"roc_{name}"][lead][j], dtype=int)
 
     # -- scores ------------------------------------------------------------------------------------
 
@@ -223,15 +228,21 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def probabilistic_table_markdown(results: dict[str, list[dict]], thresholds: Sequence[float] = PROB_THRESHOLDS_MM_H
-                                 ) -> str:
-    """Markdown: per (model, lead) CRPS, then Brier score and ROC area at each threshold."""
+def scored_thresholds(results: dict[str, list[dict]]) -> list[float]:
+    """The thresholds (mm/h) any model's rows have a Brier score at, in increasing order."""
+    return sorted({float(key) for rows in results.values() for row in rows for key in row.get("brier") or {}})
+
+
+def probabilistic_table_markdown(results: dict[str, list[dict]], thresholds: Sequence[float] | None = None) -> str:
+    """Markdown: per (model, lead) CRPS, then Brier score and ROC area at each threshold (default: those the
+    rows hold, e.g. a backfill store's own; else 1, 5 and 10 mm/h)."""
+    thresholds = thresholds or scored_thresholds(results) or PROB_THRESHOLDS_MM_H
     header = ["model", "lead (min)", "CRPS (mm/h)", *[f"BS ≥{t:g}" for t in thresholds],
               *[f"ROC area ≥{t:g}" for t in thresholds]]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     for model, rows in results.items():
         for row in rows:
-            cells = [model, f"{row['lead_minutes']:g}", _fmt(row["crps"])]
+            cells = [model, f"{row['lead_minutes']:g}", _fmt(row.get("crps"))]
             cells += [_fmt(row.get("brier", {}).get(_key(t))) for t in thresholds]
             cells += [_fmt(row.get("roc_area", {}).get(_key(t))) for t in thresholds]
             lines.append("| " + " | ".join(cells) + " |")
@@ -256,6 +267,19 @@ def case_forecasts(forecaster: LoadedForecaster, past: np.ndarray, leads: int, s
         return deterministic, {"probabilities": forecaster.predict_probabilities(past, leads, list(thresholds),
                                                                                  members, step)}
     return deterministic, {}
+
+
+def verification_thresholds(forecaster: LoadedForecaster) -> tuple[float, ...]:
+    """The thresholds (1, 5, 10 mm/h) a model's probabilities are verified at: none for a model without
+    probabilities; for one with its own thresholds (a probabilistic network's head), those inside their
+    range, not ones it would only extrapolate to; for one that counts members, all of them."""
+    if "probability" not in forecaster.outputs:
+        return ()
+    own = getattr(forecaster.model, "thresholds", None) if "ensemble" not in forecaster.outputs else None
+    if not own:
+        return PROB_THRESHOLDS_MM_H
+    low, high = min(own), max(own)
+    return tuple(t for t in PROB_THRESHOLDS_MM_H if low <= t <= high)
 
 
 def probabilistic_scores(verifier: ProbabilisticVerifier | None, deterministic: list[dict]) -> list[dict]:

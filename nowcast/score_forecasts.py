@@ -4,7 +4,11 @@ A backfilled year is verified without rerunning any model: each forecast store (
 is checked against the product it was made from, the init times ``done`` in every store are the
 candidate cases, and each case pairs the stored forecast with the frames later observed at
 init + k * step. Cases are scored exactly as ``nowcast.evaluate`` scores a model run (the same
-dry rule, ``LeadTimeVerifier`` and report files), so the two reports compare directly. A case
+dry rule, ``LeadTimeVerifier`` and report files), so the two reports compare directly. A store that
+holds exceedance probabilities (``nowcast backfill --threshold``) is scored on them too, as evaluate
+scores a probabilistic model (``ProbabilisticVerifier``: Brier score, its parts, ROC area and the
+reliability diagram per lead and stored threshold, in ``models.<label>.probabilistic``); its CRPS is
+null there, since a store keeps probabilities at a few thresholds, not members. A case
 whose observations are not all in the archive yet is skipped and counted as awaiting them: a
 later run, after more frames are ingested, scores it.
 """
@@ -18,34 +22,20 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-import zarr
 
-from nowcast.backfill import open_forecasts
 from nowcast.cases import archive_layout, is_dry, pixel_size_km
 from nowcast.evaluate import Case, report_header, write_outputs
+from nowcast.forecast_store import (
+    PROBABILITY_VARIABLE,
+    check_made_from,
+    done_init_times,
+    open_forecast_store,
+    stored_thresholds,
+)
+from nowcast.probabilistic_verification import ProbabilisticVerifier, probabilistic_scores
 from nowcast.verification import LeadTimeVerifier
-from pipelines.grid import Grid
 from pipelines.query import centre_crop, parse_utc, utc_text
 from pipelines.store import ProductArchive
-
-#: what a forecast store must carry to be scored
-REQUIRED_ATTRS = ("model", "product", "step_minutes")
-
-
-def open_forecast_store(path: str) -> xr.Dataset:
-    """A backfill forecast store, or a clear error saying why ``path`` is not one."""
-    try:
-        ds = open_forecasts(path)
-    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
-        raise FileNotFoundError(f"no forecast store at {path} (nowcast backfill makes one)") from exc
-    except ValueError as exc:  # a Zarr group, but not one written whole by backfill (no consolidated metadata)
-        raise ValueError(f"{path} is not a nowcast backfill forecast store ({exc})") from exc
-    missing = [name for name in ("precip", "done") if name not in ds] + [
-        f"attribute {a!r}" for a in REQUIRED_ATTRS if a not in ds.attrs]
-    if missing:
-        ds.close()
-        raise ValueError(f"{path} is not a nowcast backfill forecast store: it lacks {', '.join(missing)}")
-    return ds
 
 
 def forecast_labels(paths: list[str], models: list[str]) -> list[str]:
@@ -62,35 +52,6 @@ def forecast_labels(paths: list[str], models: list[str]) -> list[str]:
             raise ValueError(f"forecast store {path} is given twice")
         labels.append(label)
     return labels
-
-
-def check_made_from(path: str, ds: xr.Dataset, product: str, store: str, step: float, grid: Grid) -> None:
-    """Refuse a forecast store that was not made from ``product`` in ``store`` (name, step, grid):
-    scoring it against these frames would compare forecasts with another product's observations."""
-    made_from = ds.attrs["product"]
-    if made_from != product:
-        raise ValueError(f"{path} holds forecasts of product {made_from!r}, not {product!r}")
-    store_step = float(ds.attrs["step_minutes"])
-    if abs(store_step - step) > 1e-6:
-        raise ValueError(f"{path} was made at {store_step:g}-minute steps; {product!r} in {store} has frames "
-                         f"{step:g} minutes apart")
-    shape = (ds.sizes["y"], ds.sizes["x"])
-    if shape != grid.shape:
-        raise ValueError(f"{path} is on a {shape[0]}x{shape[1]} grid; {product!r} in {store} is on "
-                         f"{grid.shape[0]}x{grid.shape[1]}")
-    if not Grid.from_dataset(ds).same_as(grid):
-        raise ValueError(f"{path} is on another {shape[0]}x{shape[1]} grid than {product!r} in {store} "
-                         "(different projection or pixel coordinates)")
-    leads = ds["lead_time"].values.astype("timedelta64[s]").astype(np.int64)
-    expected = np.round(step * 60 * np.arange(1, len(leads) + 1)).astype(np.int64)
-    if not np.array_equal(leads, expected):
-        raise ValueError(f"{path}'s lead times are not whole steps of {step:g} minutes")
-
-
-def done_init_times(ds: xr.Dataset) -> np.ndarray:
-    """The init times whose frames are written (``done``): never half-written ones."""
-    inits = ds["init_time"].values.astype("datetime64[s]")
-    return inits[ds["done"].values.astype(bool)]
 
 
 def evaluate_forecasts(
@@ -161,6 +122,9 @@ def _evaluate(
     ys, xs = centre_crop(grid.shape, crop)
     km = pixel_size_km(grid)
     verifiers = {label: LeadTimeVerifier(leads, step, km) for label in labels}
+    thresholds = {label: stored_thresholds(ds) for label, ds in zip(labels, opened, strict=True)}
+    probabilistic = {label: ProbabilisticVerifier(leads, step, thresholds[label]) for label in labels
+                     if thresholds[label]}
     archive_array = archive.open()["precip"]
     used, dry, awaiting, showcase = [], 0, 0, None
     for init in inits:
@@ -178,6 +142,11 @@ def _evaluate(
                           for label, ds, index in zip(labels, opened, store_index, strict=True)}
                 for label, forecast in stored.items():
                     verifiers[label].accumulate(forecast, future)
+                for label, ds, index in zip(labels, opened, store_index, strict=True):
+                    if label in probabilistic:  # [lead, threshold, y, x] in 0..1, NaN = nodata
+                        probabilities = ds[PROBABILITY_VARIABLE].isel(init_time=index[t0], lead_time=slice(0, leads),
+                                                                      y=ys, x=xs).values
+                        probabilistic[label].accumulate(future, probabilities=probabilities)
                 wetness = float(np.nanmean(future >= 1.0))
                 if showcase is None or wetness > showcase[0]:
                     showcase = (wetness, Case(wanted[0], init), future, stored)
@@ -190,12 +159,15 @@ def _evaluate(
         "n_cases_awaiting_observations": awaiting,
         "cases": used,
         "forecasts": {
-            label: {"path": path, "model": ds.attrs["model"], "init_times_done": len(done[label])}
+            label: {"path": path, "model": ds.attrs["model"], "init_times_done": len(done[label]),
+                    **({"thresholds": list(thresholds[label])} if thresholds[label] else {})}
             for label, path, ds in zip(labels, paths, opened, strict=True)
         },
-        "models": {
+        "models": {  # as nowcast.evaluate reports a model: a store with probabilities as a probabilistic one
             label: {"name": ds.attrs["model"], "source": ds.attrs.get("model_source", path),
-                    "input_steps": ds.attrs.get("input_steps"), "scores": results[label]}
+                    "input_steps": ds.attrs.get("input_steps"), "scores": results[label],
+                    "outputs": ["deterministic", "probability"] if label in probabilistic else ["deterministic"],
+                    "probabilistic": probabilistic_scores(probabilistic.get(label), results[label])}
             for label, path, ds in zip(labels, paths, opened, strict=True)
         },
     }

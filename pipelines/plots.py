@@ -23,13 +23,20 @@ RAIN_COLOURS = ["#c6dbef", "#6baed6", "#2171b5", "#41ab5d", "#addd8e", "#fee391"
 
 
 TICKS = [*RAIN_LEVELS, MAX_RAIN_MM_H]
+#: probability maps (P(rate >= threshold)): classes of 0.1 from 0.1 to 1 (the last includes 1), each a colour
+#: of matplotlib's RdPu, away from the rain scale's blues and greens; under 0.1 is left blank, like dry rain
+PROBABILITY_LEVELS = [round(0.1 * k, 1) for k in range(1, 11)]
+PROBABILITY_COLOURS = ["#fcd0cc", "#fbb6bc", "#f994b1", "#f767a1", "#e23e99", "#c01588", "#99017b", "#6f0174",
+                       "#49006a"]
+#: nodata, in every picture: outside the radars' coverage
+NODATA_COLOUR = "#d9d9d9"
 
 
 def rain_colormap() -> tuple[ListedColormap, BoundaryNorm]:
     cmap = ListedColormap(RAIN_COLOURS)
     cmap.set_under("white")
     cmap.set_over("#3f007d")
-    cmap.set_bad("#d9d9d9")  # nodata
+    cmap.set_bad(NODATA_COLOUR)
     return cmap, BoundaryNorm(RAIN_LEVELS + [MAX_RAIN_MM_H], cmap.N)
 
 

@@ -2,7 +2,8 @@
 scored once the observations of its leads are ingested (``nowcast.live_verification``).
 
 The forecast routes hand every such forecast to ``LiveVerification.keep_soon``, which writes it to
-the ledger off the request path; ``watch_verification`` runs a pass over every product's ledger
+the ledger off the request path (a probability forecast with its ``thresholds``: Brier score and ROC
+area per threshold once observed); ``watch_verification`` runs a pass over every product's ledger
 each ``verification_interval_s`` (and once at start-up, so a restart picks up where the last
 process stopped) and refreshes the skill gauges. A failure is logged and counted
 (``nowcast_verification_errors_total``), never passed to a client: verification must not take
@@ -53,14 +54,20 @@ class LiveVerification:
                                                         grace_minutes=self.settings.verification_grace_minutes)
         return self._ledgers[product]
 
-    def keep(self, product: str, model: str, init: np.datetime64, forecast: np.ndarray, step_minutes: float
-             ) -> None:
+    def keep(self, product: str, model: str, init: np.datetime64, forecast: np.ndarray, step_minutes: float,
+             thresholds: tuple[float, ...] = (), members: int | None = None) -> None:
         """Write the forecast to the ledger, retrying a store that is briefly unreachable; give up
-        (logged and counted) after KEEP_RETRY_S: the client has its answer either way."""
+        (logged and counted) after KEEP_RETRY_S: the client has its answer either way. With
+        ``thresholds``, ``forecast`` is [lead, threshold, y, x] exceedance probabilities (counted over
+        ``members``, None: the model's own)."""
         for attempt, pause in enumerate((*KEEP_RETRY_S, None)):
             try:
                 with self._ledger_lock:
-                    self.ledger(product).register(model, init, forecast, step_minutes)
+                    ledger = self.ledger(product)
+                    if thresholds:
+                        ledger.register_probabilities(model, init, forecast, thresholds, step_minutes, members)
+                    else:
+                        ledger.register(model, init, forecast, step_minutes)
                 return
             except Exception:
                 if pause is None:
@@ -71,7 +78,7 @@ class LiveVerification:
                 time.sleep(pause)
 
     def keep_soon(self, product: str, model: str, init: np.datetime64, forecast: np.ndarray,
-                  step_minutes: float) -> None:
+                  step_minutes: float, thresholds: tuple[float, ...] = (), members: int | None = None) -> None:
         """``keep`` on the keeper thread, after the answer; ``drain`` waits for those under way.
         With MAX_QUEUED_KEEPS already waiting, this one is dropped, logged and counted."""
         if len(self._writes) >= MAX_QUEUED_KEEPS:
@@ -80,7 +87,7 @@ class LiveVerification:
                         len(self._writes), model, product, init)
             return
         future = asyncio.get_running_loop().run_in_executor(self._keeper, self.keep, product, model, init,
-                                                            forecast, step_minutes)
+                                                            forecast, step_minutes, thresholds, members)
         self._writes.add(future)
         future.add_done_callback(self._writes.discard)
 

@@ -40,6 +40,8 @@ class Metrics:
                                skill, registry=self.registry)
         self.skill_mae = Gauge("nowcast_skill_mae_mm_h", "Mean absolute error (mm/h), rolling window", skill,
                                registry=self.registry)
+        self.skill_brier = Gauge("nowcast_skill_brier", "Brier score of probability forecasts, rolling window",
+                                 [*skill, "threshold"], registry=self.registry)
         self.skill_cases = Gauge("nowcast_skill_cases", "Verified forecasts pooled in the rolling window", skill,
                                  registry=self.registry)
         self.verification_pending = Gauge("nowcast_verification_pending",
@@ -59,16 +61,17 @@ class Metrics:
     def set_skill(self, rolling: dict[str, dict]) -> None:
         """Replace the skill gauges with ``VerificationLedger.rolling`` answers, one per product:
         a model or lead gone from the window leaves no stale series behind."""
-        for gauge in (self.skill_csi, self.skill_pod, self.skill_far, self.skill_fss, self.skill_mae,
-                      self.skill_cases, self.verification_pending):
+        for gauge in (self.skill_csi, self.skill_pod, self.skill_far, self.skill_brier, self.skill_fss,
+                      self.skill_mae, self.skill_cases, self.verification_pending):
             gauge.clear()
         for product, answer in rolling.items():
             for entry in answer["models"]:
                 for row in entry["scores"]:
                     labels = (product, entry["model"], f"{row['lead_minutes']:g}")
                     self.skill_cases.labels(*labels).set(row["n_cases"])
-                    for gauge, key in ((self.skill_csi, "csi"), (self.skill_pod, "pod"), (self.skill_far, "far")):
-                        for threshold, value in row[key].items():
+                    for gauge, key in ((self.skill_csi, "csi"), (self.skill_pod, "pod"), (self.skill_far, "far"),
+                                       (self.skill_brier, "brier")):
+                        for threshold, value in (row.get(key) or {}).items():
                             if value is not None:
                                 gauge.labels(*labels, threshold).set(value)
                     for gauge, key in ((self.skill_fss, "fss_1mm_10km"), (self.skill_mae, "mae_mm_h")):

@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from nowcast.probabilistic_verification import verification_thresholds
 from service.errors import ApiError
 from service.serving import ServedModel
 from service.settings import ServiceSettings
@@ -81,14 +82,35 @@ def output_request(kind: str, thresholds: Sequence[float] | None, members: int |
                          (members or settings.default_members) if counted else None)
 
 
+def _values(output: OutputRequest, lead_steps: int, pixels: int) -> int:
+    """Values one request holds: members (or thresholds) x leads x pixels."""
+    return max(output.members or 0, len(output.thresholds)) * lead_steps * pixels
+
+
 def check_output_size(output: OutputRequest, lead_steps: int, pixels: int, settings: ServiceSettings) -> None:
     """Refuse, before any compute, a forecast whose members (or probabilities) would not fit the memory bound."""
     if output.deterministic:
         return
-    layers = max(output.members or 0, len(output.thresholds))
-    values = layers * lead_steps * pixels
+    values = _values(output, lead_steps, pixels)
     if values > settings.max_ensemble_values:
         what = f"{output.members} members" if output.members else f"{len(output.thresholds)} thresholds"
         raise ApiError(422, "ensemble_too_large", f"{what} x {lead_steps} leads x {pixels} pixels = {values} values, "
                                                   f"over the limit max_ensemble_values ({settings.max_ensemble_values})"
                                                   "; ask for fewer members, leads or a smaller bbox")
+
+
+def with_verified_thresholds(output: OutputRequest, model: ServedModel, lead_steps: int, pixels: int,
+                             settings: ServiceSettings) -> tuple[OutputRequest, tuple[float, ...]]:
+    """A probability request to be kept for live verification, widened by the thresholds it is scored at
+    (1, 5, 10 mm/h where the model offers them: ``verification_thresholds``), and those thresholds.
+
+    The same model run gives them (the members already counted, or the network's survival function read
+    at a few more levels), so every kept forecast is scored at the same thresholds whatever a client
+    asked for; the client is answered its own. Not widened when that would pass ``max_ensemble_values``:
+    then the thresholds kept are those asked for among them."""
+    scored = verification_thresholds(model.forecaster)
+    extra = tuple(t for t in scored if t not in output.thresholds)
+    widened = OutputRequest("probability", output.thresholds + extra, output.members)
+    if extra and _values(widened, lead_steps, pixels) > settings.max_ensemble_values:
+        widened = output
+    return widened, tuple(t for t in scored if t in widened.thresholds)

@@ -189,6 +189,16 @@ class ErrorResponse(BaseModel):
 # -- the viewer's read endpoints (service/routers/products.py) ---------------------------------
 
 
+class ProbabilityScale(BaseModel):
+    """The colour scale of probability maps (``pipelines.plots``): P(rate >= threshold) in classes of 0.1."""
+
+    levels: list[float] = Field(description="Class boundaries; colours[k] covers levels[k] <= p < levels[k+1] "
+                                            "(the last class includes 1)")
+    colours: list[str] = Field(description="One colour per class, as #rrggbb")
+    nodata: str = Field(description="Colour of nodata (no radar at the init time): not a probability of 0")
+    below: str = Field("transparent", description="Below levels[0] (under 0.1): transparent in the PNGs")
+
+
 class ColourScale(BaseModel):
     """The rain-rate colour scale of every picture (``pipelines.plots``), so a client's legend matches."""
 
@@ -248,6 +258,8 @@ class DamagedProductInfo(BaseModel):
 class ProductsResponse(BaseModel):
     products: list[ProductInfo]
     colour_scale: ColourScale
+    probability_scale: ProbabilityScale = Field(description="The colours of probability maps "
+                                                            "(POST /v1/forecast/frames with output probability)")
     damaged: list[DamagedProductInfo] = Field(default_factory=list,
                                               description="Products left out because their data is damaged")
 
@@ -262,8 +274,13 @@ class ProductTimesResponse(BaseModel):
 class ForecastFramesResponse(ForecastTimes):
     """A forecast as one picture per lead: what a viewer animates, at a fraction of the JSON's size."""
 
+    output: Literal["deterministic", "probability"] = Field(
+        "deterministic", description="deterministic: rain rate in the colour scale; probability: P(rate >= "
+                                     "thresholds[0]) in the probability scale (GET /v1/products)")
+    thresholds: list[float] | None = Field(None, description="probability: the one threshold drawn, mm/h")
+    members: int | None = Field(None, description="probability: members it was counted over (null: the model's own)")
     frames: list[str] = Field(description="One PNG per lead (data: URL), 1 pixel per grid cell, row 0 = north; "
-                                          "transparent where dry, grey where nodata")
+                                          "transparent where dry (probability: under 0.1), grey where nodata")
     grid: GridInfo = Field(description="ny, nx and (product requests) the CRS; no coordinates")
 
 
@@ -280,6 +297,14 @@ class LeadSkill(BaseModel):
     false_alarms: dict[str, int]
     mae_mm_h: float | None = Field(description="Mean absolute error over valid pixels")
     fss_1mm_10km: float | None = Field(description="Fractions skill score, 1 mm/h, 10 km neighbourhood")
+    n_probabilistic_cases: int | None = Field(None, description="Probability forecasts pooled at this lead "
+                                                                "(null: the model kept none)")
+    brier: dict[str, float | None] | None = Field(
+        None, description="Brier score of the probability forecasts per threshold (mm/h, as text; 0 is perfect); "
+                          "null for a model without them")
+    roc_area: dict[str, float | None] | None = Field(None, description="Area under the ROC curve per threshold")
+    crps: float | None = Field(None, description="CRPS (mm/h) where members were kept; null: the ledger keeps "
+                                                 "probabilities at a few thresholds, which give none")
 
 
 class ModelSkill(BaseModel):
@@ -293,6 +318,8 @@ class ModelSkill(BaseModel):
     n_missing_observations: int = Field(description="Forecasts given up: observations of a lead never came")
     n_other_settings: int = Field(0, description="Forecasts scored with other thresholds, FSS window or step "
                                                  "than the newest (an older release): left out of the scores")
+    n_probabilistic_cases: int = Field(0, description="Probability forecasts scored in the window (Brier, ROC "
+                                                      "area: a probabilistic model's probability requests)")
     first_init: str
     last_init: str
     scores: list[LeadSkill]

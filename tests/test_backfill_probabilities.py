@@ -73,3 +73,63 @@ def test_a_model_without_probabilities_is_refused_by_the_cli(small_store: str, t
                          "--start", "2016-09-28T14:55:00Z", "--end", "2016-09-28T15:00:00Z",
                          "--out", str(tmp_path / "p.zarr"), "--threshold", "1", "--no-verify")
     assert result.returncode != 0 and "no probabilities" in result.stdout + result.stderr
+
+
+def test_stored_probabilities_are_scored_by_evaluate_and_the_ledger(small_store: str, tmp_path: Path) -> None:
+    """``nowcast evaluate --forecasts`` scores a store's probabilities as ``nowcast evaluate`` scores a
+    probabilistic model (Brier score and ROC area per lead and stored threshold), and the backfill's own
+    verification records the same in the ledger (GET /v1/skill's rows)."""
+    import json
+    import shutil
+
+    from nowcast.live_verification import VerificationLedger
+
+    store = str(tmp_path / "archive.zarr")
+    shutil.copytree(small_store, store)  # the backfill registers with (and writes) the archive's ledger
+    out = str(tmp_path / "steps.zarr")
+    summary = backfill("steps", store, "fmi", "2016-09-28T14:55:00Z", "2016-09-28T15:00:00Z", out, lead_steps=2,
+                       workers=1, batch=2, thresholds=[1, 5], members=3)
+    assert summary["verification"]["scored"] == 4  # two init times, each its forecast and its probabilities
+    report_path = tmp_path / "stored.json"
+    result = nowcast_cli("evaluate", "--store", store, "--product", "fmi", "--forecasts", out,
+                         "--out", str(report_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["cases"] == ["2016-09-28T14:55:00Z", "2016-09-28T15:00:00Z"]
+    assert report["forecasts"]["steps"]["thresholds"] == [1.0, 5.0]
+    entry = report["models"]["steps"]
+    assert entry["outputs"] == ["deterministic", "probability"]
+    rows = entry["probabilistic"]
+    assert [row["lead_minutes"] for row in rows] == [5.0, 10.0]
+
+    # the Brier score by hand: (p - o)^2 over the pixels valid on both sides, pooled over the two cases
+    with ProductArchive(store, "fmi").open() as ds:
+        observed = {np.datetime64(t, "s"): frame for t, frame in zip(ds["time"].values, ds["precip"].values,
+                                                                     strict=True)}
+    with open_forecasts(out) as ds:
+        stored = {np.datetime64(t, "s"): ds["probability"].sel(init_time=t).values for t in ds["init_time"].values}
+    for lead, row in enumerate(rows):
+        assert row["n_cases"] == 2 and row["crps"] is None  # a store keeps probabilities, not members
+        assert list(row["brier"]) == list(row["roc_area"]) == ["1.0", "5.0"]
+        for k, threshold in enumerate((1.0, 5.0)):
+            total, count = 0.0, 0
+            for init in (np.datetime64("2016-09-28T14:55", "s"), np.datetime64("2016-09-28T15:00", "s")):
+                obs = observed[init + np.timedelta64(5 * (lead + 1), "m")]
+                p = stored[init][lead, k]
+                valid = np.isfinite(obs) & np.isfinite(p)
+                total += float(np.sum((p[valid] - (obs[valid] >= threshold)) ** 2))
+                count += int(valid.sum())
+            assert row["brier"][f"{threshold}"] == pytest.approx(total / count, rel=1e-9)
+        assert 0.5 < row["roc_area"]["1.0"] <= 1.0  # STEPS tells rain at 1 mm/h from dry better than chance
+    markdown = Path(report["files"]["markdown"]).read_text()
+    assert "## Probabilistic scores" in markdown and "BS ≥5" in markdown and "BS ≥10" not in markdown
+    assert Path(report["files"]["reliability_png"]).is_file()
+
+    # the ledger scored the same cases from the store: the same Brier score and ROC area per lead
+    live = VerificationLedger(store, "fmi").rolling(24)["models"]
+    assert [m["model"] for m in live] == ["steps"] and live[0]["n_probabilistic_cases"] == 2
+    for mine, theirs in zip(live[0]["scores"], rows, strict=True):
+        assert mine["n_probabilistic_cases"] == 2
+        for key in ("1.0", "5.0"):
+            assert mine["brier"][key] == pytest.approx(theirs["brier"][key], rel=1e-9)
+            assert mine["roc_area"][key] == pytest.approx(theirs["roc_area"][key], rel=1e-9)

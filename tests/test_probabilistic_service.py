@@ -145,7 +145,15 @@ def test_pictures_are_of_one_field_only(prob_server: str, real_frames: np.ndarra
     assert response.status_code == 406 and "application/json or application/x-netcdf" in response.text
 
 
-def test_the_viewers_frames_route_draws_only_the_deterministic_forecast(prob_server: str,
-                                                                        real_frames: np.ndarray) -> None:
-    response = httpx.post(f"{prob_server}/v1/forecast/frames", json=inline(real_frames, output="ensemble"))
-    assert response.status_code == 422 and response.json()["error"]["code"] == "bad_output"
+def test_the_viewers_frames_route_draws_the_forecast_or_one_thresholds_probabilities(prob_server: str,
+                                                                                     real_frames: np.ndarray) -> None:
+    for extra in ({"output": "ensemble"}, {"output": "probability", "thresholds": [1, 5]}):
+        response = httpx.post(f"{prob_server}/v1/forecast/frames", json=inline(real_frames, **extra))
+        assert response.status_code == 422 and response.json()["error"]["code"] == "bad_output"
+    response = httpx.post(f"{prob_server}/v1/forecast/frames", timeout=120,
+                          json=inline(real_frames, output="probability", thresholds=[1]))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["output"] == "probability" and body["thresholds"] == [1.0] and body["members"] == MEMBERS
+    assert len(body["frames"]) == LEADS and all(f.startswith("data:image/png;base64,") for f in body["frames"])
+    assert body["grid"]["ny"] == body["grid"]["nx"] == 64

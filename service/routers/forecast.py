@@ -29,7 +29,7 @@ from service.inputs import (
     pick_model,
     upload_inputs,
 )
-from service.outputs import OutputRequest, check_output_size, output_request
+from service.outputs import OutputRequest, check_output_size, output_request, with_verified_thresholds
 from service.schemas import (
     YEARS,
     EnsembleForecastResponse,
@@ -86,18 +86,24 @@ async def compute_forecast(request: Request, model: ServedModel, inputs: Inputs,
                            settings: ServiceSettings, output: OutputRequest = OutputRequest()) -> np.ndarray:
     """The checked inputs through the model's micro-batcher: [lead_steps, H, W] mm/h (NaN = nodata), or
     the probabilities / members ``output`` asks for. A whole-grid forecast from the archive is kept for
-    live verification."""
+    live verification: a deterministic one as answered, a probability one at the thresholds verification
+    scores (computed in the same run beside those asked for: ``with_verified_thresholds``)."""
     frames = check_frames(inputs.frames, model, settings, inputs.step_minutes)
     check_model_grid(model, frames.shape[1], frames.shape[2], lead_steps, settings)
     auxiliary = check_auxiliary(inputs, model, kept=frames.shape[0])
-    check_output_size(output, lead_steps, frames.shape[1] * frames.shape[2], settings)
+    pixels = frames.shape[1] * frames.shape[2]
+    check_output_size(output, lead_steps, pixels, settings)
     if not output.deterministic and model.forecaster.resamples(inputs.step_minutes):
         raise ApiError(422, "bad_step", f"{output.kind} output of {model.name!r} needs frames at its own step "
                                         f"({model.forecaster.step_minutes:g} min)")
+    keep = inputs.product is not None and settings.verify_forecasts
+    job, verified = output, ()
+    if keep and output.kind == "probability":
+        job, verified = with_verified_thresholds(output, model, lead_steps, pixels, settings)
     try:
         result = await model.batcher.submit(frames, lead_steps, inputs.step_minutes,
                                             timeout_s=settings.inference_timeout_s, auxiliary=auxiliary,
-                                            output=output.job)
+                                            output=job.job)
     except TimeoutError as exc:
         raise ApiError(504, "inference_timeout", (
             f"no forecast from {model.name!r} within {settings.inference_timeout_s:g} s (the service setting "
@@ -113,9 +119,14 @@ async def compute_forecast(request: Request, model: ServedModel, inputs: Inputs,
         request.app.state.metrics.shed.labels(model.name).inc()
         raise ApiError(503, "overloaded", f"{exc}; retry in a few seconds",
                        headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
-    if inputs.product is not None and settings.verify_forecasts and output.deterministic:  # once observed
+    if keep and output.deterministic:  # scored once observed
         request.app.state.verification.keep_soon(inputs.product, model.identity, inputs.init, result,
                                                  inputs.step_minutes)
+    elif keep and verified:  # [lead, threshold, y, x]: the verified thresholds kept, the asked-for answered
+        kept = result[:, [job.thresholds.index(t) for t in verified]]
+        request.app.state.verification.keep_soon(inputs.product, model.identity, inputs.init, kept,
+                                                 inputs.step_minutes, verified, job.members)
+        result = result[:, : len(output.thresholds)]
     return result
 
 

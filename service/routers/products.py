@@ -1,13 +1,16 @@
 """The archive's products for clients that draw them (the viewer at ``/`` is the first).
 
 GET /v1/products: what each product is (time range, step, grid, a lat/lon graticule) and the
-rain-rate colour scale; GET /v1/products/{product}/times: its valid times; GET
+rain-rate and probability colour scales; GET /v1/products/{product}/times: its valid times; GET
 /v1/products/{product}/frame: one observed frame as a PNG; POST /v1/forecast/frames: the
 forecast of POST /v1/forecast (same body) as one PNG per lead, because the JSON of a full
-radar grid is tens of megabytes and the montage PNG cannot be animated.
+radar grid is tens of megabytes and the montage PNG cannot be animated; with ``"output":
+"probability"`` and one threshold, the map of P(rate >= threshold) per lead (the viewer's
+probability panel), for the same reason.
 
 Frame PNGs have one pixel per grid cell (row 0 = north), coloured with ``pipelines.plots``'
-scale: transparent where dry, grey where nodata, so a client lays them over any background.
+scales: transparent where dry (probability: under 0.1), grey where nodata, so a client lays them
+over any background; nodata stays grey in a probability map, never a probability of 0.
 """
 
 from __future__ import annotations
@@ -25,13 +28,22 @@ from fastapi.responses import Response
 
 from pipelines.grid import Grid
 from pipelines.integrity import DamagedData
-from pipelines.plots import MAX_RAIN_MM_H, RAIN_COLOURS, RAIN_LEVELS, rain_colormap
+from pipelines.plots import (
+    MAX_RAIN_MM_H,
+    NODATA_COLOUR,
+    PROBABILITY_COLOURS,
+    PROBABILITY_LEVELS,
+    RAIN_COLOURS,
+    RAIN_LEVELS,
+    rain_colormap,
+)
 from pipelines.query import parse_utc, time_step_minutes, utc_text
 from pipelines.store import ProductArchive, list_products
 from service.auth import require_api_key
 from service.dependencies import get_archive, get_models, get_settings
 from service.errors import ApiError
 from service.inputs import archive_inputs, check_lead, inline_inputs, pick_model
+from service.outputs import output_request
 from service.routers.forecast import ERRORS, compute_forecast
 from service.schemas import (
     YEARS,
@@ -41,6 +53,7 @@ from service.schemas import (
     ForecastFramesResponse,
     ForecastRequest,
     GraticuleLine,
+    ProbabilityScale,
     ProductGrid,
     ProductInfo,
     ProductsResponse,
@@ -84,6 +97,36 @@ def _palette() -> tuple[bytes, bytes]:
     colours = [(255, 255, 255), _rgb(scale.nodata), *(_rgb(c) for c in scale.colours), _rgb(scale.over)]
     alpha = bytes([0] + [255] * (len(colours) - 1))
     return bytes(v for rgb in colours for v in rgb), alpha
+
+
+def probability_scale() -> ProbabilityScale:
+    """The probability maps' scale as ``pipelines.plots`` defines it."""
+    return ProbabilityScale(levels=list(PROBABILITY_LEVELS), colours=list(PROBABILITY_COLOURS), nodata=NODATA_COLOUR)
+
+
+@lru_cache(maxsize=1)
+def _probability_palette() -> tuple[bytes, bytes]:
+    """PNG palette and its alpha: 0 under the first level (transparent), 1 nodata, 2.. the classes."""
+    colours = [(255, 255, 255), _rgb(NODATA_COLOUR), *(_rgb(c) for c in PROBABILITY_COLOURS)]
+    return bytes(v for rgb in colours for v in rgb), bytes([0] + [255] * (len(colours) - 1))
+
+
+def probability_png(probability: np.ndarray) -> bytes:
+    """One probability field (0..1, NaN = nodata) as a paletted PNG, like ``rain_png``: classes of 0.1,
+    blank under 0.1, grey where there is no radar (nodata is not a probability of 0)."""
+    from PIL import Image
+
+    field = np.asarray(probability, dtype=np.float32)
+    top = len(PROBABILITY_COLOURS) + 1  # the last class holds 1 itself
+    index = np.minimum(np.digitize(np.nan_to_num(field, nan=0.0), PROBABILITY_LEVELS) + 1, top).astype(np.uint8)
+    index[index == 1] = 0  # under the first level
+    index[np.isnan(field)] = 1
+    palette, alpha = _probability_palette()
+    image = Image.fromarray(index, mode="P")
+    image.putpalette(palette)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", transparency=alpha, optimize=False, compress_level=6)
+    return buffer.getvalue()
 
 
 def rain_png(rain_rate: np.ndarray) -> bytes:
@@ -224,7 +267,8 @@ async def products(request: Request, settings: ServiceSettings = Depends(get_set
             continue
         except DamagedData as exc:  # named, and the others are still listed
             damaged.append(DamagedProductInfo(name=name, error=str(exc)))
-    return ProductsResponse(products=described, colour_scale=colour_scale(), damaged=damaged)
+    return ProductsResponse(products=described, colour_scale=colour_scale(), probability_scale=probability_scale(),
+                            damaged=damaged)
 
 
 @router.get("/products/{product}/times", response_model=ProductTimesResponse, tags=["products"],
@@ -290,29 +334,36 @@ async def forecast_frames(
     request: Request, body: ForecastRequest,
     settings: ServiceSettings = Depends(get_settings), models: dict[str, ServedModel] = Depends(get_models),
 ) -> ForecastFramesResponse:
-    """POST /v1/forecast's forecast (same body, same checks) as one PNG per lead, for animating."""
+    """POST /v1/forecast's forecast (same body, same checks) as one PNG per lead, for animating; with
+    ``"output": "probability"`` and one threshold, the map of P(rate >= threshold) per lead."""
     model = pick_model(models, body.model)
     check_lead(body.lead_steps, settings)
-    if body.output != "deterministic" or body.thresholds or body.members is not None:
-        raise ApiError(422, "bad_output", "forecast frames are pictures of the deterministic forecast; ask "
-                                          "POST /v1/forecast for probabilities or members")
+    if body.output == "ensemble" or (body.output == "probability" and len(body.thresholds or []) != 1):
+        raise ApiError(422, "bad_output", "forecast frames are pictures of the deterministic forecast, or of the "
+                                          "probability of one threshold (\"output\": \"probability\", "
+                                          "\"thresholds\": [1]); ask POST /v1/forecast for more thresholds or "
+                                          "members")
+    output = output_request(body.output, body.thresholds, body.members, model, settings)
     if body.frames is not None:
         inputs = inline_inputs(body, model)
     else:
         inputs = await run_in_threadpool(archive_inputs, get_archive(request, body.product), body, model)
-    result = await compute_forecast(request, model, inputs, body.lead_steps, settings)
+    result = await compute_forecast(request, model, inputs, body.lead_steps, settings, output)
+    fields, draw = (result, rain_png) if output.deterministic else (result[:, 0], probability_png)
 
     def encode() -> list[str]:
-        return ["data:image/png;base64," + base64.b64encode(rain_png(frame)).decode("ascii") for frame in result]
+        return ["data:image/png;base64," + base64.b64encode(draw(frame)).decode("ascii") for frame in fields]
 
     step = inputs.step_minutes
     init = inputs.init.astype("datetime64[s]")
     times = [init + np.timedelta64(int(round(step * 60 * (k + 1))), "s") for k in range(len(result))]
-    grid = {"ny": int(result.shape[1]), "nx": int(result.shape[2])}
+    grid = {"ny": int(result.shape[-2]), "nx": int(result.shape[-1])}
     if inputs.grid is not None:
         grid["crs"] = inputs.grid.crs_proj
+    probability = {} if output.deterministic else {"output": "probability", "thresholds": list(output.thresholds),
+                                                   "members": output.members}
     return ForecastFramesResponse(model=model.name, identity=model.identity, init_time=utc_text(init),
                                   step_minutes=step,
                                   lead_minutes=[step * (k + 1) for k in range(len(result))],
                                   times=[utc_text(t) for t in times], frames=await run_in_threadpool(encode),
-                                  grid=grid)
+                                  grid=grid, **probability)

@@ -1,11 +1,14 @@
-// nowcast viewer: the observed radar loop beside each model's forecast loop.
+// nowcast viewer: the observed radar loop beside each model's forecast loop, and for a model that
+// forecasts probabilities (its "outputs" in v1/models list "probability") the map of P(rate >= t) at
+// the threshold t picked in the header, beside its forecast.
 //
 // Plain JavaScript, no build step, no CDN. It is a client of the public /v1 API and nothing else:
 //   GET  v1/products                      products, their newest time, grid, graticule, colour scale
 //   GET  v1/products/{p}/times            init times to pick from
 //   GET  v1/products/{p}/frame?time=T     one observed frame (PNG, transparent where dry)
 //   GET  v1/models                        the served models
-//   POST v1/forecast/frames               a forecast (POST v1/forecast's body) as one PNG per lead
+//   POST v1/forecast/frames               a forecast (POST v1/forecast's body) as one PNG per lead; with
+//                                         "output": "probability" and one threshold, its probability maps
 //   GET  v1/skill?product=P&hours=24      CSI at 1 mm/h against lead per model, last 24 h (live verification)
 // with the API key (X-API-Key) when the user gave one. URLs are relative, so the page also works
 // behind a reverse proxy that serves the service under a prefix.
@@ -20,7 +23,11 @@ const FRAME_MS = Math.max(50, Number(params.get("frame_ms")) || 700);
 const LOOP_MINUTES = 60;
 /** the skill panel's window: the hours of verified forecasts before the product's newest frame */
 const SKILL_HOURS = 24;
-const STORAGE = { key: "nowcast.apiKey", models: "nowcast.models", product: "nowcast.product" };
+const STORAGE = { key: "nowcast.apiKey", models: "nowcast.models", product: "nowcast.product",
+  threshold: "nowcast.threshold" };
+/** thresholds (mm/h) a probability map may be drawn at: those live verification scores (GET v1/skill's brier) */
+const THRESHOLDS = [1, 5, 10];
+const STORED_THRESHOLD = localStorage.getItem(STORAGE.threshold);
 
 const $ = (selector) => document.querySelector(selector);
 
@@ -28,6 +35,9 @@ const state = {
   key: localStorage.getItem(STORAGE.key) || "",
   products: [],
   scale: null,
+  probabilityScale: null, // the colours of probability maps (v1/products)
+  // mm/h of the probability maps, as text, or "off"
+  threshold: [...THRESHOLDS.map(String), "off"].includes(STORED_THRESHOLD) ? STORED_THRESHOLD : "1",
   product: null,          // the ProductInfo shown
   models: [],             // ModelInfo of every served model
   selected: [],           // names of the models shown
@@ -39,7 +49,7 @@ const state = {
   timeline: [],           // valid times (ms) of the loop
   index: 0,
   observed: new Map(),    // "product|iso" -> {url} | {missing: message} | {pending: true}
-  forecasts: new Map(),   // "product|model|iso|leads" -> {frames, times} | {error} | {pending: true}
+  forecasts: new Map(),   // "product|model|iso|leads|output" -> {frames, times} | {error} | {pending: true}
   timer: null,
   poller: null,
   generation: 0,
@@ -108,6 +118,7 @@ async function loadProducts() {
   const body = await (await api("v1/products")).json();
   state.products = body.products;
   state.scale = body.colour_scale;
+  state.probabilityScale = body.probability_scale || null;
   return body;
 }
 
@@ -137,7 +148,22 @@ async function loadInitTimes() {
 }
 
 function observedKey(ms) { return `${state.product.name}|${isoTime(ms)}`; }
-function forecastKey(model, leads) { return `${state.product.name}|${model}|${isoTime(state.initTime)}|${leads}`; }
+/** ``threshold`` null: the deterministic forecast; a number: its probability map at that threshold */
+function forecastKey(model, leads, threshold = null) {
+  return `${state.product.name}|${model}|${isoTime(state.initTime)}|${leads}|${threshold === null ? "" : `p${threshold}`}`;
+}
+
+/** Whether a model (a v1/models entry) forecasts probabilities. */
+function offersProbability(info) { return Boolean(info && (info.outputs || []).includes("probability")); }
+
+/** The threshold (mm/h) of the probability maps shown, or null when they are off. */
+function shownThreshold() { return state.threshold === "off" ? null : Number(state.threshold); }
+
+/** The shown models whose probability map is drawn beside their forecast. */
+function probabilityModels() {
+  if (shownThreshold() === null) return [];
+  return state.selected.filter((name) => offersProbability(state.models.find((m) => m.name === name)));
+}
 
 async function loadObserved(ms, generation) {
   const key = observedKey(ms);
@@ -170,15 +196,17 @@ function modelLeads(info, productStep) {
   return Math.max(1, Math.min(info.max_lead_steps, Math.floor(minutes / productStep + 1e-9)));
 }
 
-async function loadForecast(model, generation) {
+/** A model's forecast as one PNG per lead; with ``threshold`` (mm/h), its map of P(rate >= threshold). */
+async function loadForecast(model, generation, threshold = null) {
   const info = state.models.find((m) => m.name === model);
   const leads = Math.min(state.leads, modelLeads(info, state.step));
-  const key = forecastKey(model, leads);
+  const key = forecastKey(model, leads, threshold);
   if (state.forecasts.has(key) && !state.forecasts.get(key).error) return;
   state.forecasts.set(key, { pending: true });
   render();
   try {
     const body = { model, product: state.product.name, time: isoTime(state.initTime), lead_steps: leads };
+    if (threshold !== null) Object.assign(body, { output: "probability", thresholds: [threshold] });
     const answer = await (await api("v1/forecast/frames", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     })).json();
@@ -232,6 +260,7 @@ function refresh({ keepLead = true } = {}) {
   render();
   for (const ms of state.timeline) loadObserved(ms, generation);
   for (const model of state.selected) loadForecast(model, generation);
+  for (const model of probabilityModels()) loadForecast(model, generation, shownThreshold());
 }
 
 // -- drawing ---------------------------------------------------------------------------------------
@@ -264,19 +293,32 @@ function drawGraticule(panel) {
   }
 }
 
+/** "observed", then each shown model, followed by "<model>:probability" where its probability map is drawn. */
+function panelNames() {
+  const withMaps = probabilityModels();
+  return ["observed", ...state.selected.flatMap((m) => (withMaps.includes(m) ? [m, `${m}:probability`] : [m]))];
+}
+
 function buildPanels() {
   const container = $("#panels");
-  const names = ["observed", ...state.selected];
+  const names = panelNames();
   container.style.setProperty("--columns", String(names.length));
   container.style.setProperty("--aspect", String(state.product.grid.nx / state.product.grid.ny));
   const existing = [...container.children].map((p) => p.dataset.panel).join("|");
-  if (existing === names.join("|") && container.dataset.product === state.product.name) return;
+  if (existing === names.join("|") && container.dataset.product === state.product.name &&
+      container.dataset.threshold === state.threshold) return;
   container.dataset.product = state.product.name;
+  container.dataset.threshold = state.threshold;
   container.replaceChildren();
   for (const name of names) {
     const panel = $("#panel-template").content.firstElementChild.cloneNode(true);
     panel.dataset.panel = name;
-    panel.querySelector(".name").textContent = name === "observed" ? "observed radar" : name;
+    const probability = name.endsWith(":probability");
+    panel.dataset.model = probability ? name.slice(0, -":probability".length) : name;
+    panel.dataset.output = probability ? "probability" : name === "observed" ? "observed" : "deterministic";
+    const caption = name === "observed" ? "observed radar" : probability ? `P(rate ≥ ${shownThreshold()} mm/h)` : name;
+    panel.querySelector(".name").textContent = caption;
+    panel.querySelector("figcaption").title = probability ? `${panel.dataset.model}: ${caption}` : caption;
     panel.querySelector(".map").style.setProperty("--aspect", String(state.product.grid.nx / state.product.grid.ny));
     drawGraticule(panel);
     container.append(panel);
@@ -309,18 +351,24 @@ function render() {
   const asObserved = (entry, note) => (entry.url ? { url: entry.url, kind: "observed", note } :
     entry.pending ? { kind: "loading", note, text: "loading…" } : { kind: "missing", note, text: entry.missing });
   for (const panel of document.querySelectorAll("#panels .panel")) {
-    const name = panel.dataset.panel;
+    const name = panel.dataset.model;
+    const probability = panel.dataset.output === "probability";
     if (name === "observed") {
       show(panel, asObserved(observed, lead > 0 ? "(what happened)" : ""), ms);
+    } else if (lead <= 0 && probability) {
+      show(panel, { kind: "missing", note: "", text: "probabilities are forecast for the leads after the init time" },
+        ms);
     } else if (lead <= 0) {
       show(panel, asObserved(observed, "observed, before init"), ms);
     } else {
       const info = state.models.find((m) => m.name === name);
       const leads = Math.min(state.leads, modelLeads(info, state.step));
-      const entry = state.forecasts.get(forecastKey(name, leads)) || { pending: true };
+      const threshold = probability ? shownThreshold() : null;
+      const entry = state.forecasts.get(forecastKey(name, leads, threshold)) || { pending: true };
       const k = Math.round(lead / state.step) - 1;
       if (entry.frames && k < entry.frames.length) {
-        show(panel, { url: entry.frames[k], kind: "forecast", note: `forecast ${minutes(lead)}` }, ms);
+        show(panel, probability ? { url: entry.frames[k], kind: "probability", note: `${name} ${minutes(lead)}` } :
+          { url: entry.frames[k], kind: "forecast", note: `forecast ${minutes(lead)}` }, ms);
       } else if (entry.frames) {
         show(panel, { kind: "missing", note: "", text: `beyond ${name}'s longest lead` }, ms);
       } else if (entry.error) {
@@ -357,6 +405,44 @@ function drawLegend() {
   swatch(scale.over, `${scale.max_mm_h}+`);
   swatch("#ffffff", `dry (< ${scale.levels[0]})`, "special");
   swatch(scale.nodata, "no data", "special");
+  drawProbabilityLegend();
+}
+
+/** The probability maps' legend, 0 to 1 (shown while a map is): blank under the first class, grey for no data. */
+function drawProbabilityLegend() {
+  const legend = $("#probability-legend");
+  const scale = state.probabilityScale;
+  const threshold = shownThreshold();
+  legend.hidden = !scale || !probabilityModels().length;
+  legend.replaceChildren();
+  if (legend.hidden) return;
+  const title = document.createElement("span");
+  title.className = "title";
+  title.textContent = `probability of rain rate ≥ ${threshold} mm/h`;
+  legend.append(title);
+  const swatch = (colour, tick, extra = "") => {
+    const item = document.createElement("div");
+    item.className = `class ${extra}`;
+    const box = document.createElement("div");
+    box.className = "swatch";
+    box.style.background = colour;
+    const label = document.createElement("span");
+    label.className = "tick";
+    label.textContent = tick;
+    item.append(box, label);
+    legend.append(item);
+  };
+  swatch("#ffffff", "0");
+  scale.colours.forEach((colour, k) => swatch(colour, String(scale.levels[k])));
+  swatch("transparent", "1", "end"); // the top of the last class: a tick, no colour of its own
+  swatch(scale.nodata, "no data", "special");
+}
+
+/** The threshold picker: shown when a served model forecasts probabilities. */
+function fillThresholds() {
+  const picker = $("#threshold-picker");
+  picker.hidden = !state.models.some(offersProbability);
+  $("#threshold").value = state.threshold;
 }
 
 // -- controls ---------------------------------------------------------------------------------------
@@ -410,6 +496,7 @@ function fillModels() {
       state.selected = [...box.querySelectorAll("input:checked")].map((i) => i.value);
       localStorage.setItem(STORAGE.models, JSON.stringify(state.selected));
       refresh();
+      drawProbabilityLegend();
     });
     label.append(input, ` ${model.name}`);
     label.title = `${model.architecture} (${model.kind}), ${model.input_steps} input frames`;
@@ -533,6 +620,7 @@ async function start() {
   drawLegend();
   fillProducts();
   fillModels();
+  fillThresholds();
   showLatest();
   if (state.product) await loadInitTimes();
   refresh({ keepLead: false });
@@ -563,6 +651,12 @@ function wire() {
   $("#init").addEventListener("change", (event) => {
     state.init = event.target.value;
     refresh({ keepLead: false });
+  });
+  $("#threshold").addEventListener("change", (event) => {
+    state.threshold = event.target.value;
+    localStorage.setItem(STORAGE.threshold, state.threshold);
+    refresh();
+    drawProbabilityLegend();
   });
   $("#lead-slider").addEventListener("input", (event) => {
     setIndex(Number(event.target.value));
