@@ -102,14 +102,12 @@ def is_hybrid(name: str) -> bool:
 
 def build_extrapolation_caches(names: list[str], workers: int) -> None:
     """The hybrids' extrapolation caches, built once with ``workers`` processes before their runs
-    start (a run would otherwise build its own with the loader's few workers)."""
-    from pipelines.extrapolation import build_cache
+    start (a run would otherwise build its own with the loader's few workers), for exactly the init
+    times their training and validation windows read."""
+    from pipelines.datamodule import RadarDataModule
 
     for name in names:
-        data = _config(name)["data"]
-        for product in data["products"]:
-            build_cache(data["store"], product, data["t_out"], workers=workers,
-                        method=data.get("extrapolation", "optical_flow"))
+        RadarDataModule(**{**_config(name)["data"], "num_workers": workers}).setup("fit")
 
 
 def train_all(names: list[str], run_dir: Path, overrides: dict[str, list[str]], jobs: int) -> None:

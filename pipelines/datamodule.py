@@ -13,6 +13,10 @@ from pipelines.dataset import MonthSplit, SequenceDataset, TimeBlockSplit
 from pipelines.normalization import RainNormalizer
 
 
+#: the splits whose windows a Lightning stage reads (their cached baselines are computed for it)
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+
+
 class _EpochAwareConcat(ConcatDataset):
     def set_epoch(self, epoch: int) -> None:
         for dataset in self.datasets:
@@ -110,21 +114,34 @@ class RadarDataModule(pl.LightningDataModule):
         return last - np.timedelta64(int(self.hparams.holdout_hours * 3600), "s") + np.timedelta64(1, "s")
 
     def _extrapolation(self, product: str) -> str | None:
+        """Where the hybrid's cached baseline lives (filled by ``_fill_caches`` for the windows read)."""
         if not self.hparams.motion:
             return None
-        from pipelines.extrapolation import build_cache
+        from pipelines.extrapolation import cache_path
 
-        return build_cache(self.hparams.store, product, self.hparams.t_out, workers=max(1, self.hparams.num_workers),
-                           method=self.hparams.extrapolation)
+        return cache_path(self.hparams.store, self.hparams.extrapolation)
 
     def _teacher(self, product: str, split: str) -> str | None:
         """The teacher's cache, for training windows only (validation scores the observations)."""
         if self.hparams.teacher is None or split != "train":
             return None
+        from pipelines.extrapolation import cache_path
+
+        return cache_path(self.hparams.store, self.hparams.teacher)
+
+    def _fill_caches(self, splits: tuple[str, ...]) -> None:
+        """Compute the cached baselines of exactly the init times these splits' windows read: a long
+        archive is mostly dry, and a run that trains reads neither its dry windows nor its test months."""
         from pipelines.extrapolation import build_cache
 
-        return build_cache(self.hparams.store, product, self.hparams.t_out, workers=max(1, self.hparams.num_workers),
-                           method=self.hparams.teacher)
+        h = self.hparams
+        for split in splits:
+            for ds in self.datasets[split].datasets:
+                inits = ds.starts + h.t_in - 1
+                for path, method in ((ds.extrapolation, h.extrapolation), (ds.teacher, h.teacher)):
+                    if path:
+                        build_cache(h.store, ds.product, h.t_out, workers=max(1, h.num_workers), path=path,
+                                    method=method, inits=inits)
 
     def _build(self, split: str) -> Dataset:
         evaluation = split != "train"
@@ -151,6 +168,7 @@ class RadarDataModule(pl.LightningDataModule):
                 self.datasets[split] = self._build(split)
         if fresh:
             self._check_splits()
+        self._fill_caches(STAGE_SPLITS.get(stage or "", ("train", "val", "test")))
 
     def _check_splits(self) -> None:
         """Say how many windows each split got; an empty training split is a config error, named."""

@@ -17,6 +17,7 @@ for S-PROG. Each holds
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,9 +118,13 @@ def _compute_one(store: str, product: str, path: str, index: int, t_out: int, me
 
 def build_cache(
     store: str, product: str, t_out: int, workers: int = 2, path: str | None = None, progress: bool = True,
-    method: str = "optical_flow",
+    method: str = "optical_flow", inits: Iterable[int] | None = None,
 ) -> str:
-    """Compute what is missing of ``product``'s cache of ``method`` (resumable); returns the cache path."""
+    """Compute what is missing of ``product``'s cache of ``method`` (resumable); returns the cache path.
+
+    ``inits`` (archive indices of init frames) limits the work to the windows a run reads: on a long,
+    mostly dry archive that is a fraction of every init time (an entry never computed is refused on
+    read, never served as rain)."""
     path = path or cache_path(store, method)
     archive = ProductArchive(store, product)
     times = archive.times()
@@ -128,7 +133,10 @@ def build_cache(
     group = _open_for_writing(path, product, times, shape, t_out, method)
     t_out = int(group.attrs["t_out"])
     done = group["done"][:].astype(bool)
-    todo = [int(i) for i in init_indices(times, t_out) if not done[i]]
+    candidates = init_indices(times, t_out)
+    if inits is not None:
+        candidates = np.intersect1d(candidates, np.asarray(list(inits), dtype=np.int64))
+    todo = [int(i) for i in candidates if not done[i]]
     if not todo:
         return path
     from pipelines.progress import progress_display
