@@ -116,8 +116,42 @@ def fmi_archive(tmp_path_factory: pytest.TempPathFactory) -> str:
     from pipelines.ingest import ingest
 
     store = str(tmp_path_factory.mktemp("fmi") / "fmi.zarr")
-    ingest(sample_files("fmi", 24), store, "fmi", fmt="fmi_pgm", workers=2)
+    # one process: decoding in a worker pool is tested where it is the point (test_ingest, test_cli,
+    # test_archive_integrity); spawning one here only cost seconds, in every xdist worker
+    ingest(sample_files("fmi", 24), store, "fmi", fmt="fmi_pgm", workers=1)
     return store
+
+
+#: a 320 x 320 window of the FMI composite (rows, cols) with rain (~16 % above 1 mm/h) and the radar's
+#: edge (~13 % nodata) in it, across a chunk boundary (256): real radar at a ninth of the full grid
+FMI_RAIN_EDGE = (slice(256, 576), slice(160, 480))
+
+
+def cropped_fmi(store: str, count: int, box: tuple[slice, slice] = FMI_RAIN_EDGE) -> str:
+    """The first ``count`` real FMI frames, decoded as ``ingest`` decodes them, cut to ``box`` and
+    written as product ``fmi`` of ``store``: for tests whose per-frame work (optical flow, S-PROG)
+    grows with the grid, not with anything the full 1226 x 760 grid adds."""
+    from dataclasses import replace
+
+    from pipelines.grid import Grid
+    from pipelines.ingest import decode
+    from pipelines.store import ProductArchive
+
+    rows, cols = box
+    frames = []
+    for path in sample_files("fmi", count):
+        frame = decode(path, "fmi_pgm")
+        grid = Grid(frame.grid.crs_proj, frame.grid.x[cols], frame.grid.y[rows])
+        frames.append(replace(frame, rain_rate=frame.rain_rate[rows, cols], grid=grid))
+    ProductArchive(store, "fmi").write(frames)
+    return store
+
+
+@pytest.fixture(scope="session")
+def fmi_crop_archive(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``fmi_archive``'s 24 real frames on the ``FMI_RAIN_EDGE`` window, for tests that run optical
+    flow for many init times (backfill): the same event and times at a ninth of the pixels."""
+    return cropped_fmi(str(tmp_path_factory.mktemp("fmi-crop") / "fmi.zarr"), 24)
 
 
 @pytest.fixture(scope="module")

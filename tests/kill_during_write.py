@@ -5,7 +5,8 @@ durable change to the store (an atomic rename, a file deletion or a directory re
 
 (a local path, or an s3:// URL: then the changes counted are S3 PUTs, DELETEs and copies)
 writes the synthetic frames (``pipelines.synthetic``) at the comma-separated INDICES and, when it gets to the end
-without being killed, prints how many durable changes the write made.
+without being killed, prints how many durable changes the write made. ``killed_write`` does the
+same in a process forked from a forkserver, for tests that run it dozens of times.
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 
 from pipelines.store import ProductArchive
 from pipelines.synthetic import synthetic_frames
+
+#: held while a ``killed_write`` child starts or is reaped (see there)
+_POLLING = threading.Lock()
 
 #: S3 calls that change the bucket
 S3_WRITES = {"put_object", "delete_object", "delete_objects", "copy_object", "complete_multipart_upload"}
@@ -54,6 +59,55 @@ def arm(kill_at: int) -> list[int]:
     for name in ("replace", "rename", "unlink", "rmdir"):
         setattr(os, name, counted(getattr(os, name)))
     return count
+
+
+def _write_in_child(store: str, product: str, kill_at: int, indices: list[int], size: int, report: str) -> None:
+    """What ``__main__`` does, in a process forked from the forkserver of ``killed_write``: the
+    change count (or what went wrong) goes to the file ``report``."""
+    import multiprocessing
+    import traceback
+
+    # what the script's fresh interpreter has: the default start method (a forkserver child inherits
+    # "forkserver", and numcodecs' lazily made lock would then be left to the resource tracker)
+    multiprocessing.set_start_method("fork", force=True)
+    try:
+        everything = synthetic_frames(n_frames=max(indices) + 1, shape=(size, size))
+        frames = [everything[i] for i in indices]
+        changes = (arm_s3 if store.startswith("s3://") else arm)(kill_at)
+        ProductArchive(store, product).write(frames)
+    except BaseException:
+        with open(report, "w") as f:
+            f.write(traceback.format_exc())
+        raise SystemExit(1) from None
+    with open(report, "w") as f:
+        f.write(str(changes[0]))
+
+
+def killed_write(store: str, product: str, kill_at: int, indices: list[int], size: int = 48) -> tuple[int, str]:
+    """``python kill_during_write.py STORE PRODUCT N INDICES SIZE`` as a process forked from a
+    forkserver that has imported the store code once (a fresh interpreter's imports were most of each
+    run's time): the same write in a process of its own, ``kill -9``-ed by itself at change N.
+    Returns its exit code (``-SIGKILL`` when killed) and its output (the change count, or the error)."""
+    import multiprocessing
+    import tempfile
+    from multiprocessing.connection import wait
+
+    context = multiprocessing.get_context("forkserver")
+    # imported once, in the server, before its first fork (not this module: the server does not get
+    # the tests folder on its path)
+    context.set_forkserver_preload(["pipelines.store", "pipelines.synthetic"])
+    with tempfile.TemporaryDirectory() as tmp:
+        report = os.path.join(tmp, "report")
+        child = context.Process(target=_write_in_child, args=(store, product, kill_at, indices, size, report))
+        # Process.start() polls the other running children, and a forkserver child's exit code is read
+        # once from a pipe: two threads (tests run several writes at once) must not read one twice
+        with _POLLING:
+            child.start()
+        wait([child.sentinel])
+        with _POLLING:
+            child.join()
+        output = open(report).read() if os.path.exists(report) else ""
+    return child.exitcode, output
 
 
 if __name__ == "__main__":

@@ -23,9 +23,10 @@ def flat(text: str) -> str:
     return " ".join(text.split())
 
 
-def test_backfill_writes_cf_forecasts_and_a_rerun_skips_them(fmi_archive: str, tmp_path: Path) -> None:
+def test_backfill_writes_cf_forecasts_and_a_rerun_skips_them(fmi_crop_archive: str, tmp_path: Path) -> None:
+    # the real event on a 320 x 320 window (``fmi_crop_archive``): optical flow of the full grid is slow
     out = str(tmp_path / "forecasts.zarr")
-    args = ["backfill", "--model", "optical_flow", "--store", fmi_archive, "--product", "fmi", "--start",
+    args = ["backfill", "--model", "optical_flow", "--store", fmi_crop_archive, "--product", "fmi", "--start",
             "2016-09-28T15:00:00Z", "--end", "2016-09-28T15:40:00Z", "--every", "2", "--lead-steps", "3",
             "--out", out, "--workers", "2", "--batch", "2"]
     first = nowcast_cli(*args)
@@ -41,7 +42,7 @@ def test_backfill_writes_cf_forecasts_and_a_rerun_skips_them(fmi_archive: str, t
         assert ds["done"].values.tolist() == [1] * 5
         stored = ds["precip"].isel(init_time=2).values
     # the same forecast made directly, from the archive's three frames up to 15:20
-    history = ProductArchive(fmi_archive, "fmi").open()["precip"].sel(
+    history = ProductArchive(fmi_crop_archive, "fmi").open()["precip"].sel(
         time=slice("2016-09-28T15:10", "2016-09-28T15:20")).values
     direct = load_forecaster("optical_flow").predict(history, 3)
     direct = np.where(np.isnan(history[-1]), np.nan, direct)
@@ -53,11 +54,13 @@ def test_backfill_writes_cf_forecasts_and_a_rerun_skips_them(fmi_archive: str, t
     assert clash.returncode == 2 and "was laid out for 5 init times" in flat(clash.stderr)
 
 
-def test_killed_backfill_stays_readable_and_a_rerun_completes_it(fmi_archive: str, tmp_path: Path) -> None:
+def test_killed_backfill_stays_readable_and_a_rerun_completes_it(fmi_crop_archive: str, tmp_path: Path) -> None:
     out = str(tmp_path / "forecasts.zarr")
     exe = str(Path(sys.executable).with_name("nowcast"))
-    cmd = [exe, "backfill", "--model", "optical_flow", "--store", fmi_archive, "--product", "fmi", "--start",
-           "2016-09-28T15:00:00Z", "--end", "2016-09-28T15:25:00Z", "--lead-steps", "2", "--out", out,
+    # the real event on a 320 x 320 window (optical flow of the full grid is slow), 12 init times: an
+    # init takes a fraction of a second there, so many are left to do when the kill lands after two
+    cmd = [exe, "backfill", "--model", "optical_flow", "--store", fmi_crop_archive, "--product", "fmi", "--start",
+           "2016-09-28T15:00:00Z", "--end", "2016-09-28T15:55:00Z", "--lead-steps", "2", "--out", out,
            "--workers", "1", "--batch", "1", "--no-verify"]  # the kill, not verification, is tested here
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -103,20 +106,23 @@ def test_backfill_through_a_dask_cluster(fmi_archive: str, tmp_path: Path) -> No
         np.testing.assert_allclose(ds["precip"].isel(init_time=5, lead_time=1).values, observed, atol=1e-6)
 
 
-def test_backfill_uses_the_registry_production_model(fmi_archive: str, small_checkpoint: Path, tmp_path: Path) -> None:
+def test_backfill_uses_the_registry_production_model(
+    fmi_crop_archive: str, small_checkpoint: Path, tmp_path: Path,
+) -> None:
     from nowcast.model_store import ModelStore
 
+    # the real event on a 320 x 320 window (``fmi_crop_archive``): the network on the full grid is slow
     registry = ModelStore(tmp_path / "registry")
     version = registry.register(small_checkpoint)
     registry.set_production(version)
     out = str(tmp_path / "forecasts.zarr")
-    result = nowcast_cli("backfill", "--model", "production", "--registry", str(registry.root), "--store", fmi_archive,
-                         "--product", "fmi", "--start", "2016-09-28T15:30:00Z", "--end", "2016-09-28T15:40:00Z",
-                         "--out", out, "--workers", "1")
+    result = nowcast_cli("backfill", "--model", "production", "--registry", str(registry.root), "--store",
+                         fmi_crop_archive, "--product", "fmi", "--start", "2016-09-28T15:30:00Z", "--end",
+                         "2016-09-28T15:40:00Z", "--out", out, "--workers", "1")
     assert result.returncode == 0, result.stderr
     with open_forecasts(out) as ds:
         assert ds.attrs["model"] == "convlstm" and ds.sizes["lead_time"] == 3 and ds["done"].values.all()
-    missing = nowcast_cli("backfill", "--model", "production", "--store", fmi_archive, "--product", "fmi", "--start",
-                          "2016-09-28T15:30:00Z", "--end", "2016-09-28T15:40:00Z", "--out", out,
+    missing = nowcast_cli("backfill", "--model", "production", "--store", fmi_crop_archive, "--product", "fmi",
+                          "--start", "2016-09-28T15:30:00Z", "--end", "2016-09-28T15:40:00Z", "--out", out,
                           env={k: v for k, v in __import__("os").environ.items() if k != "NOWCAST_REGISTRY"})
     assert missing.returncode == 2 and "needs --registry" in flat(missing.stderr)

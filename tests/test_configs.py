@@ -22,7 +22,7 @@ def test_data_configs_build_a_datamodule(path: Path, store: str) -> None:
     section = yaml.safe_load(path.read_text())["data"]
     product = section["init_args"]["products"][0]
     if product == "fmi":
-        ingest(sample_files("fmi", 40), store, "fmi", fmt="fmi_pgm", workers=2)
+        ingest(sample_files("fmi", 40), store, "fmi", fmt="fmi_pgm", workers=1)
     else:
         from pipelines.store import ProductArchive
         from pipelines.synthetic import synthetic_frames

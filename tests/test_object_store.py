@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from conftest import S3Server, hold_writer_lock, kill_9_when, nowcast_cli, sample_files
+from conftest import S3Server, cropped_fmi, hold_writer_lock, kill_9_when, nowcast_cli, sample_files
 from test_archive_integrity import HELPER, LATE, SIZE, STORED, _assert_consistent
 
 from pipelines.ingest import ingest
@@ -239,7 +239,9 @@ def test_a_missing_bucket_or_credentials_is_one_clear_message(s3_server: S3Serve
 def test_serving_from_s3_and_readiness_follows_the_store(s3_server: S3Server, s3_store: str, tmp_path: Path) -> None:
     from test_service import start_server
 
-    ingest(sample_files("fmi", 6), s3_store, "fmi", fmt="fmi_pgm")
+    # real FMI frames on a 320 x 320 window (``cropped_fmi``): every forecast here is optical flow, whose
+    # cost grows with the grid and whose full-grid reads and writes to the bucket showed nothing more
+    cropped_fmi(s3_store, 6)
     for url in start_server(tmp_path, {"store": s3_store, "models": ["persistence", "optical_flow"],
                                        "max_grid_pixels": 1300 * 800, "verification_interval_s": 0.5}):
         answer = httpx.post(f"{url}/v1/forecast", json={"model": "optical_flow", "lead_steps": 2, "product": "fmi",
@@ -260,7 +262,7 @@ def test_serving_from_s3_and_readiness_follows_the_store(s3_server: S3Server, s3
         again = httpx.post(f"{url}/v1/forecast", json={"model": "optical_flow", "lead_steps": 2, "product": "fmi",
                                                          "time": "2016-09-28T15:10:00Z"}, timeout=120)
         assert again.status_code == 200, again.text[:500]
-        ingest(sample_files("fmi", 8)[6:], s3_store, "fmi", fmt="fmi_pgm")
+        cropped_fmi(s3_store, 8)  # frames 7 and 8 arrive (the first six are there already)
         skill = skill_when(url, tmp_path, lambda models: len(models) > 0)
         assert [(m["model"], m["n_cases"], len(m["scores"])) for m in skill["models"]] == [("optical_flow", 1, 2)]
         # a second forecast, kept and scored after the service has listed the ledger: listings are
@@ -271,10 +273,12 @@ def test_serving_from_s3_and_readiness_follows_the_store(s3_server: S3Server, s3
         skill_when(url, tmp_path, lambda models: models[0]["n_cases"] == 2)
 
 
-def test_backfill_to_s3_resumes_after_a_kill(fmi_archive: str, s3_server: S3Server) -> None:
+def test_backfill_to_s3_resumes_after_a_kill(fmi_crop_archive: str, s3_server: S3Server) -> None:
     out = s3_server.bucket("backfill-out") + "/forecasts.zarr"
-    cmd = [NOWCAST, "backfill", "--store", fmi_archive, "--product", "fmi", "--model", "optical_flow",
-           "--start", "2016-09-28T15:00:00Z", "--end", "2016-09-28T15:15:00Z", "--lead-steps", "3",
+    # the real event on a 320 x 320 window (optical flow of the full grid is slow), 12 init times: an
+    # init takes a fraction of a second there, so many are left to do when the kill lands after two
+    cmd = [NOWCAST, "backfill", "--store", fmi_crop_archive, "--product", "fmi", "--model", "optical_flow",
+           "--start", "2016-09-28T15:00:00Z", "--end", "2016-09-28T15:55:00Z", "--lead-steps", "3",
            "--workers", "1", "--batch", "1", "--out", out, "--no-verify"]  # the kill, not verification, is tested
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     from nowcast.backfill import open_forecasts

@@ -24,7 +24,7 @@ def fmi_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     from pipelines.ingest import ingest
 
     store = str(tmp_path_factory.mktemp("steps") / "fmi.zarr")
-    ingest(sample_files("fmi", 7), store, "fmi", fmt="fmi_pgm", workers=2)
+    ingest(sample_files("fmi", 7), store, "fmi", fmt="fmi_pgm", workers=1)
     return store
 
 
