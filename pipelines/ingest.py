@@ -57,7 +57,10 @@ class IngestReport:
 
 
 def discover(paths: Iterable[str | Path]) -> list[Path]:
-    """Files given directly, plus every non-hidden file under given directories, sorted."""
+    """Files given directly, plus every non-hidden file under given directories, sorted by file name
+    (then path): radar file names carry their time, so files from several folders arrive in time
+    order and append, where a path order (``/data/2016-12.nc`` before ``/mnt/2016-11.nc``) would make
+    each later batch an out-of-order merge that rewrites the archive after it."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
@@ -70,7 +73,7 @@ def discover(paths: Iterable[str | Path]) -> list[Path]:
             found.append(path)
         else:
             raise FileNotFoundError(f"{path}: no such file or directory")
-    return sorted(set(found))
+    return sorted(set(found), key=lambda p: (p.name, str(p)))
 
 
 @dataclass(frozen=True)
