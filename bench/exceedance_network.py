@@ -2,8 +2,8 @@
 
     python bench/exceedance_network.py [--store data/taasrad19.zarr] [--product taasrad19]
         [--start 2016-07-01T00:00:00 --end 2016-07-31T23:55:00] [--stride 36] [--members 20]
-        [--report data/weights/skill/x.json] [--steps-kmperpixel 3.75] [--levels 0.5 0.3 ...]
-        [--out result.json] MODEL
+        [--report data/weights/skill/x.json] [--crop N] [--steps-kmperpixel 3.75] [--levels 0.5 0.3 ...]
+        [--no-crps] [--out result.json] MODEL
 
 ``nowcast evaluate`` scores the CRPS of members (``pysteps.verification.probscores.CRPS``); a network such as
 ``convlstm_exceedance_taasrad19`` (nowcast/models/exceedance.py) has none, so there its CRPS is left out. Here
@@ -43,12 +43,14 @@ from nowcast.evaluate import select_cases
 from nowcast.forecaster import LoadedForecaster, load_forecaster
 from nowcast.probabilistic_verification import PROB_THRESHOLDS_MM_H, ProbabilisticVerifier
 from nowcast.verification import LeadTimeVerifier
-from pipelines.query import utc_text
+from pipelines.query import centre_crop, utc_text
 from pipelines.store import ProductArchive
 
 LEADS, HISTORY = 12, 4
 #: rain rates (normalised, evenly spaced up to the ceiling) the CRPS integral is taken over
 INTEGRAL_POINTS = 400
+#: rows of a 1 km grid whose survival curves are held at once (64 x 710 x 400 doubles: 145 MB)
+INTEGRAL_ROWS = 64
 
 
 def quantile_members(forecaster: LoadedForecaster, frames: np.ndarray, leads: int, members: int) -> np.ndarray:
@@ -73,17 +75,23 @@ def crps_integral(forecaster: LoadedForecaster, frames: np.ndarray, observed: np
     levels = torch.linspace(0.0, float(model.knots[-1]), INTEGRAL_POINTS)
     with torch.no_grad():
         s = model.survival(z, leads)[0, ..., :ny, :nx]  # [L, K, H, W]
-        curve = model.probabilities_from(s, levels[1:]).double().numpy()  # [L, P - 1, H, W]: S above 0
     rates = forecaster.normalizer.inverse(levels.double()).numpy()
     sums, counts = np.zeros(leads), np.zeros(leads)
     for lead in range(leads):
-        valid = np.isfinite(observed[lead]) & ~nodata[0]
-        y = observed[lead][valid][None]  # [1, N]
-        p = np.concatenate([np.ones((1, y.shape[1])), curve[lead][:, valid]])  # S(0) = 1
-        error = (p - (y >= rates[:, None])) ** 2
-        area = np.sum(0.5 * (error[1:] + error[:-1]) * np.diff(rates)[:, None], axis=0)
-        area += np.clip(y[0] - rates[-1], 0.0, None)  # observed above the ceiling, where S = 0
-        sums[lead], counts[lead] = area.sum(), valid.sum()
+        for r0 in range(0, ny, INTEGRAL_ROWS):  # S at every rate for a band of rows: bounded memory on 1 km grids
+            rows = slice(r0, r0 + INTEGRAL_ROWS)
+            valid = np.isfinite(observed[lead, rows]) & ~nodata[0, rows]
+            if not valid.any():
+                continue
+            with torch.no_grad():
+                band = model.probabilities_from(s[lead : lead + 1, :, rows], levels[1:]).double().numpy()[0]
+            y = observed[lead, rows][valid][None]  # [1, N]
+            p = np.concatenate([np.ones((1, y.shape[1])), band[:, valid]])  # S(0) = 1
+            error = (p - (y >= rates[:, None])) ** 2
+            area = np.sum(0.5 * (error[1:] + error[:-1]) * np.diff(rates)[:, None], axis=0)
+            area += np.clip(y[0] - rates[-1], 0.0, None)  # observed above the ceiling, where S = 0
+            sums[lead] += area.sum()
+            counts[lead] += valid.sum()
     return sums, counts
 
 
@@ -121,12 +129,16 @@ def main() -> None:
     parser.add_argument("--steps-kmperpixel", type=float, help="also score STEPS with this pixel size (km)")
     parser.add_argument("--levels", type=float, nargs="*", default=[],
                         help="exceedance probabilities whose quantile fields to score as the deterministic forecast")
+    parser.add_argument("--crop", type=int, help="the centred N x N window, as nowcast evaluate --crop")
+    parser.add_argument("--no-crps", action="store_true",
+                        help="leave the CRPS out (quantiles and integral): for choosing --levels on a 1 km grid, fast")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.report:
         report = json.loads(args.report.read_text())
         args.store, args.product, args.stride = report["store"], report["product"], report["stride"]
         args.start, args.end = report["start"], report["end"]
+        args.crop = report.get("crop")
     archive = ProductArchive(args.store, args.product)
     times, grid, step = archive_layout(archive)
     forecaster = load_forecaster(args.model)
@@ -143,19 +155,23 @@ def main() -> None:
     integral_n = np.zeros(LEADS)
     cases = select_cases(times, HISTORY, LEADS, step, args.start, args.end, args.stride)
     used = []
+    ys, xs = centre_crop(grid.shape, args.crop)
     with archive.open() as ds:
         precip = ds["precip"]
         for i, case in enumerate(cases):
-            window = precip.isel(time=slice(case.start, case.start + HISTORY + LEADS)).values
+            window = precip.isel(time=slice(case.start, case.start + HISTORY + LEADS)).values[:, ys, xs]
             past, future = window[:HISTORY], window[HISTORY:]
             if is_dry(past[-1]):
                 continue
             probabilities = forecaster.predict_probabilities(past, LEADS, list(PROB_THRESHOLDS_MM_H))
-            members = quantile_members(forecaster, past, LEADS, args.members)
-            verifier.accumulate(future, members=members, probabilities=probabilities)
-            total, n = crps_integral(forecaster, past, future)
-            integral_sum += total
-            integral_n += n
+            if args.no_crps:
+                verifier.accumulate(future, probabilities=probabilities)
+            else:
+                members = quantile_members(forecaster, past, LEADS, args.members)
+                verifier.accumulate(future, members=members, probabilities=probabilities)
+                total, n = crps_integral(forecaster, past, future)
+                integral_sum += total
+                integral_n += n
             if fields:
                 for name, field in deterministic_fields(forecaster, past, LEADS, args.levels).items():
                     fields[name].accumulate(field, future)
@@ -171,7 +187,7 @@ def main() -> None:
     for lead, row in enumerate(rows):
         row["crps_integral"] = float(integral_sum[lead] / integral_n[lead]) if integral_n[lead] else None
     result = {"model": args.model, "store": args.store, "product": args.product, "start": args.start,
-              "end": args.end, "stride": args.stride, "members": args.members, "n_cases": len(used),
+              "end": args.end, "stride": args.stride, "crop": args.crop, "members": args.members, "n_cases": len(used),
               "cases": used, "probabilistic": rows}
     if fields:
         result["deterministic"] = {name: csi_summary(v) for name, v in fields.items()}

@@ -349,6 +349,40 @@ def card_head(name: str, path: Path) -> tuple[dict[str, Any], dict[str, Any], li
         + (f"; {record['note']}" if record.get("note") else "")]
 
 
+def outputs_line(info: dict[str, Any]) -> list[str]:
+    """A probabilistic network's outputs (nowcast/models/exceedance.py) for its card: none for the others."""
+    thresholds = info["model_kwargs"].get("thresholds")
+    if not thresholds:
+        return []
+    level = info["model_kwargs"].get("level")
+    return [f"- outputs: probability, P(rate >= t) at any t from its heads at {thresholds} mm/h; deterministic, "
+            + ("the mean of the normalised rate" if level is None else f"the rate exceeded with probability {level}")
+            + "; verified against `steps` in docs/skill.md"]
+
+
+def card_lines(name: str, path: Path, reports: dict[str, dict]) -> list[str]:
+    """One 1 km model's card section: what it is, what trained it, its validation and test scores."""
+    info, record, head = card_head(name, path)
+    lines = [*head,
+             f"- validation CSI at 1 mm/h, 30/60 min {record.get('val_csi_1mm_30min')}/"
+             f"{record.get('val_csi_1mm_60min')}, mean over the leads {record.get('val_csi_1mm_mean')}; "
+             f"CSI 5 mm/h 30 min {record.get('val_csi_5mm_30min')} (chosen on `{record.get('selected_on')}`)"]
+    for stage in record.get("stages", []):
+        lines.append(f"  - stage `{stage['config']}`: {stage['wall_time_s']} s, {stage['epochs']} epochs / "
+                     f"{stage['steps']} steps" + (f" ({stage['note']})" if stage.get("note") else ""))
+    matching = info.get("probability_matching", "none")
+    lines.append(f"- post-processing: probability matching `{matching}`"
+                 + (" (each lead's distribution matched to the last observed frame's, chosen on the validation "
+                    "day with `bench/probability_matching.py`)" if matching == "cdf" else ""))
+    lines += outputs_line(info)
+    for product, report in reports.items():
+        row = dict(skill_rows(report)).get(name)
+        if row:
+            lines.append(f"- test, {TEST_EVENTS[product]}: CSI 1 mm/h 30/60 min {row[0]:.3f}/{row[1]:.3f}, "
+                         f"CSI 5 mm/h 30 min {row[2]:.3f}, FSS 60 min {row[4]:.3f}")
+    return [*lines, ""]
+
+
 def model_card(reports: dict[str, dict]) -> str:
     lines = ["# Shipped models", "",
              "Rebuilt by `make weights` (`python -m nowcast.shipping`) on a CPU, or on a GPU by",
@@ -373,26 +407,8 @@ def model_card(reports: dict[str, dict]) -> str:
              "", "## Models", ""]
     for name in SHIPPED:
         path = WEIGHTS_DIR / f"{name}.ckpt"
-        if not path.is_file():
-            continue
-        info, record, head = card_head(name, path)
-        lines += [*head,
-                  f"- validation CSI at 1 mm/h, 30/60 min {record.get('val_csi_1mm_30min')}/"
-                  f"{record.get('val_csi_1mm_60min')}, mean over the leads {record.get('val_csi_1mm_mean')}; "
-                  f"CSI 5 mm/h 30 min {record.get('val_csi_5mm_30min')} (chosen on `{record.get('selected_on')}`)"]
-        for stage in record.get("stages", []):
-            lines.append(f"  - stage `{stage['config']}`: {stage['wall_time_s']} s, {stage['epochs']} epochs / "
-                         f"{stage['steps']} steps" + (f" ({stage['note']})" if stage.get("note") else ""))
-        matching = info.get("probability_matching", "none")
-        lines.append(f"- post-processing: probability matching `{matching}`"
-                     + (" (each lead's distribution matched to the last observed frame's, chosen on the validation "
-                        "day with `bench/probability_matching.py`)" if matching == "cdf" else ""))
-        for product, report in reports.items():
-            row = dict(skill_rows(report)).get(name)
-            if row:
-                lines.append(f"- test, {TEST_EVENTS[product]}: CSI 1 mm/h 30/60 min {row[0]:.3f}/{row[1]:.3f}, "
-                             f"CSI 5 mm/h 30 min {row[2]:.3f}, FSS 60 min {row[4]:.3f}")
-        lines.append("")
+        if path.is_file():
+            lines += card_lines(name, path, reports)
     lines += ["## Limitations", "",
               "- Trained for minutes (on a 2-core CPU, or six at once on one H100), on 14 hours of radar: small",
               "  networks, few steps. The `*_flow` hybrids start from optical flow (their correction is",

@@ -141,13 +141,7 @@ def card_section(report: dict[str, Any] | None) -> str:
                   f"- validation (2016-07) CSI at 1 mm/h, 30/60 min {record.get('val_csi_1mm_30min')}/"
                   f"{record.get('val_csi_1mm_60min')}; CSI 5 mm/h 30 min {record.get('val_csi_5mm_30min')} "
                   f"(chosen on `{record.get('selected_on')}`)"]
-        thresholds = info["model_kwargs"].get("thresholds")
-        if thresholds:  # a probabilistic network (nowcast/models/exceedance.py)
-            level = info["model_kwargs"].get("level")
-            lines.append(f"- outputs: probability, P(rate >= t) at any t from its heads at {thresholds} mm/h; "
-                         "deterministic, " + ("the mean of the normalised rate" if level is None else
-                                              f"the rate exceeded with probability {level}")
-                         + "; verified against `steps` in docs/skill.md (Probabilistic nowcasts on TAASRAD19)")
+        lines += shipping.outputs_line(info)  # a probabilistic network (nowcast/models/exceedance.py)
         row = rows.get(name)
         if row:
             lines.append(f"- test, {TEST_LABEL}: CSI 1 mm/h 30/60 min {row[0]:.3f}/{row[1]:.3f}, CSI 5 mm/h 30 min "

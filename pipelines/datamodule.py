@@ -12,7 +12,6 @@ from pipelines.channels import AuxiliarySpec, align_latest
 from pipelines.dataset import MonthSplit, SequenceDataset, TimeBlockSplit
 from pipelines.normalization import RainNormalizer
 
-
 #: the splits whose windows a Lightning stage reads (their cached baselines are computed for it)
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
 
