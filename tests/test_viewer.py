@@ -195,7 +195,7 @@ def test_the_slider_changes_the_frame(page: Any) -> None:
     wait_for(lambda: panel(page, "optical_flow")["kind"] == "forecast", "the optical-flow forecast", timeout=45)
     flow = panel(page, "optical_flow")
     assert flow["time"] == "2016-09-28T16:00:00Z" and flow["src"].startswith("data:image/png")
-    assert panel(page, "persistence")["kind"] == "forecast"
+    wait_for(lambda: panel(page, "persistence")["kind"] == "forecast", "the persistence forecast", timeout=45)
     assert panel(page, "observed")["kind"] == "missing"  # 16:00 is not observed yet
     slider.send_keys(Keys.ARROW_RIGHT)
     wait_for(lambda: panel(page, "optical_flow")["time"] == "2016-09-28T16:05:00Z", "lead +20 min")

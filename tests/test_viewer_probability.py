@@ -146,7 +146,8 @@ def test_probability_maps_are_asked_for_and_drawn_beside_the_forecasts(prob_page
                  f"{model}'s probability map", timeout=120)
         assert panel(page, f"{model}:probability")["time"] == "2016-09-28T16:00:00Z"
         assert panel(page, f"{model}:probability")["width"] == 128  # one pixel per grid cell
-        assert panel(page, model)["kind"] == "forecast"  # the deterministic forecast beside it
+        # the deterministic forecast beside it (its own request: it may finish after the probabilities)
+        wait_for(lambda m=model: panel(page, m)["kind"] == "forecast", f"{model}'s forecast", timeout=120)
     # the page asked the service for them: one threshold, the model's leads, from the archive
     wanted = [b for b in asked(page) if b.get("output") == "probability"]
     assert sorted(b["model"] for b in wanted) == sorted(MODELS)
