@@ -36,6 +36,13 @@ def fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def header(columns: list[str]) -> list[str]:
+    """A markdown table's two header lines; a column named with a trailing ':' is right-aligned."""
+    names = [c.removesuffix(":") for c in columns]
+    return ["| " + " | ".join(names) + " |",
+            "| " + " | ".join("---:" if c.endswith(":") else "---" for c in columns) + " |"]
+
+
 def training(rows: list[dict]) -> list[str]:
     ours = [r for r in rows if r.get("implementation") == "nowcast" and "train_ms_per_step" in r
             and r.get("mode") is None]
@@ -70,9 +77,8 @@ def training(rows: list[dict]) -> list[str]:
 
 def service(rows: list[dict]) -> list[str]:
     lines = [r for r in rows if r.get("mode") == "service" and "predict_ms" in r]
-    out = ["| model | grid | leads | precision | fast path | predict ms (end to end) | network ms | first call s | "
-           "diff to first variant | peak GPU MB |",
-           "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    out = header(["model", "grid:", "leads:", "precision", "fast path", "predict ms (end to end):", "network ms:",
+                  "first call s:", "diff to first variant:", "peak GPU MB:"])
     for r in lines:
         out.append(f"| {r['model']} | {r['grid']} | {r['leads']} | {r['precision']} | {r['fast_path']} | "
                    f"{r['predict_ms']:.1f} | {r['network_ms']:.1f} | {r['first_call_s']:.1f} | "
@@ -82,9 +88,8 @@ def service(rows: list[dict]) -> list[str]:
 
 def max_batch(rows: list[dict]) -> list[str]:
     lines = [r for r in rows if r.get("mode") == "max_batch" and "max_batch" in r]
-    out = ["| model | workload | precision | fast path | largest batch | first failing | bound | ms per step at it | "
-           "samples/s | peak GPU MB | probes |",
-           "| --- | --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
+    out = header(["model", "workload", "precision", "fast path", "largest batch:", "first failing:", "bound",
+                  "ms per step at it:", "samples/s:", "peak GPU MB:", "probes:"])
     for r in lines:
         timed = r.get("timed_at_max") or {}
         out.append(f"| {r['model']} | {r['workload']} | {r['precision']} | {r['fast_path']} | {r['max_batch']} | "

@@ -529,16 +529,23 @@ def _pool(records: list[dict[str, Any]], probability_records: Sequence[dict[str,
         # pooled on the newest record's thresholds, FSS window and step: records counted with
         # others (an older release, a regridded product) cannot be added, and are counted apart
         verifier = LeadTimeVerifier.like(sums[-1], n_leads)
-        for state in sums:
-            if verifier.compatible(state):
-                verifier.merge_state(state)
-                out["n_cases"] += 1
-            else:
-                out["n_other_settings"] += 1
+        out["n_cases"], others = _merge_compatible(verifier, sums)
+        out["n_other_settings"] += others
         out["scores"] = verifier.result()
     _add_probabilistic(out, sorted((r for r in probability_records if r.get("status") == SCORED),
                                    key=lambda r: r["init_time"]))
     return out
+
+
+def _merge_compatible(verifier: Any, sums: list[dict[str, Any]]) -> tuple[int, int]:
+    """Add each record's sums that ``verifier`` can pool with its settings; (how many were, how many
+    were counted with other settings and are left out)."""
+    merged = 0
+    for state in sums:
+        if verifier.compatible(state):
+            verifier.merge_state(state)
+            merged += 1
+    return merged, len(sums) - merged
 
 
 def _add_probabilistic(out: dict[str, Any], scored: list[dict[str, Any]]) -> None:
@@ -557,13 +564,8 @@ def _add_probabilistic(out: dict[str, Any], scored: list[dict[str, Any]]) -> Non
     thresholds = sorted({float(t) for state in sums if same_settings(state) for t in state["thresholds"]})
     n_leads = max(len(state["n_cases"]) for state in sums)
     verifier = ProbabilisticVerifier(n_leads, newest["step_minutes"], thresholds, newest["n_bins"], newest["n_roc"])
-    out["n_probabilistic_cases"] = 0
-    for state in sums:
-        if verifier.compatible(state):
-            verifier.merge_state(state)
-            out["n_probabilistic_cases"] += 1
-        else:
-            out["n_other_settings"] += 1
+    out["n_probabilistic_cases"], others = _merge_compatible(verifier, sums)
+    out["n_other_settings"] += others
     rows = out["scores"]
     if len(rows) < n_leads:  # leads only probabilities were kept for: no deterministic score there
         rows.extend(LeadTimeVerifier(n_leads, newest["step_minutes"], 1.0).result()[len(rows):])

@@ -258,6 +258,7 @@ def export(name: str, run_dir: Path = Path("runs/weights")) -> dict[str, Any]:
     if notes:  # what a person wrote into a run's ledger (e.g. that it shared the machine)
         record["note"] = "; ".join(notes)
     info = dict(best["nowcast"], training=record, probability_matching=probability_matching(stage))
+    info["model_kwargs"] = {**info["model_kwargs"], **chosen_after_training(stage)}
     state = {k: v for k, v in best["state_dict"].items() if k.startswith("net.")}
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
     _save_shipped(name, {"state_dict": state, "nowcast": info})
@@ -277,15 +278,29 @@ def probability_matching(stage: str) -> str:
     return (_config(stage).get("model") or {}).get("probability_matching", "none")
 
 
+#: model arguments a config may set after training, chosen on validation; they change no weight
+CHOSEN_AFTER_TRAINING = ("level",)
+
+
+def chosen_after_training(stage: str) -> dict[str, Any]:
+    """The model arguments of ``CHOSEN_AFTER_TRAINING`` a stage's config sets (an exceedance network's
+    ``level``): the checkpoints saved while training predate the choice, the shipped weights carry it."""
+    kwargs = (_config(stage).get("model") or {}).get("model_kwargs") or {}
+    return {key: kwargs[key] for key in CHOSEN_AFTER_TRAINING if key in kwargs}
+
+
 def update_postprocessing(name: str) -> str:
-    """Write the probability matching of the shipped stage's config into ``name``'s shipped weights,
-    without re-exporting them (the choice is made after training, and the runs may be gone)."""
+    """Write the post-processing of the shipped stage's config (probability matching, the arguments
+    chosen after training) into ``name``'s shipped weights, without re-exporting them (the choice is
+    made after training, and the runs may be gone)."""
     path = WEIGHTS_DIR / f"{name}.ckpt"
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     stage = Path(checkpoint["nowcast"]["training"]["config"]).stem
-    checkpoint["nowcast"]["probability_matching"] = probability_matching(stage)
+    info = checkpoint["nowcast"]
+    info["probability_matching"] = probability_matching(stage)
+    info["model_kwargs"] = {**info["model_kwargs"], **chosen_after_training(stage)}
     _save_shipped(name, checkpoint)
-    return checkpoint["nowcast"]["probability_matching"]
+    return info["probability_matching"]
 
 
 def _rounded(value: float | None) -> float | None:

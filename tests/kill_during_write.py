@@ -61,11 +61,18 @@ def arm(kill_at: int) -> list[int]:
     return count
 
 
-def _write_in_child(store: str, product: str, kill_at: int, indices: list[int], size: int, report: str) -> None:
+def _write_in_child(store: str, product: str, kill_at: int, indices: list[int], size: int, report: str,
+                    env: dict[str, str]) -> None:
     """What ``__main__`` does, in a process forked from the forkserver of ``killed_write``: the
-    change count (or what went wrong) goes to the file ``report``."""
+    change count (or what went wrong) goes to the file ``report``. ``env`` is the environment the
+    script would have started with (the server's is the one it had when it started)."""
     import multiprocessing
     import traceback
+
+    import fsspec.config
+
+    os.environ.update(env)
+    fsspec.config.set_conf_env(fsspec.config.conf)  # FSSPEC_S3_ENDPOINT_URL, as a new process reads it
 
     # what the script's fresh interpreter has: the default start method (a forkserver child inherits
     # "forkserver", and numcodecs' lazily made lock would then be left to the resource tracker)
@@ -83,10 +90,12 @@ def _write_in_child(store: str, product: str, kill_at: int, indices: list[int], 
         f.write(str(changes[0]))
 
 
-def killed_write(store: str, product: str, kill_at: int, indices: list[int], size: int = 48) -> tuple[int, str]:
+def killed_write(store: str, product: str, kill_at: int, indices: list[int], size: int = 48,
+                 env: dict[str, str] | None = None) -> tuple[int, str]:
     """``python kill_during_write.py STORE PRODUCT N INDICES SIZE`` as a process forked from a
     forkserver that has imported the store code once (a fresh interpreter's imports were most of each
     run's time): the same write in a process of its own, ``kill -9``-ed by itself at change N.
+    ``env`` (default: this process's environment) is set in the child, e.g. an object store's endpoint.
     Returns its exit code (``-SIGKILL`` when killed) and its output (the change count, or the error)."""
     import multiprocessing
     import tempfile
@@ -95,10 +104,11 @@ def killed_write(store: str, product: str, kill_at: int, indices: list[int], siz
     context = multiprocessing.get_context("forkserver")
     # imported once, in the server, before its first fork (not this module: the server does not get
     # the tests folder on its path)
-    context.set_forkserver_preload(["pipelines.store", "pipelines.synthetic"])
+    context.set_forkserver_preload(["pipelines.store", "pipelines.synthetic", "s3fs"])
     with tempfile.TemporaryDirectory() as tmp:
         report = os.path.join(tmp, "report")
-        child = context.Process(target=_write_in_child, args=(store, product, kill_at, indices, size, report))
+        child = context.Process(target=_write_in_child, args=(store, product, kill_at, indices, size, report,
+                                                                   dict(os.environ if env is None else env)))
         # Process.start() polls the other running children, and a forkserver child's exit code is read
         # once from a pipe: two threads (tests run several writes at once) must not read one twice
         with _POLLING:

@@ -114,33 +114,30 @@ def _probability_palette() -> tuple[bytes, bytes]:
 def probability_png(probability: np.ndarray) -> bytes:
     """One probability field (0..1, NaN = nodata) as a paletted PNG, like ``rain_png``: classes of 0.1,
     blank under 0.1, grey where there is no radar (nodata is not a probability of 0)."""
-    from PIL import Image
-
     field = np.asarray(probability, dtype=np.float32)
     top = len(PROBABILITY_COLOURS) + 1  # the last class holds 1 itself
     index = np.minimum(np.digitize(np.nan_to_num(field, nan=0.0), PROBABILITY_LEVELS) + 1, top).astype(np.uint8)
     index[index == 1] = 0  # under the first level
     index[np.isnan(field)] = 1
-    palette, alpha = _probability_palette()
-    image = Image.fromarray(index, mode="P")
-    image.putpalette(palette)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", transparency=alpha, optimize=False, compress_level=6)
-    return buffer.getvalue()
+    return _paletted_png(index, *_probability_palette())
 
 
 def rain_png(rain_rate: np.ndarray) -> bytes:
     """One rain-rate field (mm/h, NaN = nodata) as a paletted PNG: small (a 1226 x 760 FMI frame is
     tens of kB) and exact colours, so a client can scale it without blending classes."""
-    from PIL import Image
-
     # float32: the archive keeps hundredths, and 1.00 mm/h decodes to 0.99999998 in float64 (the class below)
     field = np.asarray(rain_rate, dtype=np.float32)
     index = (np.digitize(np.nan_to_num(field, nan=0.0), RAIN_LEVELS) + 1).astype(np.uint8)  # 1 = dry for now
     index[index == 1] = 0
     index[field >= MAX_RAIN_MM_H] = len(RAIN_COLOURS) + 2
     index[np.isnan(field)] = 1
-    palette, alpha = _palette()
+    return _paletted_png(index, *_palette())
+
+
+def _paletted_png(index: np.ndarray, palette: bytes, alpha: bytes) -> bytes:
+    """Class indices (uint8, row 0 = north) with their palette and per-entry alpha as PNG bytes."""
+    from PIL import Image
+
     image = Image.fromarray(index, mode="P")
     image.putpalette(palette)
     buffer = io.BytesIO()

@@ -381,6 +381,20 @@ function render() {
   $("#lead-label").textContent = `lead ${minutes(lead)} · valid ${utcLabel(ms)} · init ${utcLabel(state.initTime)}`;
 }
 
+/** One legend class: a colour box and its tick label (``extra`` adds a CSS class: special, end). */
+function appendSwatch(legend, colour, tick, extra = "") {
+  const item = document.createElement("div");
+  item.className = `class ${extra}`;
+  const box = document.createElement("div");
+  box.className = "swatch";
+  box.style.background = colour;
+  const label = document.createElement("span");
+  label.className = "tick";
+  label.textContent = tick;
+  item.append(box, label);
+  legend.append(item);
+}
+
 function drawLegend() {
   const scale = state.scale;
   const legend = $("#legend");
@@ -389,18 +403,7 @@ function drawLegend() {
   title.className = "title";
   title.textContent = `rain rate (${scale.units})`;
   legend.append(title);
-  const swatch = (colour, tick, extra = "") => {
-    const item = document.createElement("div");
-    item.className = `class ${extra}`;
-    const box = document.createElement("div");
-    box.className = "swatch";
-    box.style.background = colour;
-    const label = document.createElement("span");
-    label.className = "tick";
-    label.textContent = tick;
-    item.append(box, label);
-    legend.append(item);
-  };
+  const swatch = (colour, tick, extra = "") => appendSwatch(legend, colour, tick, extra);
   scale.colours.forEach((colour, k) => swatch(colour, String(scale.levels[k])));
   swatch(scale.over, `${scale.max_mm_h}+`);
   swatch("#ffffff", `dry (< ${scale.levels[0]})`, "special");
@@ -420,18 +423,7 @@ function drawProbabilityLegend() {
   title.className = "title";
   title.textContent = `probability of rain rate ≥ ${threshold} mm/h`;
   legend.append(title);
-  const swatch = (colour, tick, extra = "") => {
-    const item = document.createElement("div");
-    item.className = `class ${extra}`;
-    const box = document.createElement("div");
-    box.className = "swatch";
-    box.style.background = colour;
-    const label = document.createElement("span");
-    label.className = "tick";
-    label.textContent = tick;
-    item.append(box, label);
-    legend.append(item);
-  };
+  const swatch = (colour, tick, extra = "") => appendSwatch(legend, colour, tick, extra);
   swatch("#ffffff", "0");
   scale.colours.forEach((colour, k) => swatch(colour, String(scale.levels[k])));
   swatch("transparent", "1", "end"); // the top of the last class: a tick, no colour of its own
