@@ -18,7 +18,9 @@ for S-PROG. Each holds
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import zarr
@@ -141,11 +143,12 @@ def build_cache(
         return path
     from pipelines.progress import progress_display
 
+    one = partial(_compute_one, store, product, path, t_out=t_out, method=method)
     bar = progress_display(disable=not progress)  # plain lines when not on a terminal
-    with bar, worker_pool(workers) as pool:
+    # one worker: here, one forecast at a time (a pool's fresh interpreter re-imports pysteps, seconds)
+    with bar, (worker_pool(workers) if workers > 1 else nullcontext()) as pool:
         task = bar.add_task(f"{method} of {product}", total=len(todo))
-        futures = [pool.submit(_compute_one, store, product, path, i, t_out, method) for i in todo]
-        for future in futures:
-            group["done"][future.result()] = 1  # after the data: a flag never claims a frame that is not there
+        for index in (pool.map(one, todo) if pool is not None else map(one, todo)):
+            group["done"][index] = 1  # after the data: a flag never claims a frame that is not there
             bar.advance(task)
     return path
