@@ -278,8 +278,10 @@ def test_kills_during_checkpoint_saves_leave_no_partial_or_untracked_files(tmp_p
 
     def overrides(kill_at: int, epochs: int) -> Path:
         config = {
+            # two training batches and one validation batch an epoch: the saves (two an epoch) are the
+            # point, and there are as many of them, at the same moments, as with whole epochs
             "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": epochs, "enable_progress_bar": False,
-                        "logger": False,
+                        "logger": False, "limit_train_batches": 2, "limit_val_batches": 1,
                         "plugins": [{"class_path": "killing_io.KillingCheckpointIO",
                                      "init_args": {"kill_at": kill_at, "count_file": str(tmp_path / "saves")}}],
                         "callbacks": [

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from conftest import S3Server, cropped_fmi, hold_writer_lock, kill_9_when, nowcast_cli, sample_files
-from test_archive_integrity import HELPER, LATE, SIZE, STORED, _assert_consistent
+from test_archive_integrity import LATE, SIZE, STORED, _assert_consistent, _helper
 
 from pipelines.ingest import ingest
 from pipelines.store import ProductArchive
@@ -55,7 +55,7 @@ def skill_when(url: str, tmp: Path, done: Callable[[list[dict]], bool], timeout:
 
 
 def test_ingest_into_s3_survives_kill_9_mid_append(s3_store: str, tmp_path: Path) -> None:
-    files = sample_files("fmi", 10)
+    files = sample_files("fmi", 8)  # batches of two: killed once two are committed, with two still to come
     folder = str(files[0].parent)
     cmd = [NOWCAST, "ingest", "--format", "fmi_pgm", "--store", s3_store, "--product", "fmi", "--batch-size", "2"]
     proc = subprocess.Popen([*cmd, *map(str, files)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -70,6 +70,8 @@ def test_ingest_into_s3_survives_kill_9_mid_append(s3_store: str, tmp_path: Path
 
 
 def test_merge_on_s3_survives_kill_9_at_many_points(s3_server: S3Server, tmp_path: Path) -> None:
+    import fsspec
+
     frames = synthetic_frames(n_frames=max(LATE) + 1, shape=(SIZE, SIZE))
     reference_store = str(tmp_path / "reference.zarr")
     ProductArchive(reference_store, "p").write(frames)
@@ -78,18 +80,29 @@ def test_merge_on_s3_survives_kill_9_at_many_points(s3_server: S3Server, tmp_pat
     before = [frames[i].time.astype("datetime64[s]").item() for i in STORED]
 
     def run(store: str, kill_at: int, indices: list[int]) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(HELPER), store, "p", str(kill_at), ",".join(map(str, indices)),
-                               str(SIZE)], capture_output=True, text=True)
+        return _helper(store, kill_at, indices)  # a process of its own, forked from a forkserver
 
-    probe = s3_server.bucket("merge-probe") + "/archive.zarr"
-    ProductArchive(probe, "p").write([frames[i] for i in STORED])
+    # the stored frames written once, through the store code; each kill point starts from a server-side
+    # copy of that archive (every object, byte for byte), not from a write of its own
+    template = s3_server.bucket("merge-template") + "/archive.zarr"
+    ProductArchive(template, "p").write([frames[i] for i in STORED])
+    s3 = fsspec.filesystem("s3", skip_instance_cache=True)
+    objects = sorted(p.removeprefix(template[5:]) for p in s3.find(template[5:]))
+
+    def copy_of_template(name: str) -> str:
+        store = s3_server.bucket(name) + "/archive.zarr"
+        s3.copy(template[5:], store[5:], recursive=True)
+        assert sorted(p.removeprefix(store[5:]) for p in s3.find(store[5:])) == objects, name
+        return store
+
+    probe = copy_of_template("merge-probe")
+    _assert_consistent(probe, reference, before)  # the copy reads as the archive that was written
     total = int(run(probe, 0, LATE).stdout)
     assert total > 20
     points = sorted({*range(1, total - 4, max(1, total // 2)), total - 1, total})  # start, middle, the commit
 
     def kill_at(point: int) -> str | None:
-        store = s3_server.bucket(f"merge-kill-{point}") + "/archive.zarr"
-        ProductArchive(store, "p").write([frames[i] for i in STORED])
+        store = copy_of_template(f"merge-kill-{point}")
         killed = run(store, point, LATE)
         if killed.returncode != -signal.SIGKILL:
             return f"point {point}: not killed ({killed.returncode}) {killed.stderr[-300:]}"
@@ -106,7 +119,7 @@ def test_merge_on_s3_survives_kill_9_at_many_points(s3_server: S3Server, tmp_pat
 
 
 def test_one_writer_per_product_on_s3(s3_store: str, tmp_path: Path) -> None:
-    files = sample_files("fmi", 8)
+    files = sample_files("fmi", 6)  # three each below: two batches apiece, the second writer's merged in
     holder = hold_writer_lock(s3_store, "fmi")
     try:
         busy = nowcast_cli("ingest", "--format", "fmi_pgm", "--store", s3_store, "--product", "fmi",
@@ -172,14 +185,23 @@ def test_racing_writers_get_the_s3_lease_exactly_once(s3_store: str) -> None:
 
 
 PAUSED_WRITER = """
-import sys
+import sys, time
+from pipelines import locking
 from pipelines.locking import LeaseLost
 from pipelines.store import ProductArchive
 from pipelines.synthetic import synthetic_frames
 archive = ProductArchive(sys.argv[1], "p")
 with archive.writer_lock():
     print("held", flush=True)
-    sys.stdin.readline()  # paused here (SIGSTOP) past its lease, then told to write
+    sys.stdin.readline()  # paused here (SIGSTOP) past its lease, then woken (SIGCONT) and told to go on
+    # the woken heartbeat's renewal: it finds the new holder's lease and gives up (a bounded wait,
+    # not a verdict: a heartbeat that overwrote the lease instead leaves lost unset, and the test fails)
+    heartbeat = next(iter(locking._leases.values()))  # the one lease this process holds
+    deadline = time.monotonic() + 60
+    while heartbeat.lost is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print("renewal tried", flush=True)
+    sys.stdin.readline()  # told to write
     try:
         archive.write(synthetic_frames(n_frames=3, shape=(16, 16)))
     except LeaseLost as lost:
@@ -189,13 +211,15 @@ with archive.writer_lock():
 
 
 def test_a_writer_paused_past_its_s3_lease_neither_steals_it_back_nor_commits(s3_server: S3Server,
-                                                                             s3_store: str) -> None:
+                                                                             s3_store: str, monkeypatch) -> None:
     """The case a plain lease gets wrong: a holder stalls (here SIGSTOP) past its expiry, another
     writer takes the product over, the first wakes up. Its heartbeat must not overwrite the new
     holder's lease, and its write must stop before the commit."""
     import fsspec
 
-    lease_seconds = float(s3_server.env["NOWCAST_LEASE_SECONDS"])  # what the writer processes use
+    # both writer processes on a 2 s lease (heartbeat every 2/3 s): the pause below outlasts it all the same
+    lease_seconds = 2.0
+    monkeypatch.setenv("NOWCAST_LEASE_SECONDS", str(lease_seconds))
     ProductArchive(s3_store, "p").write(synthetic_frames(n_frames=2, shape=(16, 16)))
     paused = subprocess.Popen([sys.executable, "-c", PAUSED_WRITER, s3_store], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -206,7 +230,10 @@ def test_a_writer_paused_past_its_s3_lease_neither_steals_it_back_nor_commits(s3
         time.sleep(lease_seconds + 1.0)
         holder = hold_writer_lock(s3_store, "p")  # the lease expired: a second writer takes it
         os.kill(paused.pid, signal.SIGCONT)
-        time.sleep(lease_seconds / 2)  # the woken heartbeat has tried to renew by now
+        paused.stdin.write("go on\n")
+        paused.stdin.flush()
+        # the woken heartbeat has tried to renew (and found the lease taken) before the lease is read
+        assert paused.stdout.readline().strip() == "renewal tried"
         lease = fsspec.filesystem("s3", skip_instance_cache=True).cat_file(f"{s3_store}/_locks/p.json")
         assert f'"pid": {holder.pid}' in lease.decode(), lease
         output = paused.communicate("write\n", timeout=60)[0]
@@ -275,10 +302,10 @@ def test_serving_from_s3_and_readiness_follows_the_store(s3_server: S3Server, s3
 
 def test_backfill_to_s3_resumes_after_a_kill(fmi_crop_archive: str, s3_server: S3Server) -> None:
     out = s3_server.bucket("backfill-out") + "/forecasts.zarr"
-    # the real event on a 320 x 320 window (optical flow of the full grid is slow), 12 init times: an
-    # init takes a fraction of a second there, so many are left to do when the kill lands after two
+    # the real event on a 320 x 320 window (optical flow of the full grid is slow), 8 init times: an
+    # init takes a fraction of a second there, so six are left to do when the kill lands after two
     cmd = [NOWCAST, "backfill", "--store", fmi_crop_archive, "--product", "fmi", "--model", "optical_flow",
-           "--start", "2016-09-28T15:00:00Z", "--end", "2016-09-28T15:55:00Z", "--lead-steps", "3",
+           "--start", "2016-09-28T15:00:00Z", "--end", "2016-09-28T15:35:00Z", "--lead-steps", "3",
            "--workers", "1", "--batch", "1", "--out", out, "--no-verify"]  # the kill, not verification, is tested
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     from nowcast.backfill import open_forecasts
@@ -305,7 +332,9 @@ def test_training_reads_its_windows_from_s3(s3_store: str, tmp_path: Path) -> No
 
     ProductArchive(s3_store, "synth").write(synthetic_frames(n_frames=36, shape=(64, 64), seed=2))
     overrides = write_overrides(tmp_path, s3_store, epochs=1)
-    result = subprocess.run(train_command(overrides), capture_output=True, text=True, cwd=tmp_path)
+    # a few batches of windows read from the bucket are the point, not a whole epoch of them
+    few = ("--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2")
+    result = subprocess.run(train_command(overrides, *few), capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     info = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert info["nowcast"]["data"]["products"] == ["synth"] and info["global_step"] > 0
