@@ -8,6 +8,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -33,6 +34,23 @@ def nowcast_cli(*args: str, check: bool = False, **kwargs) -> subprocess.Complet
     """Run the installed ``nowcast`` console script in a subprocess."""
     exe = Path(sys.executable).with_name("nowcast")
     return subprocess.run([str(exe), *args], capture_output=True, text=True, check=check, **kwargs)
+
+
+def nowcast_in_process(*args: str, env: dict[str, str | None] | None = None) -> SimpleNamespace:
+    """``nowcast ARGS`` run by the same Typer app in this process, with the exit code, stdout and stderr
+    (an uncaught exception's traceback included) a subprocess gives: for a further call of a command the
+    test already runs as a real process, sparing an interpreter and torch start-up, not a line of its code."""
+    import traceback
+
+    from typer.testing import CliRunner
+
+    from nowcast_cli.main import app
+
+    result = CliRunner(env=env).invoke(app, list(args))
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=stderr)
 
 
 #: what dask's LocalCluster writes into this process's environment for its workers

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from conftest import nowcast_cli
+from conftest import nowcast_cli, nowcast_in_process
 
 from nowcast.backfill import backfill, open_forecasts
 from nowcast.forecaster import load_forecaster
@@ -48,9 +48,9 @@ def test_backfill_writes_cf_forecasts_and_a_rerun_skips_them(fmi_crop_archive: s
     direct = np.where(np.isnan(history[-1]), np.nan, direct)
     np.testing.assert_array_equal(np.isnan(stored), np.isnan(direct))
     np.testing.assert_allclose(stored[~np.isnan(stored)], direct[~np.isnan(direct)], atol=0.0051)
-    again = nowcast_cli(*args)
+    again = nowcast_in_process(*args)
     assert again.returncode == 0 and "0 written, 5 already done" in flat(again.stderr)
-    clash = nowcast_cli(*[a if a != "2016-09-28T15:40:00Z" else "2016-09-28T16:00:00Z" for a in args])
+    clash = nowcast_in_process(*[a if a != "2016-09-28T15:40:00Z" else "2016-09-28T16:00:00Z" for a in args])
     assert clash.returncode == 2 and "was laid out for 5 init times" in flat(clash.stderr)
 
 
@@ -83,7 +83,7 @@ def test_killed_backfill_stays_readable_and_a_rerun_completes_it(fmi_crop_archiv
         assert 2 <= done.sum() < len(done)
         # every init flagged done has its frames; the rest read as nodata
         assert all(np.isfinite(ds["precip"].isel(init_time=i, lead_time=0).values).any() for i in np.nonzero(done)[0])
-    rerun = subprocess.run(cmd, capture_output=True, text=True)
+    rerun = nowcast_in_process(*cmd[1:])  # the same command, not killed: in this process
     assert rerun.returncode == 0, rerun.stderr
     assert f"{int(done.sum())} already done" in flat(rerun.stderr)
     with open_forecasts(out) as ds:
@@ -122,7 +122,7 @@ def test_backfill_uses_the_registry_production_model(
     assert result.returncode == 0, result.stderr
     with open_forecasts(out) as ds:
         assert ds.attrs["model"] == "convlstm" and ds.sizes["lead_time"] == 3 and ds["done"].values.all()
-    missing = nowcast_cli("backfill", "--model", "production", "--store", fmi_crop_archive, "--product", "fmi",
-                          "--start", "2016-09-28T15:30:00Z", "--end", "2016-09-28T15:40:00Z", "--out", out,
-                          env={k: v for k, v in __import__("os").environ.items() if k != "NOWCAST_REGISTRY"})
+    missing = nowcast_in_process("backfill", "--model", "production", "--store", fmi_crop_archive, "--product", "fmi",
+                                 "--start", "2016-09-28T15:30:00Z", "--end", "2016-09-28T15:40:00Z", "--out", out,
+                                 env={"NOWCAST_REGISTRY": None})
     assert missing.returncode == 2 and "needs --registry" in flat(missing.stderr)

@@ -6,6 +6,7 @@ killed with SIGKILL."""
 
 from __future__ import annotations
 
+import inspect
 import math
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import kill_9_when, nowcast_cli, sample_files
+from conftest import kill_9_when, nowcast_cli, nowcast_in_process, sample_files
 from test_service import start_server
 
 from nowcast.backfill import backfill
@@ -182,7 +183,8 @@ def test_a_verification_pass_killed_at_many_points_ends_as_an_uninterrupted_one(
         kill_9_when(proc, lambda n=after: _records(store) >= n, f"nowcast verify up to {after} records")
         assert proc.returncode == -9
         assert VerificationLedger(store, "mch").rolling(24)["end"] == expected["end"]  # readable after each kill
-    done = nowcast_cli("verify", "--store", store, "--out", str(tmp_path / "skill.json"))
+    # the pass that completes them, never killed: the same command in this process
+    done = nowcast_in_process("verify", "--store", store, "--out", str(tmp_path / "skill.json"))
     assert done.returncode == 0, done.stderr
     assert "mch: " in done.stderr and "CSI" in done.stderr
     same_rolling(VerificationLedger(store, "mch").rolling(24), expected)
@@ -205,7 +207,7 @@ def test_a_backfill_is_verified_as_its_observations_come_in(tmp_path: Path) -> N
     report = evaluate_forecasts(store, [out], tmp_path / "stored.json")
     assert report["n_cases"] == 7 and [m["n_cases"] for m in live] == [7]
     same_scores(live[0]["scores"], report["models"]["persistence"]["scores"])
-    again = nowcast_cli("verify", "--store", store)  # nothing new: nothing counted twice
+    again = nowcast_in_process("verify", "--store", store)  # nothing new: nothing counted twice
     assert "mch: 0 scored" in again.stderr
     same_scores(VerificationLedger(store, "mch").rolling(24)["models"][0]["scores"], live[0]["scores"])
 
@@ -276,17 +278,22 @@ def test_forecasts_waiting_to_be_kept_are_bounded_and_the_overflow_is_counted(tm
     assert VerificationLedger(store, "mch").pending_count() == {"persistence": MAX_QUEUED_KEEPS}
 
 
-KEEP_EVERY_FRAME = """
-import sys
-import numpy as np
-from nowcast.live_verification import VerificationLedger
-from pipelines.store import ProductArchive
-store, name, leads = sys.argv[1], sys.argv[2], int(sys.argv[3])
-archive, ledger = ProductArchive(store, "mch"), VerificationLedger(store, "mch")
-for init in archive.times():
-    last = archive.window(length=1, end=init).frames
-    ledger.register(name, init, np.repeat(last, leads, axis=0), 5.0)
-"""
+def keep_every_frame(store: str, name: str, leads: int) -> None:
+    """A persistence forecast from every frame of the archive, kept in its ledger under ``name``."""
+    import numpy as np
+
+    from nowcast.live_verification import VerificationLedger
+    from pipelines.store import ProductArchive
+
+    archive, ledger = ProductArchive(store, "mch"), VerificationLedger(store, "mch")
+    for init in archive.times():
+        last = archive.window(length=1, end=init).frames
+        ledger.register(name, init, np.repeat(last, leads, axis=0), 5.0)
+
+
+#: ``keep_every_frame`` as a process of its own, to be killed: the same code, not a copy of it
+KEEP_EVERY_FRAME = (inspect.getsource(keep_every_frame)
+                    + "\nimport sys\nkeep_every_frame(sys.argv[1], sys.argv[2], int(sys.argv[3]))\n")
 
 
 def test_a_kill_while_forecasts_are_kept_never_scores_half_a_forecast(tmp_path: Path) -> None:
@@ -295,14 +302,14 @@ def test_a_kill_while_forecasts_are_kept_never_scores_half_a_forecast(tmp_path: 
     store = str(tmp_path / "keep.zarr")
     ingest(sample_files("mch", 10), store, "mch", fmt="mch_gif", workers=1)
     keep = [sys.executable, "-c", KEEP_EVERY_FRAME, store]
-    subprocess.run([*keep, "whole", str(LEADS)], check=True)
+    keep_every_frame(store, "whole", LEADS)  # never killed: in this process
     pending = Path(store) / "_verification" / "mch" / "pending" / "killed"
     for after in (2, 5):  # SIGKILL once this many forecasts have started to be written
         proc = subprocess.Popen([*keep, "killed", str(LEADS)])
         kill_9_when(proc, lambda n=after: len(list(pending.glob("*/zarr.json"))) >= n, f"keeping {after} forecasts")
         assert proc.returncode == -9
         VerificationLedger(store, "mch").verify()  # a pass between kills reads only whole forecasts
-    subprocess.run([*keep, "killed", str(LEADS)], check=True)  # kept again: the rest, and any left half-written
+    keep_every_frame(store, "killed", LEADS)  # kept again: the rest, and any left half-written
     VerificationLedger(store, "mch").verify()
     models = VerificationLedger(store, "mch").rolling(24)["models"]
     assert [m["model"] for m in models] == ["killed", "whole"] and models[0]["n_cases"] == models[1]["n_cases"] == 7
