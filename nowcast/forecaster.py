@@ -71,7 +71,7 @@ SHIPPED = ("convlstm_sprog", "convlstm_flow", "sa_convlstm_flow", "predrnn_flow"
 #: named after the archive, each a registered architecture (its checkpoint says which)
 #: (``convlstm_exceedance_taasrad19`` is the probabilistic one: exceedance probabilities, nowcast/models/exceedance.py)
 SHIPPED_TAASRAD19 = ("convlstm_taasrad19", "predrnn_taasrad19", "sa_convlstm_taasrad19",
-                     "convlstm_exceedance_taasrad19", "convlstm_sprog_taasrad19")
+                     "convlstm_exceedance_taasrad19", "convlstm_sprog_taasrad19", "convlstm_flow_taasrad19")
 
 
 def shipped_models(archive: str | None = None) -> list[str]:

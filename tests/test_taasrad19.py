@@ -15,6 +15,7 @@ import torch
 import xarray as xr
 import yaml
 
+from nowcast.forecaster import SHIPPED_TAASRAD19
 from pipelines.dataset import MonthSplit, SequenceDataset
 from pipelines.ingest import ingest
 from tests.conftest import DATA, REPO
@@ -146,7 +147,7 @@ def test_ddp_on_two_processes_splits_the_archive_resumes_and_reduces_validation(
     assert after["global_step"] == 2 * before["global_step"]
 
 
-@pytest.mark.parametrize("name", ["convlstm_taasrad19", "predrnn_taasrad19", "sa_convlstm_taasrad19"])
+@pytest.mark.parametrize("name", SHIPPED_TAASRAD19)  # the plain networks, the hybrids, the probabilistic one
 def test_shipped_taasrad19_networks_forecast_a_test_month_by_name(two_months: str, name: str) -> None:
     from nowcast.forecaster import WEIGHTS_DIR, load_forecaster, shipped_models
     from pipelines.store import ProductArchive
