@@ -257,8 +257,7 @@ def export(name: str, run_dir: Path = Path("runs/weights")) -> dict[str, Any]:
     notes = [r["note"] for r in records if r.get("note")]
     if notes:  # what a person wrote into a run's ledger (e.g. that it shared the machine)
         record["note"] = "; ".join(notes)
-    info = dict(best["nowcast"], training=record, probability_matching=probability_matching(stage))
-    info["model_kwargs"] = {**info["model_kwargs"], **chosen_after_training(stage)}
+    info = _with_postprocessing(dict(best["nowcast"], training=record), stage)
     state = {k: v for k, v in best["state_dict"].items() if k.startswith("net.")}
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
     _save_shipped(name, {"state_dict": state, "nowcast": info})
@@ -296,11 +295,15 @@ def update_postprocessing(name: str) -> str:
     path = WEIGHTS_DIR / f"{name}.ckpt"
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     stage = Path(checkpoint["nowcast"]["training"]["config"]).stem
-    info = checkpoint["nowcast"]
-    info["probability_matching"] = probability_matching(stage)
-    info["model_kwargs"] = {**info["model_kwargs"], **chosen_after_training(stage)}
+    checkpoint["nowcast"] = _with_postprocessing(checkpoint["nowcast"], stage)
     _save_shipped(name, checkpoint)
-    return info["probability_matching"]
+    return checkpoint["nowcast"]["probability_matching"]
+
+
+def _with_postprocessing(info: dict[str, Any], stage: str) -> dict[str, Any]:
+    """``info`` (a checkpoint's nowcast section) with what ``stage``'s config chose after training."""
+    return dict(info, probability_matching=probability_matching(stage),
+                model_kwargs={**info["model_kwargs"], **chosen_after_training(stage)})
 
 
 def _rounded(value: float | None) -> float | None:
