@@ -5,12 +5,13 @@
 
 Each MODEL (a baseline, a shipped model or a checkpoint, run without its own post-processing)
 forecasts the cases ``nowcast evaluate`` would pick with these settings (full grid, 4 input
-frames, 12 x 5-min leads, dry cases skipped); every forecast is scored as it is and after CDF
-matching to its last observed frame, pooled over the cases like ``nowcast evaluate``. The default
+frames, 12 x 5-min leads, dry cases skipped); every forecast is scored as it is and after each
+matching of ``nowcast.postprocessing`` (``cdf``, ``cdf_wet``) to its last observed frame, pooled
+over the cases like ``nowcast evaluate``. The default
 is the validation day of the shipped models (MeteoSwiss 2015-05-15): what chose each shipped
 model's ``probability_matching`` (docs/skill.md), never the test events. ``choose`` applies the
-rule: "cdf" when matching gains CSI at 5 mm/h, 30 min and loses no more than 0.005 of CSI at
-1 mm/h at 30 or at 60 min, else "none". Prints one JSON document; progress on stderr.
+rule: of the matchings that gain CSI at 5 mm/h, 30 min and lose no more than 0.005 of CSI at
+1 mm/h at 30 or at 60 min, the one that gains most; "none" when none does. Prints one JSON document; progress on stderr.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import sys
 from nowcast.cases import archive_layout, is_dry, pixel_size_km
 from nowcast.evaluate import select_cases
 from nowcast.forecaster import load_forecaster
-from nowcast.postprocessing import match_cdf
+from nowcast.postprocessing import PROBABILITY_MATCHING, post_process
 from nowcast.verification import LeadTimeVerifier
 from pipelines.store import ProductArchive
 
@@ -40,9 +41,17 @@ def scores(verifier: LeadTimeVerifier) -> dict[str, float | None]:
             "fss_60min": at60["fss_1mm_10km"], "frequency_bias_1mm_30min": bias, "mae_30min": at30["mae_mm_h"]}
 
 
-def choose(raw: dict[str, float | None], cdf: dict[str, float | None]) -> str:
-    keeps_1mm = all((cdf[k] or 0.0) >= (raw[k] or 0.0) - TOLERANCE for k in ("csi_1mm_30min", "csi_1mm_60min"))
-    return "cdf" if keeps_1mm and (cdf["csi_5mm_30min"] or 0.0) > (raw["csi_5mm_30min"] or 0.0) else "none"
+def choose(scored: dict[str, dict[str, float | None]]) -> str:
+    """The matching the rule picks from ``scored`` (method -> scores, "none" among them)."""
+    raw = scored["none"]
+
+    def gain(method: str) -> float:
+        matched = scored[method]
+        keeps_1mm = all((matched[k] or 0.0) >= (raw[k] or 0.0) - TOLERANCE for k in ("csi_1mm_30min", "csi_1mm_60min"))
+        return (matched["csi_5mm_30min"] or 0.0) - (raw["csi_5mm_30min"] or 0.0) if keeps_1mm else 0.0
+
+    best = max(scored, key=gain)
+    return best if gain(best) > 0 else "none"
 
 
 def main() -> None:
@@ -58,7 +67,7 @@ def main() -> None:
     times, grid, step = archive_layout(archive)
     forecasters = {m: load_forecaster(m, probability_matching="none") for m in args.models}
     verifiers = {(m, kind): LeadTimeVerifier(LEADS, step, pixel_size_km(grid))
-                 for m in args.models for kind in ("none", "cdf")}
+                 for m in args.models for kind in PROBABILITY_MATCHING}
     rain = archive.open()["precip"]
     used = []
     for case in select_cases(times, HISTORY, LEADS, step, args.start, args.end, args.stride):
@@ -68,14 +77,14 @@ def main() -> None:
             continue
         for name, forecaster in forecasters.items():
             forecast = forecaster.predict(past, LEADS, step)
-            verifiers[(name, "none")].accumulate(forecast, future)
-            verifiers[(name, "cdf")].accumulate(match_cdf(forecast, past[-1]), future)
+            for kind in PROBABILITY_MATCHING:
+                verifiers[(name, kind)].accumulate(post_process(kind, forecast, past[-1]), future)
         used.append(str(case.init)[:16])
         print(f"{args.product} {used[-1]}", file=sys.stderr, flush=True)
     results = {}
     for name in args.models:
-        raw, cdf = scores(verifiers[(name, "none")]), scores(verifiers[(name, "cdf")])
-        results[name] = {"none": raw, "cdf": cdf, "choose": choose(raw, cdf)}
+        scored = {kind: scores(verifiers[(name, kind)]) for kind in PROBABILITY_MATCHING}
+        results[name] = {**scored, "choose": choose(scored)}
     print(json.dumps({"store": args.store, "product": args.product, "start": args.start, "end": args.end,
                       "stride": args.stride, "cases": used, "tolerance": TOLERANCE, "models": results}, indent=2))
 

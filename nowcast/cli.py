@@ -228,8 +228,9 @@ def evaluate(
         help="How a network trained at another time step gets this product's frames: motion "
              "(motion-compensated) or linear.")] = "motion",
     probability_matching: Annotated[str, typer.Option(
-        help="auto (each checkpoint's own choice; none for baselines), none, or cdf: each lead matched to the "
-             "distribution of the last observed frame.")] = "auto",
+        help="auto (each checkpoint's own choice; none for baselines), none, cdf (each lead matched to the "
+             "distribution of the last observed frame) or cdf_wet (only the intensities inside the forecast's "
+             "1 mm/h area matched; the area kept).")] = "auto",
     members: Annotated[int | None, typer.Option(
         help="Ensemble members of the models that forecast them (steps; default theirs, 20): their CRPS, Brier "
              "score, ROC area and reliability diagram are scored too.")] = None,

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from nowcast.ensembles import check_thresholds, exceedance_probabilities, model_outputs
 from nowcast.models import BASELINES, MODELS, MOTION_BASELINES, get_model, model_class
 from nowcast.models.base import Forecaster
-from nowcast.postprocessing import check_probability_matching, match_cdf
+from nowcast.postprocessing import check_probability_matching, post_process
 from pipelines.channels import AuxiliarySpec, MissingChannel, encode_channels
 from pipelines.normalization import RainNormalizer
 from pipelines.time_interpolation import TIME_INTERPOLATIONS, interpolate_in_time, motion_per_minute
@@ -105,7 +105,8 @@ class LoadedForecaster:
     #: how frames at another time step are brought to the network's: "motion" (motion-compensated,
     #: no ghosting) or "linear" (``pipelines.time_interpolation``; docs/skill.md compares them)
     time_interpolation: str = "motion"
-    #: "none", or "cdf": each lead's values matched to the last observation's distribution
+    #: "none", "cdf" (each lead's values matched to the last observation's distribution) or "cdf_wet"
+    #: (only the intensities inside the forecast's 1 mm/h area matched)
     #: (``nowcast.postprocessing``); a shipped network carries the choice made for it on validation
     probability_matching: str = "none"
     #: sha256 of the network's weights and post-processing (None for a baseline): what tells two
@@ -246,8 +247,7 @@ class LoadedForecaster:
             rain = np.where(np.isnan(batch[:, -1])[:, None], np.float32(np.nan), rain).astype(np.float32)
         else:
             rain = self._predict(batch, lead_steps, extra)
-        if self.probability_matching == "cdf":
-            rain = match_cdf(rain, batch[:, -1])
+        rain = post_process(self.probability_matching, rain, batch[:, -1])
         return rain[0] if single else rain
 
     @property
@@ -289,8 +289,8 @@ class LoadedForecaster:
             out = self.model.forward_ensemble(z, lead_steps, members)
         rain = self.normalizer.inverse(out[:, :, :, 0, :ny, :nx].float()).cpu().numpy()
         rain = np.where(nodata[:, None, None], np.float32(np.nan), rain).astype(np.float32)
-        if self.probability_matching == "cdf":  # each member matched, as the deterministic forecast is
-            rain = match_cdf(rain, np.broadcast_to(batch[:, None, -1], rain.shape[:2] + (ny, nx)))
+        # each member matched, as the deterministic forecast is
+        rain = post_process(self.probability_matching, rain, np.broadcast_to(batch[:, None, -1], rain.shape[:2] + (ny, nx)))
         return rain[0] if single else rain
 
     @torch.no_grad()
@@ -397,7 +397,7 @@ def load_forecaster(spec: str, map_location: str | torch.device = "cpu", precisi
     """A baseline by name, a checkpoint path, or a shipped model name; ``precision`` "bf16" runs a
     network under bfloat16 autocast (baselines are numpy and ignore it); ``time_interpolation``
     says how a product at another time step is resampled ("motion" or "linear");
-    ``probability_matching`` ("none" or "cdf") overrides the checkpoint's own choice (None: keep it;
+    ``probability_matching`` (one of ``postprocessing.PROBABILITY_MATCHING``) overrides the checkpoint's own choice (None: keep it;
     a baseline's is "none")."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

@@ -196,6 +196,13 @@ def _validation_scores(run: Path, epoch: int, step: int | None = None) -> dict[s
         leads = [v for k, v in scores.items() if k.startswith(f"val/csi_{threshold}mm/lead_")]
         if leads and f"val/csi_{threshold}mm/mean" not in scores:
             scores[f"val/csi_{threshold}mm/mean"] = sum(leads) / len(leads)
+    # the light-and-heavy CSI (training.py logs it since 2026-12-07): added for older runs so a
+    # fine-tuning stage chosen on it compares with the stage it started from on the same number
+    for key, light in list(scores.items()):
+        if key.startswith("val/csi_1mm/lead_"):
+            heavy = scores.get(key.replace("csi_1mm", "csi_5mm"))
+            if heavy is not None:
+                scores.setdefault(key.replace("csi_1mm", "csi_1_5mm"), (light + heavy) / 2)
     return scores
 
 
@@ -389,9 +396,11 @@ def card_lines(name: str, path: Path, reports: dict[str, dict]) -> list[str]:
         lines.append(f"  - stage `{stage['config']}`: {stage['wall_time_s']} s, {stage['epochs']} epochs / "
                      f"{stage['steps']} steps" + (f" ({stage['note']})" if stage.get("note") else ""))
     matching = info.get("probability_matching", "none")
+    how = {"cdf": "each lead's distribution matched to the last observed frame's, chosen on the validation day",
+           "cdf_wet": "the intensities inside each lead's 1 mm/h area matched to the last observed frame's, the "
+                      "area kept, chosen on validation data"}
     lines.append(f"- post-processing: probability matching `{matching}`"
-                 + (" (each lead's distribution matched to the last observed frame's, chosen on the validation "
-                    "day with `bench/probability_matching.py`)" if matching == "cdf" else ""))
+                 + (f" ({how[matching]} with `bench/probability_matching.py`)" if matching in how else ""))
     lines += outputs_line(info)
     for product, report in reports.items():
         row = dict(skill_rows(report)).get(name)

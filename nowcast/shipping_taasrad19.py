@@ -180,7 +180,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu", action="store_true", help="train with configs/gpu.yaml over each config")
     parser.add_argument("--max-time", metavar="DD:HH:MM:SS", help="each network's wall-clock budget")
     parser.add_argument("--jobs", type=int, default=3, help="networks trained at once (one process each)")
+    parser.add_argument("--update-postprocessing", action="store_true",
+                        help="only write each --only network's probability matching from its shipped stage's "
+                             "config into its shipped weights (no ingest, training or export)")
     args = parser.parse_args(argv)
+    if args.update_postprocessing:
+        for name in args.only:
+            print(name, "probability matching:", shipping.update_postprocessing(name), flush=True)
+        return
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     try:

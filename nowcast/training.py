@@ -294,3 +294,9 @@ class NowcastModule(pl.LightningModule):
         # hour for the first (a network that collapses after 30 min scores low here)
         for threshold, scores in per_lead.items():
             self.log(f"val/csi_{threshold:g}mm/mean", torch.stack(scores).mean())
+        # one number for light and heavy rain at each lead (the CSI averaged over the thresholds): a
+        # checkpoint chosen on it cannot buy CSI at 1 mm/h by giving up the cores (val/csi_1_5mm/...)
+        joined = "_".join(f"{threshold:g}" for threshold in VALIDATION_THRESHOLDS)
+        for lead in range(self.hparams.t_out):
+            tag = f"lead_{int(round((lead + 1) * step)):03d}min"
+            self.log(f"val/csi_{joined}mm/{tag}", torch.stack([per_lead[t][lead] for t in VALIDATION_THRESHOLDS]).mean())

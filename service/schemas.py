@@ -159,9 +159,10 @@ class ModelInfo(BaseModel):
     version: str | None = Field(description="The model store's version (the production model)")
     training_data: dict[str, Any] | None = Field(description="Products, time range and step it was trained on")
     skill: dict[str, Any] | None = Field(description="Recorded verification scores (model store or model card)")
-    probability_matching: Literal["none", "cdf"] = Field(
+    probability_matching: Literal["none", "cdf", "cdf_wet"] = Field(
         "none", description="How forecasts are post-processed: cdf, each lead's values matched to the last observed "
-                            "frame's distribution (chosen on validation for shipped networks); none")
+                            "frame's distribution; cdf_wet, only the intensities inside the forecast's area of 1 mm/h "
+                            "matched (the area kept); none (chosen on validation for shipped networks)")
     input_products: list[str] = Field(
         default_factory=list,
         description="Auxiliary products a multi-source network reads beside the requested product, in "

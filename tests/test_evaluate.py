@@ -160,4 +160,4 @@ def test_probability_matching_is_each_checkpoints_own_unless_told_and_recorded(
     assert flow[0] != flow[1]  # the matched forecast is another forecast
     refused = nowcast_in_process(*args, "--probability-matching", "mean", "--out", str(tmp_path / "m.json"))
     assert refused.returncode == 2
-    assert "probability matching must be one of none, cdf, got 'mean'" in " ".join(refused.stderr.split())
+    assert "probability matching must be one of none, cdf, cdf_wet, got 'mean'" in " ".join(refused.stderr.split())

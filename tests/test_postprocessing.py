@@ -61,5 +61,34 @@ def test_a_forecaster_matches_on_request_or_by_its_checkpoint_and_refuses_an_unk
     network = load_forecaster(str(small_checkpoint))
     assert network.probability_matching == "none"  # a checkpoint trained without a choice
     assert load_forecaster(str(small_checkpoint), probability_matching="cdf").probability_matching == "cdf"
-    with pytest.raises(ValueError, match="probability matching must be one of none, cdf, got 'quantile'"):
+    with pytest.raises(ValueError, match="probability matching must be one of none, cdf, cdf_wet, got 'quantile'"):
         load_forecaster("sprog", probability_matching="quantile")
+
+
+def test_wet_area_matching_keeps_the_area_at_1_mm_h_and_gives_the_cores_back() -> None:
+    from nowcast.postprocessing import WET_THRESHOLD, match_cdf_wet, post_process
+
+    observed = _fmi_frames(6)[-1]
+    covered = np.isfinite(observed)
+    blurred = np.stack([gaussian_filter(np.nan_to_num(observed), sigma) for sigma in (1.0, 4.0)])
+    blurred[:, ~covered] = np.nan
+    matched = match_cdf_wet(blurred, observed)
+    np.testing.assert_array_equal(post_process("cdf_wet", blurred, observed), matched)
+    assert np.isnan(matched[:, ~covered]).all()
+    heavy = np.sort(observed[covered & (observed >= WET_THRESHOLD)])
+    for lead in range(2):
+        wet = covered & (blurred[lead] >= WET_THRESHOLD)
+        np.testing.assert_array_equal(matched[lead] >= WET_THRESHOLD, blurred[lead] >= WET_THRESHOLD)  # same area
+        np.testing.assert_array_equal(matched[lead][~wet & covered], blurred[lead][~wet & covered])  # below: as was
+        order = np.argsort(blurred[lead][wet], kind="stable")
+        assert (np.diff(matched[lead][wet][order]) >= 0).all()  # ranks kept
+        # the heaviest and lightest of the area take the observation's extremes above the threshold
+        assert matched[lead][wet].max() == heavy[-1] and matched[lead][wet].min() == heavy[0]
+    assert blurred[1][covered].max() < 0.5 * observed[covered].max()
+    # an observation without rain at the threshold leaves the forecast as it was
+    drizzle = np.where(covered, np.minimum(np.nan_to_num(observed), 0.5), np.nan)
+    np.testing.assert_array_equal(match_cdf_wet(blurred, drizzle), blurred)
+    with pytest.raises(ValueError, match="not on the same grid"):
+        match_cdf_wet(blurred, observed[:-1])
+    with pytest.raises(ValueError, match="cdf_wet"):
+        post_process("cdf_dry", blurred, observed)
