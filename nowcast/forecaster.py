@@ -290,7 +290,8 @@ class LoadedForecaster:
         rain = self.normalizer.inverse(out[:, :, :, 0, :ny, :nx].float()).cpu().numpy()
         rain = np.where(nodata[:, None, None], np.float32(np.nan), rain).astype(np.float32)
         # each member matched, as the deterministic forecast is
-        rain = post_process(self.probability_matching, rain, np.broadcast_to(batch[:, None, -1], rain.shape[:2] + (ny, nx)))
+        last = np.broadcast_to(batch[:, None, -1], rain.shape[:2] + (ny, nx))
+        rain = post_process(self.probability_matching, rain, last)
         return rain[0] if single else rain
 
     @torch.no_grad()
@@ -397,8 +398,8 @@ def load_forecaster(spec: str, map_location: str | torch.device = "cpu", precisi
     """A baseline by name, a checkpoint path, or a shipped model name; ``precision`` "bf16" runs a
     network under bfloat16 autocast (baselines are numpy and ignore it); ``time_interpolation``
     says how a product at another time step is resampled ("motion" or "linear");
-    ``probability_matching`` (one of ``postprocessing.PROBABILITY_MATCHING``) overrides the checkpoint's own choice (None: keep it;
-    a baseline's is "none")."""
+    ``probability_matching`` (one of ``postprocessing.PROBABILITY_MATCHING``) overrides the checkpoint's
+    own choice (None: keep it; a baseline's is "none")."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if time_interpolation not in TIME_INTERPOLATIONS:

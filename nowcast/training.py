@@ -299,4 +299,5 @@ class NowcastModule(pl.LightningModule):
         joined = "_".join(f"{threshold:g}" for threshold in VALIDATION_THRESHOLDS)
         for lead in range(self.hparams.t_out):
             tag = f"lead_{int(round((lead + 1) * step)):03d}min"
-            self.log(f"val/csi_{joined}mm/{tag}", torch.stack([per_lead[t][lead] for t in VALIDATION_THRESHOLDS]).mean())
+            both = torch.stack([per_lead[threshold][lead] for threshold in VALIDATION_THRESHOLDS])
+            self.log(f"val/csi_{joined}mm/{tag}", both.mean())
