@@ -173,6 +173,31 @@ def test_a_fine_tuning_stage_ships_only_if_it_beat_its_first_stage(tmp_path, mon
     assert checkpoint["epoch"] == (3 if ships == "m" else 5)
 
 
+@pytest.mark.parametrize(("tuned", "ships"), [((0.35, 0.14), "m.tune"), ((0.37, 0.01), "m")])
+def test_a_stage_chosen_on_light_and_heavy_rain_compares_with_a_first_stage_that_logged_them_apart(
+        tmp_path, monkeypatch: pytest.MonkeyPatch, tuned: tuple[float, float], ships: str) -> None:
+    """A fine-tuning stage chosen on val/csi_1_5mm (the CSI averaged over 1 and 5 mm/h, logged by
+    training since the TAASRAD19 tuning) against a first stage whose logs hold the two apart: the
+    first stage's number is their mean, so a tuning that gives up light rain for heavy ships only
+    when the pair is better."""
+    from nowcast import shipping
+
+    config_dir, run_dir = tmp_path / "configs", tmp_path / "runs"
+    config_dir.mkdir()
+    monkeypatch.setattr(shipping, "CONFIG_DIR", config_dir)
+    monitor = "val/csi_1_5mm/lead_030min"
+    for stage, (light, heavy), logged in (("m", (0.36, 0.03), False), ("m.tune", tuned, True)):
+        _fake_stage(run_dir, config_dir, stage, monitor if logged else "val/csi_1mm/lead_030min", 3, [light] * 12)
+        columns = "epoch,step,val/csi_1mm/lead_030min,val/csi_5mm/lead_030min" + (f",{monitor}" if logged else "")
+        best, worse = (f",{(light + heavy) / 2}", f",{(light + heavy) / 4}") if logged else ("", "")
+        (run_dir / stage / "logs" / "version_0" / "metrics.csv").write_text(
+            f"{columns}\n2,20,{light / 2},{heavy / 2}{worse}\n3,30,{light},{heavy}{best}\n")
+    stage, checkpoint, scores = shipping._best_stage("m", run_dir)
+    assert (stage, scores["monitor"]) == (ships, monitor)
+    light, heavy = tuned if ships == "m.tune" else (0.36, 0.03)
+    assert scores[monitor] == pytest.approx((light + heavy) / 2)
+
+
 def test_a_fixed_budget_stage_ships_its_last_epoch(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A last stage without a monitored checkpoint ships its last epoch, even where its validation
     scores are below the first stage's (its config says why validation cannot choose there)."""
