@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from conftest import S3Server, cropped_fmi, hold_writer_lock, kill_9_when, nowcast_cli, sample_files
-from test_archive_integrity import LATE, SIZE, STORED, _assert_consistent, _helper
+from test_archive_integrity import HELPER, LATE, SIZE, STORED, _assert_consistent, _helper
 
 from pipelines.ingest import ingest
 from pipelines.store import ProductArchive
@@ -67,6 +67,25 @@ def test_ingest_into_s3_survives_kill_9_mid_append(s3_store: str, tmp_path: Path
     ingest(files, reference, "fmi", fmt="fmi_pgm")
     assert_same_archive(s3_store, reference, "fmi")
     assert folder  # the files came from the real sample folder
+
+
+def test_the_changes_a_kill_test_counts_do_not_depend_on_how_fast_the_write_runs(
+        s3_server: S3Server, tmp_path: Path) -> None:
+    """The kill tests number a write's changes in one run and kill another run at change N: the two
+    must count alike. A lease renewal is a timed heartbeat, so a slow run makes more of them: they
+    are not counted (``kill_during_write._renews_a_lease``; a loaded CI pass once killed no run at
+    the commit because the counting run had renewed once more). Here a lease of 0.2 s renews many
+    times during the write, and the count equals the one a 60 s lease gives, where none renews."""
+    frames = synthetic_frames(n_frames=max(LATE) + 1, shape=(SIZE, SIZE))
+    counts = {}
+    for lease in ("0.2", "60"):
+        store = s3_server.bucket(f"lease-{lease.replace('.', '-')}") + "/archive.zarr"
+        ProductArchive(store, "p").write([frames[i] for i in STORED])
+        run = subprocess.run([sys.executable, str(HELPER), store, "p", "0", ",".join(map(str, LATE)), str(SIZE)],
+                             capture_output=True, text=True, env={**os.environ, "NOWCAST_LEASE_SECONDS": lease})
+        assert run.returncode == 0, run.stderr[-2000:]
+        counts[lease] = int(run.stdout)
+    assert counts["0.2"] == counts["60"] > 20, counts
 
 
 def test_merge_on_s3_survives_kill_9_at_many_points(s3_server: S3Server, tmp_path: Path) -> None:
