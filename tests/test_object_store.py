@@ -74,18 +74,22 @@ def test_the_changes_a_kill_test_counts_do_not_depend_on_how_fast_the_write_runs
     """The kill tests number a write's changes in one run and kill another run at change N: the two
     must count alike. A lease renewal is a timed heartbeat, so a slow run makes more of them: they
     are not counted (``kill_during_write._renews_a_lease``; a loaded CI pass once killed no run at
-    the commit because the counting run had renewed once more). Here a lease of 0.2 s renews many
-    times during the write, and the count equals the one a 60 s lease gives, where none renews."""
+    the commit because the counting run had renewed once more). Here a 3 s lease renews (every 1 s)
+    during the write (about 3 s here), and the count equals the one a 60 s lease gives, where none
+    does. (Not shorter: under load a heartbeat late by more than the lease loses it.)"""
     frames = synthetic_frames(n_frames=max(LATE) + 1, shape=(SIZE, SIZE))
     counts = {}
-    for lease in ("0.2", "60"):
-        store = s3_server.bucket(f"lease-{lease.replace('.', '-')}") + "/archive.zarr"
+    renewals = {}
+    for lease in ("3", "60"):
+        store = s3_server.bucket(f"lease-{lease}") + "/archive.zarr"
         ProductArchive(store, "p").write([frames[i] for i in STORED])
         run = subprocess.run([sys.executable, str(HELPER), store, "p", "0", ",".join(map(str, LATE)), str(SIZE)],
                              capture_output=True, text=True, env={**os.environ, "NOWCAST_LEASE_SECONDS": lease})
         assert run.returncode == 0, run.stderr[-2000:]
         counts[lease] = int(run.stdout)
-    assert counts["0.2"] == counts["60"] > 20, counts
+        renewals[lease] = int(run.stderr.split("lease renewals: ")[-1].split()[0])
+    assert renewals["3"] >= 1 and renewals["60"] == 0, renewals  # the short lease did renew during the write
+    assert counts["3"] == counts["60"] > 20, counts
 
 
 def test_merge_on_s3_survives_kill_9_at_many_points(s3_server: S3Server, tmp_path: Path) -> None:
