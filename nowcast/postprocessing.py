@@ -23,6 +23,8 @@ matching inside the area restores the cores without touching what verifies at 1 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 #: how a forecast is post-processed: "none", "cdf" (its distribution matched to the last observation's)
@@ -51,17 +53,27 @@ def match_cdf(forecast: np.ndarray, observed: np.ndarray) -> np.ndarray:
     """[..., L, H, W] forecast and [..., H, W] last observation (mm/h, NaN = nodata) -> the forecast
     with each lead's values replaced by the observation's value of the same rank (over the pixels
     valid in both); NaN stays NaN. A dry observation leaves the forecast dry."""
+
+    def match(lead: np.ndarray, reference: np.ndarray) -> None:
+        valid = np.isfinite(lead) & np.isfinite(reference)
+        lead[valid] = _matched(lead[valid], reference[valid])
+
+    return _each_lead(forecast, observed, match)
+
+
+def _each_lead(forecast: np.ndarray, observed: np.ndarray,
+               match: Callable[[np.ndarray, np.ndarray], None]) -> np.ndarray:
+    """A copy of ``forecast`` [..., L, H, W] with ``match(lead, last observation)`` applied in place to
+    each lead's [H, W] view, after checking the two are on the same grid."""
     forecast = np.asarray(forecast)
     observed = np.asarray(observed)
     if forecast.shape[:-3] + forecast.shape[-2:] != observed.shape:
         raise ValueError(f"forecast {forecast.shape} and observation {observed.shape} are not on the same grid")
     out = forecast.copy()
-    flat_f = out.reshape(-1, *forecast.shape[-3:])
-    flat_o = observed.reshape(-1, *observed.shape[-2:])
-    for sample, reference in zip(flat_f, flat_o, strict=True):
+    for sample, reference in zip(out.reshape(-1, *forecast.shape[-3:]), observed.reshape(-1, *observed.shape[-2:]),
+                                 strict=True):
         for lead in sample:  # views: written in place
-            valid = np.isfinite(lead) & np.isfinite(reference)
-            lead[valid] = _matched(lead[valid], reference[valid])
+            match(lead, reference)
     return out
 
 
@@ -84,25 +96,16 @@ def match_cdf_wet(forecast: np.ndarray, observed: np.ndarray, threshold: float =
     r among the n of them takes the observation's quantile r / (n - 1) of its own valid pixels at or
     above ``threshold``. The area at ``threshold`` is the forecast's exactly; below it nothing moves.
     An observation with no such rain leaves the lead as it is."""
-    forecast = np.asarray(forecast)
-    observed = np.asarray(observed)
-    if forecast.shape[:-3] + forecast.shape[-2:] != observed.shape:
-        raise ValueError(f"forecast {forecast.shape} and observation {observed.shape} are not on the same grid")
-    out = forecast.copy()
-    flat_f = out.reshape(-1, *forecast.shape[-3:])
-    flat_o = observed.reshape(-1, *observed.shape[-2:])
-    for sample, reference in zip(flat_f, flat_o, strict=True):
+
+    def match(lead: np.ndarray, reference: np.ndarray) -> None:
         heavy = np.sort(reference[np.isfinite(reference) & (reference >= threshold)])
-        if heavy.size == 0:
-            continue
-        for lead in sample:  # views: written in place
-            wet = np.isfinite(lead) & (lead >= threshold)
-            n = int(wet.sum())
-            if n == 0:
-                continue
-            ranks = np.empty(n, dtype=np.int64)
-            ranks[np.argsort(lead[wet], kind="stable")] = np.arange(n)
-            quantiles = ranks / max(n - 1, 1) if n > 1 else np.ones(1)
-            lead[wet] = np.interp(quantiles, np.linspace(0.0, 1.0, heavy.size) if heavy.size > 1 else [1.0],
-                                  heavy).astype(lead.dtype, copy=False)
-    return out
+        wet = np.isfinite(lead) & (lead >= threshold)
+        n = int(wet.sum())
+        if heavy.size == 0 or n == 0:
+            return
+        ranks = np.empty(n, dtype=np.int64)
+        ranks[np.argsort(lead[wet], kind="stable")] = np.arange(n)
+        quantiles = ranks / (n - 1) if n > 1 else np.ones(1)
+        lead[wet] = np.interp(quantiles, np.linspace(0.0, 1.0, heavy.size), heavy).astype(lead.dtype, copy=False)
+
+    return _each_lead(forecast, observed, match)
