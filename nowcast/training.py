@@ -239,7 +239,8 @@ class NowcastModule(pl.LightningModule):
         own = getattr(self.net, "loss_and_forecast", None)
         if not callable(own):
             return None
-        return own(batch["inputs"], batch["targets"], batch["target_mask"], self.hparams.t_out)
+        return own(batch["inputs"], batch["targets"], batch["target_mask"], self.hparams.t_out,
+                   **self._conditioning(batch))
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         own = self._own_loss(batch)

@@ -48,6 +48,8 @@ def paired(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_every_network_reads_c_channels_and_forecasts_the_target_channel(name: str) -> None:
     kwargs = {"hidden": (8, 8), "kernel": 3, "patch": 2, "in_channels": 5, "out_channels": 1}
     hybrid = model_class(name).motion
+    if hasattr(model_class(name), "freeze_body"):  # a head on a frozen body: let the body learn here
+        kwargs["train_body"] = True
     net = get_model(name, **kwargs, **({"normalization": None} if hybrid else {}))
     if hybrid:  # a hybrid's head starts at zero (it *is* its baseline): wake it up
         torch.nn.init.normal_(net.output.weight, std=0.1)

@@ -21,6 +21,7 @@ MODELS: dict[str, str] = {
     "sa_convlstm_flow": "nowcast.models.motion:SAConvLSTMFlow",
     "convlstm_sprog": "nowcast.models.motion:ConvLSTMSProg",
     "convlstm_exceedance": "nowcast.models.exceedance:ConvLSTMExceedance",
+    "convlstm_sprog_exceedance": "nowcast.models.exceedance_hybrid:ConvLSTMSProgExceedance",
     "persistence": "nowcast.models.baselines:Persistence",
     "optical_flow": "nowcast.models.baselines:OpticalFlow",
     "optical_flow_smooth": "nowcast.models.baselines:OpticalFlowSmooth",

@@ -56,18 +56,19 @@ def _softplus_inverse(y: float) -> float:
     return y + math.log(-math.expm1(-y))
 
 
-class ConvLSTMExceedance(ConvLSTM):
-    """ConvLSTM whose head forecasts P(rate >= t_k) for ``thresholds``; one rain channel out.
+class ThresholdDistribution:
+    """A per-pixel distribution given by its survival function at fixed thresholds (``knots``): what
+    every exceedance network shares (this module's and ``nowcast.models.exceedance_hybrid``'s). The
+    class it is mixed into defines ``survival(inputs, t_out, **conditioning) -> [B, t_out, K, H, W]``."""
 
-    With ``in_channels`` 1 and frames of several channels, each channel is forecast on its own (as the
-    baselines do); with auxiliary inputs (``in_channels`` > 1) the first channel is the one forecast."""
+    thresholds: tuple[float, ...]
+    level: float | None
+    knots: Tensor
+    weights: Tensor
 
-    def __init__(self, in_channels: int = 1, hidden: tuple[int, ...] = (64, 64), kernel: int = 3, patch: int = 1,
-                 out_channels: int | None = None, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-                 weights: Sequence[float] | None = None, ceiling: float = DEFAULT_CEILING, level: float | None = None,
-                 normalization: dict | None = None):
-        if out_channels not in (None, 1):
-            raise ValueError(f"convlstm_exceedance forecasts one rain channel, got out_channels={out_channels}")
+    def init_thresholds(self, thresholds: Sequence[float], weights: Sequence[float] | None, ceiling: float,
+                        level: float | None, normalization: dict | None) -> None:
+        """Check and place the thresholds (normalised knots, the ceiling last) and the loss weights."""
         thresholds = [float(t) for t in thresholds]
         if not thresholds or any(t <= 0 for t in thresholds) or sorted(set(thresholds)) != thresholds:
             raise ValueError(f"thresholds must be increasing rain rates above 0 mm/h, got {thresholds}")
@@ -77,9 +78,8 @@ class ConvLSTMExceedance(ConvLSTM):
         if len(weights) != len(thresholds) or any(w <= 0 for w in weights):
             raise ValueError(f"give one positive weight per threshold ({len(thresholds)}), got {weights}")
         if level is not None and not 0.0 < level < 1.0:
-            raise ValueError(f"level must lie strictly between 0 and 1 (or be None: the mean), got {level}")
-        super().__init__(in_channels, hidden, kernel, patch, out_channels=1)
-        self.thresholds, self.ceiling, self.level = tuple(thresholds), float(ceiling), level
+            raise ValueError(f"level must lie strictly between 0 and 1 (or be None), got {level}")
+        self.thresholds, self.ceiling_rate, self.level = tuple(thresholds), float(ceiling), level
         self.normalizer = RainNormalizer.from_dict(normalization) if normalization else RainNormalizer()
         levels = self.normalizer.forward(torch.tensor([*thresholds, ceiling], dtype=torch.float64)).float()
         if not bool((levels[1:] > levels[:-1]).all()):
@@ -87,35 +87,9 @@ class ConvLSTMExceedance(ConvLSTM):
         # knots of the survival function (normalised): the thresholds, then the ceiling where it reaches 0
         self.register_buffer("knots", levels, persistent=False)
         self.register_buffer("weights", torch.tensor(weights) / sum(weights), persistent=False)
-        # the 1x1 head: per patch position, the first threshold's log-odds, then K-1 increments
-        self.output = nn.Conv2d(sum(self.hidden), len(thresholds) * self.patch * self.patch, 1)
-        self._init_increments()
 
-    # -- the distribution ----------------------------------------------------------------------
-    def _init_increments(self, temperature: float = INIT_TEMPERATURE) -> None:
-        """Increments that space the thresholds' log-odds like soft steps of width ``temperature``."""
-        p2 = self.patch * self.patch
-        with torch.no_grad():
-            gaps = (self.knots[1:-1] - self.knots[:-2]) / temperature
-            for k, gap in enumerate(gaps.tolist(), start=1):
-                self.output.weight[k * p2 : (k + 1) * p2].zero_()
-                self.output.bias[k * p2 : (k + 1) * p2].fill_(_softplus_inverse(max(gap, 1e-4)))
-
-    def logits(self, inputs: Tensor, t_out: int) -> Tensor:
-        """[B, T, C, H, W] normalised -> [B, t_out, K, H, W] log-odds of reaching each threshold
-        (with ``in_channels`` 1 and C > 1: [B, t_out, C, K, H, W], each channel on its own)."""
-        if self.in_channels == 1 and inputs.shape[2] > 1:
-            b, t, c, h, w = inputs.shape
-            folded = inputs.transpose(1, 2).reshape(b * c, t, 1, h, w)
-            out = self.logits(folded, t_out)
-            return out.reshape(b, c, *out.shape[1:]).transpose(1, 2)
-        raw = super().forward(inputs, t_out)  # [B, t_out, K, H, W]: pixel-shuffled head channels
-        first, increments = raw[:, :, :1], F.softplus(raw[:, :, 1:])
-        return torch.cat([first, first - torch.cumsum(increments, dim=2)], dim=2)
-
-    def survival(self, inputs: Tensor, t_out: int) -> Tensor:
-        """P(rate >= t_k) at the head's thresholds: [B, t_out, (C,) K, H, W], non-increasing in k."""
-        return torch.sigmoid(self.logits(inputs, t_out))
+    def survival(self, inputs: Tensor, t_out: int, **conditioning: Any) -> Tensor:
+        raise NotImplementedError
 
     def _knot_values(self, s: Tensor) -> Tensor:
         """S at every knot (the thresholds, then 0 at the ceiling), along dim -3."""
@@ -161,13 +135,7 @@ class ConvLSTMExceedance(ConvLSTM):
     def deterministic_from(self, s: Tensor) -> Tensor:
         return self.mean_from(s) if self.level is None else self.quantile_from(s, self.level)
 
-    # -- the Forecaster interface and the probabilistic outputs (nowcast.ensembles) ---------------
-    def forward(self, inputs: Tensor, t_out: int, targets: Tensor | None = None, **_: Any) -> Tensor:
-        """The deterministic forecast [B, t_out, C, H, W] (normalised) from the distribution."""
-        s = self.survival(inputs, t_out)
-        out = self.deterministic_from(s)
-        return out.unsqueeze(2) if out.dim() == 4 else out
-
+    # -- the probabilistic outputs (nowcast.ensembles) --------------------------------------------
     def forward_probabilities(self, inputs: Tensor, t_out: int, thresholds: Tensor) -> Tensor:
         """[B, T, 1, H, W] normalised -> [B, t_out, len(thresholds), H, W]: P(rate >= threshold), 0..1."""
         return self.probabilities_from(self.survival(inputs, t_out), torch.as_tensor(thresholds))
@@ -178,17 +146,74 @@ class ConvLSTMExceedance(ConvLSTM):
         s = self.survival(inputs, t_out)
         return torch.stack([self.quantile_from(s, float(e)) for e in exceedances], dim=1)
 
-    # -- training (called by nowcast.training.NowcastModule) ---------------------------------------
-    def loss_and_forecast(self, inputs: Tensor, targets: Tensor, mask: Tensor, t_out: int) -> tuple[Tensor, Tensor]:
-        """Weighted mean over thresholds of the binary cross-entropy over observed pixels, and the
-        deterministic forecast [B, t_out, 1, H, W] of the same pass (for the validation scores)."""
-        logits = self.logits(inputs, t_out)  # [B, T, K, H, W]
+    def threshold_loss(self, logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+        """Weighted mean over thresholds of the binary cross-entropy over observed pixels."""
         target = targets[:, :, :1]
         valid = mask[:, :, :1].to(logits.dtype)
         events = (target >= self.knots[:-1].view(1, 1, -1, 1, 1) - LEVEL_TOLERANCE).to(logits.dtype)
         bce = F.binary_cross_entropy_with_logits(logits, events, reduction="none") * valid
         per_threshold = bce.sum(dim=(0, 1, 3, 4)) / valid.sum().clamp(min=1.0)
-        loss = (per_threshold * self.weights.to(per_threshold)).sum()
+        return (per_threshold * self.weights.to(per_threshold)).sum()
+
+
+class ConvLSTMExceedance(ThresholdDistribution, ConvLSTM):
+    """ConvLSTM whose head forecasts P(rate >= t_k) for ``thresholds``; one rain channel out.
+
+    With ``in_channels`` 1 and frames of several channels, each channel is forecast on its own (as the
+    baselines do); with auxiliary inputs (``in_channels`` > 1) the first channel is the one forecast."""
+
+    def __init__(self, in_channels: int = 1, hidden: tuple[int, ...] = (64, 64), kernel: int = 3, patch: int = 1,
+                 out_channels: int | None = None, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+                 weights: Sequence[float] | None = None, ceiling: float = DEFAULT_CEILING, level: float | None = None,
+                 normalization: dict | None = None):
+        if out_channels not in (None, 1):
+            raise ValueError(f"convlstm_exceedance forecasts one rain channel, got out_channels={out_channels}")
+        super().__init__(in_channels, hidden, kernel, patch, out_channels=1)
+        self.init_thresholds(thresholds, weights, ceiling, level, normalization)
+        # the 1x1 head: per patch position, the first threshold's log-odds, then K-1 increments
+        self.output = nn.Conv2d(sum(self.hidden), len(self.thresholds) * self.patch * self.patch, 1)
+        self._init_increments()
+
+    # -- the distribution ----------------------------------------------------------------------
+    def _init_increments(self, temperature: float = INIT_TEMPERATURE) -> None:
+        """Increments that space the thresholds' log-odds like soft steps of width ``temperature``."""
+        p2 = self.patch * self.patch
+        with torch.no_grad():
+            gaps = (self.knots[1:-1] - self.knots[:-2]) / temperature
+            for k, gap in enumerate(gaps.tolist(), start=1):
+                self.output.weight[k * p2 : (k + 1) * p2].zero_()
+                self.output.bias[k * p2 : (k + 1) * p2].fill_(_softplus_inverse(max(gap, 1e-4)))
+
+    def logits(self, inputs: Tensor, t_out: int) -> Tensor:
+        """[B, T, C, H, W] normalised -> [B, t_out, K, H, W] log-odds of reaching each threshold
+        (with ``in_channels`` 1 and C > 1: [B, t_out, C, K, H, W], each channel on its own)."""
+        if self.in_channels == 1 and inputs.shape[2] > 1:
+            b, t, c, h, w = inputs.shape
+            folded = inputs.transpose(1, 2).reshape(b * c, t, 1, h, w)
+            out = self.logits(folded, t_out)
+            return out.reshape(b, c, *out.shape[1:]).transpose(1, 2)
+        raw = super().forward(inputs, t_out)  # [B, t_out, K, H, W]: pixel-shuffled head channels
+        first, increments = raw[:, :, :1], F.softplus(raw[:, :, 1:])
+        return torch.cat([first, first - torch.cumsum(increments, dim=2)], dim=2)
+
+    def survival(self, inputs: Tensor, t_out: int, **_: Any) -> Tensor:
+        """P(rate >= t_k) at the head's thresholds: [B, t_out, (C,) K, H, W], non-increasing in k."""
+        return torch.sigmoid(self.logits(inputs, t_out))
+
+    # -- the Forecaster interface --------------------------------------------------------------
+    def forward(self, inputs: Tensor, t_out: int, targets: Tensor | None = None, **_: Any) -> Tensor:
+        """The deterministic forecast [B, t_out, C, H, W] (normalised) from the distribution."""
+        s = self.survival(inputs, t_out)
+        out = self.deterministic_from(s)
+        return out.unsqueeze(2) if out.dim() == 4 else out
+
+    # -- training (called by nowcast.training.NowcastModule) ---------------------------------------
+    def loss_and_forecast(self, inputs: Tensor, targets: Tensor, mask: Tensor, t_out: int,
+                          **_: Any) -> tuple[Tensor, Tensor]:
+        """Weighted mean over thresholds of the binary cross-entropy over observed pixels, and the
+        deterministic forecast [B, t_out, 1, H, W] of the same pass (for the validation scores)."""
+        logits = self.logits(inputs, t_out)  # [B, T, K, H, W]
+        loss = self.threshold_loss(logits, targets, mask)
         return loss, self.deterministic_from(torch.sigmoid(logits)).unsqueeze(2)
 
     def load_initial_state(self, state: dict[str, Tensor], source: str) -> None:
