@@ -64,9 +64,10 @@ def tent(n: int) -> torch.Tensor:
 #: the demo and the pysteps plugin's default use the first; ``make weights`` trains them and the
 #: model card and docs/skill.md list them in this order
 #: (``*_pretrained``: the plain networks started from their TAASRAD19 weights, shipped where validation preferred them;
-#: the probabilistic ``convlstm_exceedance`` last, so that the demo and the plugin default stay deterministic)
+#: the probabilistic ``convlstm_exceedance`` and ``convlstm_sprog_exceedance`` last, so that the demo and the plugin
+#: default stay deterministic)
 SHIPPED = ("convlstm_sprog", "convlstm_flow", "sa_convlstm_flow", "predrnn_flow", "convlstm", "sa_convlstm", "predrnn",
-           "convlstm_pretrained", "predrnn_pretrained", "convlstm_exceedance")
+           "convlstm_pretrained", "predrnn_pretrained", "convlstm_exceedance", "convlstm_sprog_exceedance")
 #: networks trained on the long TAASRAD19 archive (64 x 64 pixels of 3.75 km, 5 min): shipped weights
 #: named after the archive, each a registered architecture (its checkpoint says which)
 #: (``convlstm_exceedance_taasrad19`` is the probabilistic one: exceedance probabilities, nowcast/models/exceedance.py)

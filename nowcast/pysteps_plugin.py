@@ -79,6 +79,7 @@ convlstm_exceedance_taasrad19 = _method("convlstm_exceedance_taasrad19")  # its 
 convlstm_sprog_taasrad19 = _method("convlstm_sprog_taasrad19")
 convlstm_flow_taasrad19 = _method("convlstm_flow_taasrad19")
 convlstm_exceedance = _method("convlstm_exceedance")  # the 1 km probabilistic network
+convlstm_sprog_exceedance = _method("convlstm_sprog_exceedance")  # the S-PROG hybrid's probabilities (1 km)
 convlstm_pretrained = _method("convlstm_pretrained")
 predrnn_pretrained = _method("predrnn_pretrained")
 steps = _method("steps")
@@ -86,8 +87,8 @@ METHODS = {
     f.__name__: f
     for f in (convlstm, predrnn, sa_convlstm, convlstm_flow, predrnn_flow, sa_convlstm_flow, convlstm_sprog,
               convlstm_taasrad19, predrnn_taasrad19, sa_convlstm_taasrad19, convlstm_exceedance_taasrad19,
-              convlstm_sprog_taasrad19, convlstm_flow_taasrad19, convlstm_exceedance, convlstm_pretrained,
-              predrnn_pretrained, steps)
+              convlstm_sprog_taasrad19, convlstm_flow_taasrad19, convlstm_exceedance, convlstm_sprog_exceedance,
+              convlstm_pretrained, predrnn_pretrained, steps)
 }
 
 

@@ -379,10 +379,13 @@ def outputs_line(info: dict[str, Any]) -> list[str]:
     thresholds = info["model_kwargs"].get("thresholds")
     if not thresholds:
         return []
+    from nowcast.models import model_class
+
     level = info["model_kwargs"].get("level")
+    field = getattr(model_class(info["model"]), "DETERMINISTIC_FIELD", None) or (
+        "the mean of the normalised rate" if level is None else f"the rate exceeded with probability {level}")
     return [f"- outputs: probability, P(rate >= t) at any t from its heads at {thresholds} mm/h; deterministic, "
-            + ("the mean of the normalised rate" if level is None else f"the rate exceeded with probability {level}")
-            + "; verified against `steps` in docs/skill.md"]
+            + field + "; verified against `steps` in docs/skill.md"]
 
 
 def card_lines(name: str, path: Path, reports: dict[str, dict]) -> list[str]:

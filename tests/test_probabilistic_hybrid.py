@@ -10,7 +10,7 @@ import torch
 import xarray as xr
 from conftest import DATA
 
-from nowcast.forecaster import WEIGHTS_DIR
+from nowcast.forecaster import WEIGHTS_DIR, load_forecaster
 from nowcast.models import get_model
 from nowcast.models.exceedance_hybrid import ConvLSTMSProgExceedance
 from nowcast.training import CheckpointMismatch, NowcastModule
@@ -54,7 +54,7 @@ def test_probabilities_never_rise_with_the_threshold_whatever_the_head_learned()
 def test_rain_forecast_nearby_makes_rain_likely_as_far_as_the_learned_scale_reaches() -> None:
     """One wet pixel forecast: with the pixel's own fraction only, its neighbours 3 px away stay dry; with
     the weight on the 4-pixel neighbourhood they become likely, and more likely than 10 px away."""
-    model = tiny(scales=(0.0, 4.0))
+    model = tiny(scales=(0, 4))
     y = torch.zeros(1, 1, 1, 33, 33)
     y[..., 16, 16] = float(RainNormalizer().forward(torch.tensor(5.0)))
     chances = {}
@@ -111,3 +111,20 @@ def test_training_fits_the_head_alone_on_the_cross_entropy_over_observed_pixels(
         NowcastModule(model=NAME, model_kwargs=kwargs, t_in=4, t_out=2,
                       init_weights=str(WEIGHTS_DIR / "convlstm_taasrad19.ckpt"))
 
+
+
+def test_the_shipped_weights_forecast_probabilities_of_a_real_sample() -> None:
+    forecaster = load_forecaster(NAME)
+    assert forecaster.outputs == ["deterministic", "probability"]
+    frames = taasrad19_frames()
+    p = forecaster.predict_probabilities(frames, 6, THRESHOLDS)
+    assert p.shape == (6, len(THRESHOLDS), 64, 64)
+    nodata = np.isnan(frames[-1])
+    assert nodata.mean() > 0.1 and np.isnan(p[:, :, nodata]).all(), "nodata stays nodata"
+    valid = p[:, :, ~nodata]
+    assert np.isfinite(valid).all() and valid.min() >= 0 and valid.max() <= 1
+    assert (np.diff(valid, axis=1) <= 1e-6).all(), "a higher threshold is never more likely"
+    assert valid[0, 1].max() > 0.5 and (valid[:, -1] == 0).all()  # it rains now; nothing above 100 mm/h
+    forecast = forecaster.predict(frames, 6)
+    assert np.array_equal(np.isnan(forecast), np.broadcast_to(nodata, forecast.shape))
+    assert np.isfinite(forecast[:, ~nodata]).all() and forecast[:, ~nodata].min() >= 0

@@ -4,15 +4,16 @@ The body is the registered ``convlstm_sprog`` (ConvLSTM correcting pysteps' S-PR
 ``nowcast.models.motion``), unchanged; its forecast ``y`` is this model's deterministic field. The head
 turns ``y`` into P(rate >= t_k) the way a forecaster reads a deterministic nowcast: rain forecast *near* a
 pixel makes rain there likely, and the nearness that matters widens with the lead. Per threshold ``t_k``
-it takes the fraction of the neighbourhood forecast at or above it, at several Gaussian scales
-(``scales``, pixels; 0 is the pixel itself), and per lead a logistic regression on their log-odds:
+it takes the fraction of the neighbourhood forecast at or above it, in squares of several sizes
+(``scales``, half-widths in pixels; 0 is the pixel itself, as FSS's neighbourhoods), and per lead a
+logistic regression on their log-odds:
 
-    f_{k,s} = G_s * sigmoid((y - z_k) / tau)                     (neighbourhood fraction, 0..1)
+    f_{k,s} = B_s * sigmoid((y - z_k) / tau)                     (neighbourhood fraction, 0..1)
     l_k     = b_k(lead) + sum_s a_s(lead) logit(f_{k,s}) + sum_s c_s(lead) logit(f_{k-1,s})
     P(rate >= t_k) = sigmoid(l_k)
 
 with ``a, c >= 0`` (softplus) and ``b_1 >= b_2 >= ...`` (increments through softplus). Every
-f_{k,s} falls as k rises (a higher threshold's soft step is lower everywhere and a blur keeps the
+f_{k,s} falls as k rises (a higher threshold's soft step is lower everywhere and a mean keeps the
 order), so the probabilities never rise with the threshold, by construction. The second sum lets
 rain just below a threshold raise its chance (a network trained on a pixel loss smooths its cores).
 
@@ -34,9 +35,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nowcast.models.exceedance import DEFAULT_CEILING, DEFAULT_THRESHOLDS, ThresholdDistribution, _softplus_inverse
-from nowcast.models.motion import ConvLSTMSProg, gaussian_kernel
+from nowcast.models.motion import ConvLSTMSProg
 
-#: neighbourhood scales (Gaussian sigma, pixels); 0 is the pixel itself
+#: neighbourhood half-widths (pixels): squares of 1, 5, 9, 17 and 33 pixels; 0 is the pixel itself
 DEFAULT_SCALES = (0.0, 2.0, 4.0, 8.0, 16.0)
 #: width (normalised units) of the soft step that turns the forecast into "at or above t_k"
 STEP_WIDTH = 0.02
@@ -49,6 +50,9 @@ FRACTION_EPS = 1e-4
 class ConvLSTMSProgExceedance(ThresholdDistribution, ConvLSTMSProg):
     """The S-PROG hybrid whose forecast a learned neighbourhood turns into P(rate >= t_k)."""
 
+    #: what its deterministic forecast is (the model card says it)
+    DETERMINISTIC_FIELD = "the frozen S-PROG hybrid's own forecast"
+
     def __init__(self, in_channels: int = 1, hidden: tuple[int, ...] = (64, 64), kernel: int = 3, patch: int = 1,
                  out_channels: int | None = None, normalization: dict | None = None, ceiling: bool = False,
                  thresholds: Sequence[float] = DEFAULT_THRESHOLDS, weights: Sequence[float] | None = None,
@@ -57,8 +61,8 @@ class ConvLSTMSProgExceedance(ThresholdDistribution, ConvLSTMSProg):
         if out_channels not in (None, 1):
             raise ValueError(f"convlstm_sprog_exceedance forecasts one rain channel, got out_channels={out_channels}")
         scales = [float(s) for s in scales]
-        if not scales or any(s < 0 for s in scales):
-            raise ValueError(f"scales are Gaussian widths in pixels, at least one and none negative, got {scales}")
+        if not scales or any(s < 0 or s != int(s) for s in scales):
+            raise ValueError(f"scales are half-widths of square neighbourhoods, whole pixels >= 0, got {scales}")
         super().__init__(in_channels, hidden, kernel, patch, out_channels=1, normalization=normalization,
                          ceiling=ceiling)
         # level None: the deterministic forecast is the body's own (the hybrid's skill, unchanged)
@@ -70,9 +74,6 @@ class ConvLSTMSProgExceedance(ThresholdDistribution, ConvLSTMSProg):
         self.below_weight = nn.Parameter(torch.full((MAX_LEADS, n), _softplus_inverse(1e-3)))
         self.first_bias = nn.Parameter(torch.zeros(MAX_LEADS))
         self.bias_steps = nn.Parameter(torch.full((MAX_LEADS, max(k - 1, 1)), _softplus_inverse(1e-3)))
-        for i, sigma in enumerate(self.scales):
-            if sigma > 0:
-                self.register_buffer(f"neighbourhood_{i}", gaussian_kernel(sigma), persistent=False)
         if not self.train_body:
             self.freeze_body()
 
@@ -86,15 +87,20 @@ class ConvLSTMSProgExceedance(ThresholdDistribution, ConvLSTMSProg):
 
     # -- the distribution ----------------------------------------------------------------------
     def _neighbourhood(self, frames: Tensor, i: int) -> Tensor:
-        """Gaussian mean of [N, 1, H, W] at scale i, edges replicated (the grid's rim is not dry)."""
-        if self.scales[i] == 0:
+        """Mean of [N, 1, H, W] over the square of half-width ``scales[i]`` around each pixel (edges
+        replicated: the grid's rim is not dry), from an integral image: the cost does not grow with the
+        square, so a 33-pixel neighbourhood costs what a 5-pixel one does."""
+        r = int(round(self.scales[i]))
+        if r == 0:
             return frames
-        kernel = getattr(self, f"neighbourhood_{i}").to(frames)
-        r = min(kernel.numel() // 2, frames.shape[-1] - 1, frames.shape[-2] - 1)
-        kernel = kernel[kernel.numel() // 2 - r : kernel.numel() // 2 + r + 1]
-        kernel = kernel / kernel.sum()
-        out = F.conv2d(F.pad(frames, (r, r, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
-        return F.conv2d(F.pad(out, (0, 0, r, r), mode="replicate"), kernel.view(1, 1, -1, 1))
+        padded = F.pad(frames, (r + 1, r, r + 1, r), mode="replicate").double()
+        padded[..., 0, :] = 0.0  # the integral image's leading zero row and column
+        padded[..., :, 0] = 0.0
+        integral = padded.cumsum(-1).cumsum(-2)
+        h, w = frames.shape[-2:]
+        n = 2 * r + 1
+        total = (integral[..., n:, n:] - integral[..., :h, n:] - integral[..., n:, :w] + integral[..., :h, :w])
+        return (total / (n * n)).to(frames.dtype)
 
     def deterministic(self, inputs: Tensor, t_out: int, **conditioning: Any) -> Tensor:
         """The body's forecast [B, t_out, 1, H, W] (normalised); no graph through a frozen body."""
