@@ -85,6 +85,11 @@ def test_it_starts_from_a_trained_hybrid_whose_forecast_it_keeps() -> None:
     assert {n for n, p in model.named_parameters() if p.requires_grad} == set(model.head_parameters())
     with pytest.raises(ValueError, match="not 'convlstm'"):
         model.load_initial_state(state, "convlstm")
+    other_sizes = get_model(NAME, hidden=(8, 8), kernel=3, patch=4, ceiling=True)
+    with pytest.raises(ValueError, match="convlstm_sprog's weights do not fit"):
+        other_sizes.load_initial_state(state, "convlstm_sprog")
+    with pytest.raises(ValueError, match="half-widths of square neighbourhoods"):
+        get_model(NAME, hidden=(8, 8), scales=(0, -2))
 
 
 def test_training_fits_the_head_alone_on_the_cross_entropy_over_observed_pixels() -> None:

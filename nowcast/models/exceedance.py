@@ -91,6 +91,16 @@ class ThresholdDistribution:
     def survival(self, inputs: Tensor, t_out: int, **conditioning: Any) -> Tensor:
         raise NotImplementedError
 
+    def load_body(self, state: dict[str, Tensor], head: set[str], source: str) -> None:
+        """Load another network's weights into everything but ``head``; any misfit (a missing or extra
+        tensor, or one of another size) is a ValueError naming it, which training reports as a mismatch."""
+        try:
+            missing, unexpected = self.load_state_dict(state, strict=False)  # type: ignore[attr-defined]
+        except RuntimeError as exc:  # tensors of other sizes: another network's hidden sizes or patch
+            raise ValueError(f"the {source}'s weights do not fit (train it with the same sizes): {exc}") from exc
+        if unexpected or set(missing) != head:
+            raise ValueError(f"the {source}'s body does not fit: missing {missing}, unexpected {unexpected}")
+
     def _knot_values(self, s: Tensor) -> Tensor:
         """S at every knot (the thresholds, then 0 at the ceiling), along dim -3."""
         return torch.cat([s, torch.zeros_like(s[..., :1, :, :])], dim=-3)
@@ -225,9 +235,7 @@ class ConvLSTMExceedance(ThresholdDistribution, ConvLSTM):
         if source != "convlstm":
             raise ValueError(f"convlstm_exceedance starts from a convlstm or a convlstm_exceedance, not {source!r}")
         body = {k: v for k, v in state.items() if not k.startswith("output.")}
-        missing, unexpected = self.load_state_dict(body, strict=False)
-        if unexpected or set(missing) != {"output.weight", "output.bias"}:
-            raise ValueError(f"the convlstm's body does not fit: missing {missing}, unexpected {unexpected}")
+        self.load_body(body, {"output.weight", "output.bias"}, "convlstm")
         weight, bias = state["output.weight"], state["output.bias"]
         p2 = self.patch * self.patch
         if weight.shape != (p2, sum(self.hidden), 1, 1):

@@ -146,7 +146,5 @@ class ConvLSTMSProgExceedance(ThresholdDistribution, ConvLSTMSProg):
             return
         if source != "convlstm_sprog":
             raise ValueError(f"convlstm_sprog_exceedance starts from a convlstm_sprog or itself, not {source!r}")
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        if unexpected or set(missing) != set(self.head_parameters()):
-            raise ValueError(f"the convlstm_sprog does not fit: missing {missing}, unexpected {unexpected}")
+        self.load_body(state, set(self.head_parameters()), "convlstm_sprog")
 
